@@ -1,0 +1,136 @@
+"""Training throughput of the seed and quick networks against this machine's float32 GEMM rate.
+
+Each measurement runs in a fresh subprocess (one model per process: a second model built in the
+same process trains measurably slower). Writes bench/results/throughput.{json,md}.
+
+    .venv/bin/python bench/throughput.py [--images 2560] [--batch-size 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def gemm_gflops(size: int = 2048, repeats: int = 20) -> float:
+    """Float32 matrix-multiply rate through the Keras backend, GFLOP/s (2 n^3 flops per product)."""
+    import keras
+    import numpy as np
+
+    a = keras.ops.convert_to_tensor(np.random.rand(size, size).astype("float32"))
+    keras.ops.convert_to_numpy(keras.ops.matmul(a, a))  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        result = keras.ops.matmul(a, a)
+    keras.ops.convert_to_numpy(result)
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+def forward_flops(model) -> int:
+    """Multiply-adds x 2 of the conv and dense layers for one image (the rest is negligible)."""
+    import keras
+
+    flops = 0
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.Conv2D):
+            height, width, out_channels = layer.output.shape[1:]
+            flops += 2 * height * width * out_channels * layer.kernel.shape[0] * layer.kernel.shape[1] * layer.kernel.shape[2]
+        elif isinstance(layer, keras.layers.Dense):
+            flops += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+    return flops
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def measure_network(preset: str, images: int, batch_size: int) -> dict:
+    import numpy as np
+
+    from stages.config import load_pipeline_config
+    from stages.models import build_classifier
+    from stages.training import compile_classifier, one_hot
+
+    config = load_pipeline_config(preset).baseline.model_copy(update={"batch_size": batch_size})
+    model = build_classifier(config)
+    compile_classifier(model, config, steps_per_epoch=images // batch_size)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (images, 32, 32, 3)).astype("float32")
+    y = one_hot(rng.integers(0, 100, images))
+    model.fit(x[: 2 * batch_size], y[: 2 * batch_size], batch_size=batch_size, epochs=1, verbose=0)  # build graph
+    started = time.perf_counter()
+    model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
+    rate = images / (time.perf_counter() - started)
+    flops = forward_flops(model)
+    return {
+        "preset": preset,
+        "filters": list(config.architecture.filters),
+        "precision": config.precision,
+        "parameters": model.count_params(),
+        "forward_gflop_per_image": flops / 1e9,
+        "train_images_per_second": round(rate, 1),
+        # training ~ 3x the forward pass (forward, gradient w.r.t. activations and w.r.t. weights)
+        "achieved_train_gflops": round(3 * flops * rate / 1e9, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2560, help="images in the timed epoch")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:  # one measurement, printed as JSON for the parent process
+        result = gemm_gflops() if args.worker == "gemm" else measure_network(args.worker, args.images, args.batch_size)
+        print("RESULT " + json.dumps(result))
+        return
+    import keras
+
+    def child(worker: str):
+        output = subprocess.run([sys.executable, __file__, "--worker", worker, "--images", str(args.images),
+                                 "--batch-size", str(args.batch_size)], capture_output=True, text=True, check=True)
+        return json.loads(output.stdout.split("RESULT ", 1)[1])
+
+    gemm = child("gemm")
+    networks = [child(preset) for preset in ("quick", "seed")]
+    for network in networks:
+        network["fraction_of_gemm_rate"] = round(network["achieved_train_gflops"] / gemm, 3)
+    report = {
+        "command": "python bench/throughput.py " + " ".join(sys.argv[1:]),
+        "machine": {"processor": platform.processor() or platform.machine(), "cpus": _cpus(), "python": platform.python_version(),
+                    "keras": keras.__version__, "backend": keras.backend.backend()},
+        "batch_size": args.batch_size,
+        "gemm_float32_gflops": round(gemm, 1),
+        "networks": networks,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "throughput.json").write_text(json.dumps(report, indent=2) + "\n")
+    rows = [f"| {n['preset']} | {'/'.join(map(str, n['filters']))} | {n['parameters']:,} | {n['forward_gflop_per_image']:.3f} | "
+            f"{n['train_images_per_second']} | {n['achieved_train_gflops']} | {n['fraction_of_gemm_rate']:.0%} |" for n in networks]
+    (RESULTS / "throughput.md").write_text("\n".join([
+        f"# Training throughput, batch {args.batch_size}, float32 ({report['machine']['cpus']} CPUs)", "",
+        f"Measured float32 GEMM rate (2048x2048, Keras {keras.__version__} / {keras.backend.backend()}): "
+        f"**{report['gemm_float32_gflops']} GFLOP/s**.", "",
+        "| preset | filters | parameters | forward GFLOP/image | train images/s | train GFLOP/s | of GEMM rate |",
+        "|---|---|---|---|---|---|---|", *rows, "", f"Command: `{report['command']}`", ""]))
+    print((RESULTS / "throughput.md").read_text())
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Prefect flows that compose the stages in ``stages/``: launching, caching, tracking."""

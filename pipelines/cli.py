@@ -1,0 +1,101 @@
+"""``ssl-pipeline``: run the pipeline, list the stages, run one stage, show a resolved config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from stages.config import PRESETS, ConfigError, load_pipeline_config, parse_assignment
+from stages.stage import STAGE_NAMES, get_stage
+from stages.stage import main as stage_main
+
+
+def _config_from(args: argparse.Namespace):
+    overrides, source = [], f"preset {args.preset}"
+    if args.config:
+        overrides.append(yaml.safe_load(args.config.read_text()) or {})
+        source += f" + {args.config}"
+    overrides += [parse_assignment(text) for text in args.set]
+    if args.set:
+        source += " + --set " + " ".join(args.set)
+    return load_pipeline_config(args.preset, overrides, source)
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=PRESETS, default="quick", help="starting configuration")
+    parser.add_argument("--config", type=Path, help="YAML file of overrides, e.g. {baseline: {epochs: 10}}")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="one override, e.g. --set baseline.seed=1 (repeatable)")
+
+
+def command_run(args: argparse.Namespace) -> int:
+    config = _config_from(args)
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "stages,pipelines")  # stage logs in task logs
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from a local run
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")  # first start migrates its DB
+    if "PREFECT_HOME" in os.environ:  # Prefect creates its home without parents, then cannot open its DB
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    from pipelines.flow import baseline_pipeline  # imports Prefect and MLflow: only when running
+
+    started = time.perf_counter()
+    result = baseline_pipeline(config=config, launcher=args.launcher, archive=args.archive)
+    minutes = (time.perf_counter() - started) / 60
+    print(
+        f"\n{config.preset}: test top-1 accuracy {result['test_accuracy']:.2%}, top-5 "
+        f"{result['test_top5_accuracy']:.2%} on {result['test_images']:,} test images "
+        f"({minutes:.1f} min). MLflow run {result['mlflow_run_id']}; model in {result['artifacts']['model']}"
+    )
+    return 0
+
+
+def command_stages(args: argparse.Namespace) -> int:
+    for name in STAGE_NAMES:
+        stage = get_stage(name)
+        print(f"{name:<10} inputs: {', '.join(stage.inputs):<14} {stage.summary}")
+    return 0
+
+
+def command_config(args: argparse.Namespace) -> int:
+    print(yaml.safe_dump(_config_from(args).model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["stage"]:  # the stage's own command line, unchanged
+        if len(argv) < 2 or argv[1] not in STAGE_NAMES:
+            print(f"usage: ssl-pipeline stage {{{','.join(STAGE_NAMES)}}} --output DIR ...", file=sys.stderr)
+            return 2
+        return stage_main(get_stage(argv[1]), argv[2:])
+    parser = argparse.ArgumentParser(prog="ssl-pipeline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run split -> baseline -> evaluate as a Prefect flow")
+    _add_config_arguments(run)
+    run.add_argument("--launcher", choices=["in-process", "subprocess"], default="in-process",
+                     help="how each stage is started")
+    run.add_argument("--archive", help="path of cifar-100-python.tar.gz (default: $CIFAR100_ARCHIVE or download)")
+    run.set_defaults(handler=command_run)
+    commands.add_parser("stages", help="list the stages").set_defaults(handler=command_stages)
+    commands.add_parser("stage", help="run one stage: ssl-pipeline stage NAME --help")
+    show = commands.add_parser("config", help="print the resolved configuration")
+    _add_config_arguments(show)
+    show.set_defaults(handler=command_config)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    for name in ("stages", "pipelines"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        return args.handler(args)
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The split -> baseline -> evaluate flow.
+
+Each stage is one cached Prefect task: its cache key is a hash of the stage name, its config,
+the digests of its input artifacts and the stage code version, and its output lands in the
+artifact store under that key. Rerunning an unchanged pipeline therefore skips every stage;
+changing one stage's config reruns it and, through the new output digest, everything after it.
+Tracking is a separate task per stage with retries, since it is the step that talks to a server.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import requests
+import sqlalchemy.exc
+from prefect import flow, task
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+from prefect.runtime import flow_run, task_run
+from pydantic import BaseModel
+
+from pipelines import settings, tracking
+from pipelines.launchers import LAUNCHERS
+from stages import cifar
+from stages.artifacts import code_version, read_manifest, sha256_file, sha256_json, verify
+from stages.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+
+def input_digest(path: Path) -> str:
+    """An artifact directory's manifest digest, or a plain file's SHA-256."""
+    path = Path(path)
+    if path.is_dir():
+        return read_manifest(path)["digest"]
+    stat = path.stat()
+    return _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """Hashing the 169 MB archive takes ~0.4 s: once per process per file version is enough."""
+    return sha256_file(Path(path))
+
+
+def stage_key(stage: str, config: BaseModel, inputs: dict[str, Path]) -> str:
+    return sha256_json({
+        "stage": stage,
+        "config": config.model_dump(mode="json"),
+        "inputs": {name: input_digest(path) for name, path in sorted(inputs.items())},
+        "code_version": code_version(),
+    })
+
+
+class StageCachePolicy(CachePolicy):
+    """Prefect cache key = ``stage_key`` of the task's stage, config and input artifacts."""
+
+    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any],
+                    **kwargs: Any) -> str:
+        return stage_key(inputs["stage"], inputs["config"], inputs["inputs"])
+
+
+def is_transient(task, task_run, state) -> bool:
+    """Retry only failures of talking to a server, never a bug or bad data."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, (ConnectionError, TimeoutError, requests.RequestException, sqlalchemy.exc.OperationalError))
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
+def fetch_archive(path: str | None) -> Path:
+    """The verified CIFAR-100 archive (downloaded into the cache when no path is given)."""
+    return cifar.resolve_archive(path)
+
+
+@task(cache_policy=StageCachePolicy(), persist_result=True, task_run_name="{stage}")
+def run_stage(stage: str, config: BaseModel, inputs: dict[str, Path], launcher: str) -> Path:
+    output = settings.artifact_root() / stage / stage_key(stage, config, inputs)[:16]
+    if not output.exists():
+        LAUNCHERS[launcher]().launch(stage, config, inputs, output)
+    verify(output)
+    return output
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient, task_run_name="track-{stage}")
+def track_stage(experiment_id: str, parent_run_id: str, stage: str, artifact: Path, cached: bool) -> str:
+    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.task_run_id": str(task_run.id)}
+    return tracking.log_stage(experiment_id, parent_run_id, stage, artifact, cached, tags)
+
+
+def stage_step(stage: str, config: BaseModel, inputs: dict[str, Path], launcher: str,
+               experiment_id: str, parent_run_id: str) -> Path:
+    """Run (or reuse) one stage, then track it under the parent run."""
+    log.info("stage %s: starting (%s)", stage, launcher)
+    cached_task = run_stage.with_options(result_storage=settings.prefect_results())
+    state = cached_task(stage, config, inputs, launcher, return_state=True)
+    artifact = state.result()
+    cached = state.name == "Cached"
+    if cached and not artifact.exists():  # the cache outlived its artifact: make it again
+        artifact = cached_task.with_options(refresh_cache=True)(stage, config, inputs, launcher)
+        cached = False
+    log.info("stage %s: %s %s", stage, "reused from cache" if cached else "built", artifact)
+    track_stage(experiment_id, parent_run_id, stage, artifact, cached)
+    return artifact
+
+
+@flow(name="ssl-baseline")
+def baseline_pipeline(config: PipelineConfig = PipelineConfig(), launcher: str = "in-process",
+                      archive: str | None = None) -> dict[str, Any]:
+    """Split CIFAR-100, train the supervised baseline, evaluate it on the test set."""
+    LAUNCHERS[launcher]  # fail before any work on an unknown launcher
+    experiment_id = tracking.configure()
+    parent_run_id = tracking.start_parent_run(
+        experiment_id, f"{config.preset}-{flow_run.name}", config.model_dump(mode="json"),
+        {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)},
+    )
+    status, metrics = "FAILED", {}
+    try:
+        archive_path = fetch_archive(archive)
+        step = dict(launcher=launcher, experiment_id=experiment_id, parent_run_id=parent_run_id)
+        split = stage_step("split", config.split, {"archive": archive_path}, **step)
+        model = stage_step("baseline", config.baseline, {"split": split}, **step)
+        evaluation = stage_step("evaluate", config.evaluate, {"split": split, "model": model}, **step)
+        metrics = json.loads((evaluation / "metrics.json").read_text())
+        status = "FINISHED"
+    finally:
+        tracking.finish_parent_run(parent_run_id, metrics, status)
+    return {**metrics, "mlflow_run_id": parent_run_id, "artifacts": {"split": str(split), "model": str(model),
+                                                                   "evaluate": str(evaluation)}}

@@ -1,0 +1,39 @@
+"""Infrastructure settings, from the environment only (never from the stage configs).
+
+With nothing set, everything lives under ``./.ssl-pipeline``: the artifact store, a SQLite
+MLflow store and its artifacts, and Prefect's task results (the cache).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HOME_ENV = "SSL_PIPELINE_HOME"
+EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"  # MLflow's own variable
+DEFAULT_EXPERIMENT = "ssl-pipeline"
+
+
+def home() -> Path:
+    return Path(os.environ.get(HOME_ENV, ".ssl-pipeline")).resolve()
+
+
+def artifact_root() -> Path:
+    return home() / "artifacts"
+
+
+def prefect_results() -> Path:
+    return home() / "prefect-results"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def mlflow_artifact_location() -> str:
+    """Where a new experiment keeps its artifacts when the tracking store is our local one."""
+    return (home() / "mlartifacts").as_uri()
+
+
+def experiment_name() -> str:
+    return os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)

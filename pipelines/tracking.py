@@ -1,0 +1,179 @@
+"""MLflow tracking of a pipeline run: a parent run per flow run, a nested run per stage.
+
+Stages never talk to MLflow: they write artifacts with manifests, and this module logs what
+those hold (config as params, metrics, per-epoch history with its real timestamps, figures,
+the datasets read, the model through the Keras flavor). A stage is therefore tracked the same
+way whether it ran in-process, in a subprocess or in a container, and a tracking outage never
+costs a trained model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from pipelines import settings
+from stages.artifacts import read_manifest
+
+TAG_STAGE = "ssl.stage"
+TAG_DIGEST = "ssl.artifact_digest"  # manifest digest of the stage's output artifact
+TAG_CACHED = "ssl.cached"
+TAG_CACHED_FROM = "ssl.cached_from_run"
+TAG_PRESET = "ssl.preset"
+MODEL_FILE = "model.keras"
+
+
+def configure() -> str:
+    """Point MLflow at the tracking store and make sure the experiment exists; its id."""
+    mlflow.set_tracking_uri(settings.tracking_uri())
+    name = settings.experiment_name()
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        # the default artifact location is relative to the working directory: be explicit
+        location = settings.mlflow_artifact_location() if settings.tracking_uri().startswith("sqlite:") else None
+        return mlflow.create_experiment(name, artifact_location=location)
+    return experiment.experiment_id
+
+
+def flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(item, Mapping):
+            flat.update(flatten(item, f"{name}."))
+        else:
+            flat[name] = item
+    return flat
+
+
+def start_parent_run(experiment_id: str, run_name: str, config: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+    client = MlflowClient()
+    run = client.create_run(experiment_id, run_name=run_name, tags={TAG_PRESET: config.get("preset", ""), **tags})
+    with mlflow.start_run(run_id=run.info.run_id):
+        mlflow.log_params(flatten(config))
+        mlflow.log_dict(dict(config), "config.json")
+    return run.info.run_id
+
+
+def finish_parent_run(run_id: str, metrics: Mapping[str, float], status: str) -> None:
+    client = MlflowClient()
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    client.set_terminated(run_id, status)
+
+
+def _history_metrics(history: pd.DataFrame) -> list[Metric]:
+    """Per-epoch metrics keyed by step = epoch, stamped with when each epoch ended."""
+    values = history.drop(columns=["epoch", "timestamp_ms"])
+    return [
+        Metric(key=key, value=float(row[key]), timestamp=int(row_time), step=int(epoch))
+        for (_, row), epoch, row_time in zip(values.iterrows(), history["epoch"], history["timestamp_ms"])
+        for key in values.columns
+    ]
+
+
+def _datasets_read(manifest: Mapping[str, Any]) -> list[tuple[MetaDataset, str]]:
+    """The parent tables a stage read, as MLflow datasets (digest and schema, no data copied)."""
+    datasets = []
+    for reference in manifest.get("reads", []):
+        parent_name, _, filename = reference.partition("/")
+        parent = Path(manifest["parents"][parent_name]["path"])
+        entry = read_manifest(parent)["files"][filename]
+        table = filename.removesuffix(".parquet")
+        dataset = MetaDataset(LocalArtifactDatasetSource(str(parent / filename)), name=table,
+                              digest=entry["sha256"][:16])
+        datasets.append((dataset, table))
+    if manifest["stage"] == "split":
+        archive = manifest["parents"]["archive"]
+        datasets.append((MetaDataset(LocalArtifactDatasetSource(archive["path"]), name="cifar-100-python",
+                                     digest=archive["digest"][:16]), "source"))
+    return datasets
+
+
+def find_stage_run(experiment_id: str, digest: str) -> str | None:
+    """The earliest non-cached run that produced the artifact with this digest."""
+    runs = MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.`{TAG_DIGEST}` = '{digest}' and tags.`{TAG_CACHED}` = 'false'",
+        order_by=["attributes.start_time ASC"], max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def log_stage(
+    experiment_id: str, parent_run_id: str, stage: str, artifact: Path, cached: bool, tags: Mapping[str, str]
+) -> str:
+    """Create the stage's nested run and log the artifact into it; returns the run id.
+
+    A cached stage gets a light run (params, metrics, datasets, a link to the run that made the
+    artifact) so every pipeline run shows all its stages without re-uploading models and figures.
+    """
+    manifest = read_manifest(artifact)
+    run_tags = {TAG_STAGE: stage, TAG_DIGEST: manifest["digest"], TAG_CACHED: str(cached).lower(),
+                "ssl.code_version": manifest["code_version"], "ssl.artifact_path": str(artifact), **tags}
+    if cached and (original := find_stage_run(experiment_id, manifest["digest"])):
+        run_tags[TAG_CACHED_FROM] = original
+    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent_run_id,
+                          tags=run_tags) as run:
+        mlflow.log_params(flatten(manifest["config"]))
+        metrics_file = artifact / "metrics.json"
+        if metrics_file.is_file():
+            mlflow.log_metrics(json.loads(metrics_file.read_text()))
+        mlflow.log_metric("stage_seconds", manifest["seconds"])
+        for dataset, context in _datasets_read(manifest):
+            mlflow.log_input(dataset, context=context)
+        if not cached:
+            _log_files(artifact)
+    return run.info.run_id
+
+
+def _log_files(artifact: Path) -> None:
+    mlflow.log_artifact(str(artifact / "manifest.json"))
+    history = artifact / "history.parquet"
+    if history.is_file():
+        MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=_history_metrics(pd.read_parquet(history)))
+    figures = artifact / "figures"
+    if figures.is_dir():
+        mlflow.log_artifacts(str(figures), "figures")
+    if (artifact / MODEL_FILE).is_file():
+        log_keras_model(artifact / MODEL_FILE)
+
+
+def log_keras_model(path: Path) -> None:
+    """Log the model through MLflow's Keras flavor, loadable with ``mlflow.pyfunc.load_model``."""
+    import keras
+    import numpy as np
+
+    model = keras.saving.load_model(path)
+    example = np.zeros((2, *model.input_shape[1:]), dtype="float32")  # raw pixel values 0..255
+    signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
+    # explicit requirements: inferring them loads the model in a subprocess (about 25 s here)
+    requirements = [f"keras=={keras.__version__}", f"{keras.backend.backend()}=={_backend_version()}"]
+    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements)
+
+
+def _backend_version() -> str:
+    from importlib.metadata import version
+
+    import keras
+
+    backend = keras.backend.backend()
+    return version("jax" if backend == "jax" else "tensorflow-cpu" if _installed("tensorflow-cpu") else backend)
+
+
+def _installed(distribution: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(distribution)
+        return True
+    except PackageNotFoundError:
+        return False

@@ -1,0 +1,163 @@
+"""Artifact directories: atomic writes and the ``manifest.json`` that proves what is inside.
+
+A manifest records, for every file, its SHA-256 and size (and rows and schema for Parquet), the
+resolved config, the code version and the digests of the parent artifacts. Its ``digest`` is a
+hash of all of that except timings, so equal digests mean equal content and provenance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+import stages
+
+MANIFEST = "manifest.json"
+_CHUNK = 1 << 20  # bytes read per hashing step
+
+
+class ArtifactError(RuntimeError):
+    """An artifact directory that is missing, incomplete or does not match its manifest."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_json(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@cache
+def code_version() -> str:
+    """``<package version>+<hash of the stages/ Python sources>``: changes whenever stage code does.
+
+    Presets are left out: what they set reaches every manifest and cache key as config.
+    """
+    root = Path(stages.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        if "__pycache__" not in path.parts:
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    return f"{stages.__version__}+{digest.hexdigest()[:12]}"
+
+
+def _describe_file(path: Path) -> dict[str, Any]:
+    entry: dict[str, Any] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    if path.suffix == ".parquet":
+        metadata = pq.read_metadata(path)
+        entry["rows"] = metadata.num_rows
+        entry["schema"] = str(metadata.schema.to_arrow_schema())
+    return entry
+
+
+def describe_files(directory: Path) -> dict[str, dict[str, Any]]:
+    return {
+        path.relative_to(directory).as_posix(): _describe_file(path)
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
+
+
+def parent_entry(directory: Path) -> dict[str, str]:
+    """How a child manifest refers to a parent artifact directory."""
+    manifest = read_manifest(directory)
+    return {"path": str(directory), "stage": manifest["stage"], "digest": manifest["digest"]}
+
+
+def write_manifest(
+    directory: Path,
+    stage: str,
+    config: Mapping[str, Any],
+    parents: Mapping[str, Mapping[str, str]],
+    started_at: dt.datetime,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    files = describe_files(directory)
+    identity = {
+        "stage": stage,
+        "config": dict(config),
+        "code_version": code_version(),
+        "parents": {name: parent["digest"] for name, parent in parents.items()},
+        "files": {name: entry["sha256"] for name, entry in files.items()},
+    }
+    finished_at = dt.datetime.now(dt.timezone.utc)
+    manifest = {
+        **identity,
+        "parents": {name: dict(parent) for name, parent in parents.items()},
+        "files": files,
+        "digest": sha256_json(identity),
+        "started_at": started_at.isoformat(),
+        "finished_at": finished_at.isoformat(),
+        "seconds": round((finished_at - started_at).total_seconds(), 3),
+        **(extra or {}),
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(
+            f"{path} is missing: {directory} is not a finished artifact directory. "
+            "Rerun the stage that writes it."
+        )
+    return json.loads(path.read_text())
+
+
+def verify(directory: Path) -> dict[str, Any]:
+    """Check every file against the manifest; returns the manifest or raises ``ArtifactError``."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    for name, expected in manifest["files"].items():
+        path = directory / name
+        if not path.is_file():
+            raise ArtifactError(f"{path} is listed in {directory / MANIFEST} but missing: rerun the {manifest['stage']} stage")
+        actual = sha256_file(path)
+        if actual != expected["sha256"]:
+            raise ArtifactError(
+                f"{path} has SHA-256 {actual}, but {directory / MANIFEST} records {expected['sha256']}: "
+                f"the file changed after it was written; rerun the {manifest['stage']} stage"
+            )
+    return manifest
+
+
+@contextlib.contextmanager
+def staged_output(output: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``output``; rename it into place only if the block succeeds.
+
+    A crash or an error leaves ``output`` untouched and removes the temporary directory, so no
+    half-written artifact can be mistaken for a finished one.
+    """
+    output = Path(output)
+    if output.exists():
+        raise FileExistsError(
+            f"{output} already exists: artifacts are never overwritten. "
+            "Choose another output directory or delete this one."
+        )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
+    temporary.mkdir()
+    try:
+        yield temporary
+        os.rename(temporary, output)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise

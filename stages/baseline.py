@@ -1,0 +1,82 @@
+"""Baseline stage: the supervised classifier trained on the labeled split only."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import logging
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from stages import data
+from stages.artifacts import parent_entry, staged_output, verify, write_manifest
+from stages.config import TrainConfig
+from stages.stage import Stage, main
+from stages.training import train_classifier
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"  # to train on
+SAVED_MODEL_DIR = "saved_model"  # to serve (TensorFlow SavedModel)
+HISTORY_FILE = "history.parquet"  # one row per epoch
+METRICS_FILE = "metrics.json"
+
+
+def export_saved_model(model: keras.Model, path: Path) -> bool:
+    """Write a SavedModel when TensorFlow is importable (any backend); False when it is not."""
+    if importlib.util.find_spec("tensorflow") is None:
+        log.warning("TensorFlow is not installed: no SavedModel is exported, only %s", MODEL_FILE)
+        return False
+    model.export(path, format="tf_saved_model", verbose=False)
+    return True
+
+
+def run(config: TrainConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
+    started = dt.datetime.now(dt.timezone.utc)
+    split = Path(inputs["split"])
+    verify(split)
+    train, validation = data.read_table(split, "labeled"), data.read_table(split, "validation")
+    log.info("training %s on %d labeled images, validating on %d", config.architecture.name, len(train), len(validation))
+    result = train_classifier(config, train, validation)
+    best = result.history.iloc[result.best_epoch - 1]
+    metrics = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "val_accuracy": float(best["val_accuracy"]),
+        "val_top5_accuracy": float(best["val_top5_accuracy"]),
+        "val_loss": float(best["val_loss"]),
+        "train_accuracy": float(best["accuracy"]),
+        "train_loss": float(best["loss"]),
+        "parameters": result.model.count_params(),
+        "train_seconds": round(result.seconds, 2),
+        "images_per_second": round(result.images_per_second, 1),  # training images / epoch wall time
+    }
+    with staged_output(output) as tmp:
+        result.model.save(tmp / MODEL_FILE)
+        exported = export_saved_model(result.model, tmp / SAVED_MODEL_DIR)
+        result.history.to_parquet(tmp / HISTORY_FILE, index=False)
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        manifest = write_manifest(
+            tmp, "baseline", config.model_dump(mode="json"), {"split": parent_entry(split)}, started,
+            extra={"reads": ["split/labeled.parquet", "split/validation.parquet"],
+                   "backend": keras.backend.backend(), "saved_model": exported},
+        )
+    log.info("best epoch %d: val accuracy %.4f; model in %s", result.best_epoch, metrics["val_accuracy"], output)
+    return manifest
+
+
+STAGE = Stage(
+    name="baseline",
+    summary="Train the supervised classifier on the labeled split; keep the best validation epoch.",
+    config_type=TrainConfig,
+    inputs=("split",),
+    run=run,
+)
+
+if __name__ == "__main__":
+    sys.exit(main(STAGE))

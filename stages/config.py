@@ -1,0 +1,175 @@
+"""Validated configuration: one frozen pydantic model per stage, presets as YAML data.
+
+Field defaults are the seed study's own hyperparameters (``../shared/SEED.md``, exercise 1), so
+the ``seed`` preset is the default and every other preset is a small override of it.
+Infrastructure (paths, tracking URI, launcher) never lives here: it comes from the environment.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+NUM_CLASSES = 100
+TRAIN_IMAGES_PER_CLASS = 500  # CIFAR-100's official training set
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(StrictModel):
+    labels_per_class: int = Field(90, ge=1, description="labeled training images per class")
+    val_per_class: int = Field(10, ge=1, description="labeled validation images per class")
+    unlabeled_per_class: int | None = Field(
+        None, ge=0, description="unlabeled images per class; None = every image left over"
+    )
+    test_per_class: int | None = Field(
+        None, ge=1, le=100, description="test images per class; None = the whole official test set"
+    )
+    seed: int = Field(0, description="seed of the per-class shuffle")
+
+    @model_validator(mode="after")
+    def _fits_in_cifar(self) -> SplitConfig:
+        used = self.labels_per_class + self.val_per_class + (self.unlabeled_per_class or 0)
+        if used > TRAIN_IMAGES_PER_CLASS:
+            raise ValueError(
+                f"labels_per_class + val_per_class + unlabeled_per_class = {used}, but CIFAR-100 "
+                f"has {TRAIN_IMAGES_PER_CLASS} training images per class: lower one of them"
+            )
+        return self
+
+
+class AugmentConfig(StrictModel):
+    """Augmentation as Keras layers at the model input; active in training only."""
+
+    flip: bool = Field(True, description="random horizontal flip")
+    rotation: float = Field(0.05, ge=0, le=0.5, description="max rotation, fraction of a full turn")
+    zoom: float = Field(0.1, ge=0, lt=1, description="max zoom in or out, fraction of the side")
+    translation: float = Field(0.1, ge=0, lt=1, description="max shift, fraction of the side")
+    blur_sigma: float = Field(0.5, ge=0, description="max Gaussian blur sigma, pixels; 0 = off")
+
+
+class ArchitectureConfig(StrictModel):
+    name: Literal["vgg"] = Field("vgg", description="key in stages.models.ARCHITECTURES")
+    filters: tuple[int, ...] = Field((96, 192, 256), min_length=1, description="conv filters per block")
+    convs_per_block: int = Field(2, ge=1, description="3x3 conv + BatchNorm + ReLU layers per block")
+    block_dropout: tuple[float, ...] = Field(
+        (0.15, 0.2, 0.25), description="dropout after each block's max-pool"
+    )
+    dense_units: int = Field(256, ge=1, description="width of the hidden dense layer of the head")
+    head_dropout: float = Field(0.3, ge=0, lt=1, description="dropout before the output layer")
+    l2: float = Field(0.003, ge=0, description="L2 penalty on conv and dense kernels")
+
+    @model_validator(mode="after")
+    def _one_dropout_per_block(self) -> ArchitectureConfig:
+        if len(self.block_dropout) != len(self.filters):
+            raise ValueError(
+                f"block_dropout has {len(self.block_dropout)} entries but filters has "
+                f"{len(self.filters)}: give one dropout rate per block"
+            )
+        if not all(0 <= rate < 1 for rate in self.block_dropout):
+            raise ValueError("block_dropout rates must lie in [0, 1)")
+        return self
+
+
+class TrainConfig(StrictModel):
+    architecture: ArchitectureConfig = ArchitectureConfig()
+    augment: AugmentConfig = AugmentConfig()
+    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(100, ge=1, description="maximum epochs; the cosine decay spans all of them")
+    learning_rate: float = Field(1e-3, gt=0, description="peak AdamW learning rate")
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up to the peak learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW decoupled weight decay")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    early_stopping_patience: int | None = Field(
+        4, ge=1, description="epochs without val improvement before stopping; None = never stop"
+    )
+    select_on: Literal["val_loss", "val_accuracy"] = Field(
+        "val_loss", description="validation metric that picks the epoch whose weights are kept"
+    )
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    seed: int = Field(0, description="seed of initialisation, shuffling and augmentation")
+
+    @model_validator(mode="after")
+    def _warmup_inside_schedule(self) -> TrainConfig:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
+        return self
+
+
+class EvaluateConfig(StrictModel):
+    batch_size: int = Field(500, ge=1, description="inference batch size")
+
+
+class PipelineConfig(StrictModel):
+    """The split -> baseline -> evaluate pipeline."""
+
+    preset: str = Field("seed", description="name of the preset this config started from")
+    split: SplitConfig = SplitConfig()
+    baseline: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+
+PRESETS = ("smoke", "quick", "seed", "gpu")
+
+
+def preset_overrides(name: str) -> dict[str, Any]:
+    """The override dict of a preset, as stored in ``stages/presets/<name>.yaml``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    text = resources.files("stages.presets").joinpath(f"{name}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_assignment(text: str) -> dict[str, Any]:
+    """``"baseline.seed=1"`` -> ``{"baseline": {"seed": 1}}`` (the value is parsed as YAML)."""
+    path, sep, value = text.partition("=")
+    if not sep or not path:
+        raise ValueError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. baseline.seed=1")
+    nested: dict[str, Any] = {}
+    node = nested
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = yaml.safe_load(value)
+    return nested
+
+
+def load_pipeline_config(
+    preset: str, overrides: list[dict[str, Any]] | None = None, source: str = "overrides"
+) -> PipelineConfig:
+    """Build a config from a preset and override dicts; errors name the field and the fix."""
+    data = {"preset": preset, **preset_overrides(preset)}
+    for override in overrides or []:
+        data = deep_merge(data, override)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(source, error) from None
+
+
+class ConfigError(ValueError):
+    """A configuration that failed validation, with one line per bad field."""
+
+    def __init__(self, source: str, error: ValidationError):
+        lines = [
+            f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            + (f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else "")
+            for e in error.errors()
+        ]
+        super().__init__(f"invalid configuration in {source}:\n" + "\n".join(lines))

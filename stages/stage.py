@@ -1,0 +1,84 @@
+"""The stage contract and the thin command line every stage shares.
+
+A stage is a module in ``stages/`` that defines ``STAGE = Stage(...)``. Its ``run(config,
+inputs, output)`` reads input artifact directories, writes one output artifact directory
+(atomically, with a manifest) and returns that manifest. The same call runs in-process, as
+``python -m stages.<name>`` in a subprocess, or as a container's entrypoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from stages.config import ConfigError
+
+STAGE_NAMES = ("split", "baseline", "evaluate")  # in pipeline order
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    summary: str
+    config_type: type[BaseModel]
+    inputs: tuple[str, ...]  # names of the input artifacts run() expects
+    run: Callable[[Any, Mapping[str, Path], Path], dict[str, Any]]
+
+    def parse_config(self, data: Mapping[str, Any], source: str) -> BaseModel:
+        try:
+            return self.config_type.model_validate(data)
+        except ValidationError as error:
+            raise ConfigError(source, error) from None
+
+    def check_inputs(self, inputs: Mapping[str, Path]) -> None:
+        missing = set(self.inputs) - set(inputs)
+        unknown = set(inputs) - set(self.inputs)
+        if missing or unknown:
+            raise ValueError(
+                f"stage {self.name} takes inputs {', '.join(self.inputs)}; "
+                f"missing: {sorted(missing) or 'none'}, unknown: {sorted(unknown) or 'none'}"
+            )
+
+
+def get_stage(name: str) -> Stage:
+    if name not in STAGE_NAMES:
+        raise KeyError(f"unknown stage {name!r}; known: {', '.join(STAGE_NAMES)}")
+    return importlib.import_module(f"stages.{name}").STAGE
+
+
+def _input_pair(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--input {text!r}: expected NAME=PATH")
+    return name, Path(path)
+
+
+def main(stage: Stage, argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{stage.name}", description=stage.summary)
+    parser.add_argument("--config", type=Path, help="stage config as JSON or YAML (defaults if omitted)")
+    parser.add_argument("--input", type=_input_pair, action="append", default=[],
+                        help=f"input artifact NAME=PATH; needs: {', '.join(stage.inputs)}")
+    parser.add_argument("--output", type=Path, required=True, help="output artifact directory (must not exist)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
+    try:
+        data = yaml.safe_load(args.config.read_text()) if args.config else {}
+        config = stage.parse_config(data or {}, str(args.config or "defaults"))
+        inputs = dict(args.input)
+        stage.check_inputs(inputs)
+        manifest = stage.run(config, inputs, args.output)
+    except (ValueError, OSError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({"output": str(args.output), "digest": manifest["digest"]}))
+    return 0

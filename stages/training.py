@@ -1,0 +1,119 @@
+"""Supervised training of a classifier with Keras' own fit loop and callbacks."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import pandas as pd
+
+from stages.config import NUM_CLASSES, TrainConfig
+from stages.data import ImageTable
+from stages.models import build_classifier
+
+log = logging.getLogger(__name__)
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Records each epoch's logs, learning rate and wall time, and prints progress with an ETA."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+        self.rows: list[dict[str, float]] = []
+        self._train_start = self._epoch_start = 0.0
+
+    def on_train_begin(self, logs=None):
+        self._train_start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        optimizer = self.model.optimizer
+        row = {
+            "epoch": epoch + 1,
+            **{key: float(value) for key, value in (logs or {}).items()},
+            "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+            "seconds": now - self._epoch_start,
+            "timestamp_ms": time.time() * 1000,
+        }
+        self.rows.append(row)
+        per_epoch = (now - self._train_start) / (epoch + 1)
+        eta = per_epoch * (self.epochs - epoch - 1)
+        log.info(
+            "epoch %d/%d  loss %.3f acc %.3f | val loss %.3f acc %.3f | %.1f s/epoch, ETA %dm%02ds (at most)",
+            epoch + 1, self.epochs, row.get("loss", math.nan), row.get("accuracy", math.nan),
+            row.get("val_loss", math.nan), row.get("val_accuracy", math.nan), row["seconds"], eta // 60, eta % 60,
+        )
+
+    def history(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+
+@dataclass
+class TrainingResult:
+    model: keras.Model
+    history: pd.DataFrame  # one row per epoch
+    best_epoch: int  # 1-based epoch whose weights the model holds
+    seconds: float
+    images_per_second: float
+
+
+def compile_classifier(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
+    total = config.epochs * steps_per_epoch
+    warmup = config.warmup_epochs * steps_per_epoch
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else config.learning_rate,
+        decay_steps=total - warmup,
+        warmup_target=config.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=[
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
+            keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy"),
+        ],
+    )
+
+
+def one_hot(labels: np.ndarray) -> np.ndarray:
+    return np.eye(NUM_CLASSES, dtype="float32")[labels]
+
+
+def train_classifier(config: TrainConfig, train: ImageTable, validation: ImageTable) -> TrainingResult:
+    """Train from scratch; the returned model holds the weights of the best validation epoch."""
+    keras.utils.set_random_seed(config.seed)
+    model = build_classifier(config)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    compile_classifier(model, config, steps_per_epoch)
+    mode = "min" if config.select_on == "val_loss" else "max"
+    recorder = EpochRecorder(config.epochs)
+    # Without a patience the callback never stops training but still restores the best epoch.
+    selector = keras.callbacks.EarlyStopping(
+        monitor=config.select_on, mode=mode, restore_best_weights=True,
+        patience=config.early_stopping_patience or config.epochs,
+    )
+    started = time.perf_counter()
+    model.fit(
+        train.images.astype("float32"), one_hot(train.labels),
+        validation_data=(validation.images.astype("float32"), one_hot(validation.labels)),
+        batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=0,
+        callbacks=[recorder, selector],
+    )
+    seconds = time.perf_counter() - started
+    history = recorder.history()
+    return TrainingResult(
+        model=model,
+        history=history,
+        best_epoch=selector.best_epoch + 1,
+        seconds=seconds,
+        images_per_second=len(train) * len(history) / float(history["seconds"].sum()),
+    )

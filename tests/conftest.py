@@ -1,0 +1,55 @@
+"""Shared fixtures: an isolated home for every store, the real CIFAR-100 archive, smoke artifacts."""
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before Prefect or MLflow is imported anywhere: nothing a test does may land in ~ or in a server.
+_HOME = Path(tempfile.mkdtemp(prefix="ssl-pipeline-tests-"))
+os.environ.update({
+    "SSL_PIPELINE_HOME": str(_HOME / "home"),
+    "PREFECT_HOME": str(_HOME / "prefect"),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "MLFLOW_EXPERIMENT_NAME": "tests",
+})
+for variable in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
+    os.environ.pop(variable, None)
+(_HOME / "prefect").mkdir()
+
+import pytest  # noqa: E402
+
+from stages import cifar  # noqa: E402
+from stages.config import load_pipeline_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def archive() -> Path:
+    """The official archive: $CIFAR100_ARCHIVE or the download cache. Missing is a failure, not a skip."""
+    path = os.environ.get(cifar.ARCHIVE_ENV) or cifar.default_cache_dir() / cifar.FILENAME
+    if not Path(path).is_file():
+        pytest.fail(f"the tests read the real CIFAR-100 archive: set {cifar.ARCHIVE_ENV} to cifar-100-python.tar.gz")
+    return cifar.verify_archive(Path(path))
+
+
+@pytest.fixture(scope="session")
+def smoke():
+    return load_pipeline_config("smoke")
+
+
+@pytest.fixture(scope="session")
+def split_artifact(tmp_path_factory, archive, smoke) -> Path:
+    from stages import split
+
+    output = tmp_path_factory.mktemp("split") / "artifact"
+    split.run(smoke.split, {"archive": archive}, output)
+    return output
+
+
+@pytest.fixture(scope="session")
+def model_artifact(tmp_path_factory, split_artifact, smoke) -> Path:
+    from stages import baseline
+
+    output = tmp_path_factory.mktemp("baseline") / "artifact"
+    baseline.run(smoke.baseline, {"split": split_artifact}, output)
+    return output

@@ -1,0 +1,48 @@
+import json
+import subprocess
+import sys
+
+import yaml
+
+from pipelines.cli import main
+
+
+def test_stages_lists_every_stage(capsys):
+    assert main(["stages"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["split", "baseline", "evaluate"]
+
+
+def test_config_resolves_preset_file_and_set(capsys, tmp_path):
+    overrides = tmp_path / "overrides.yaml"
+    overrides.write_text("baseline: {epochs: 5}\n")
+    assert main(["config", "--preset", "quick", "--config", str(overrides), "--set", "baseline.seed=3"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert (config["preset"], config["baseline"]["epochs"], config["baseline"]["seed"]) == ("quick", 5, 3)
+
+
+def test_bad_override_is_a_clear_error(capsys):
+    assert main(["config", "--preset", "smoke", "--set", "baseline.epochs=-1"]) == 2
+    error = capsys.readouterr().err
+    assert "invalid configuration in preset smoke + --set baseline.epochs=-1" in error
+    assert "baseline.epochs: Input should be greater than or equal to 1 (got -1)" in error
+
+
+def test_stage_command_line_in_a_subprocess(tmp_path, archive):
+    config = tmp_path / "split.yaml"
+    config.write_text("labels_per_class: 2\nval_per_class: 1\nunlabeled_per_class: 1\ntest_per_class: 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.split", "--config", str(config), "--input", f"archive={archive}",
+         "--output", str(tmp_path / "out")], capture_output=True, text=True, check=True)
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert printed["digest"] == manifest["digest"] and manifest["files"]["labeled.parquet"]["rows"] == 200
+
+
+def test_stage_command_line_rejects_bad_config(tmp_path, capsys):
+    config = tmp_path / "split.yaml"
+    config.write_text("labels_per_clas: 2\n")
+    assert main(["stage", "split", "--config", str(config), "--input", "archive=x", "--output", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err
+    assert f"invalid configuration in {config}" in error and "labels_per_clas: Extra inputs are not permitted" in error
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,62 @@
+import pytest
+from pydantic import ValidationError
+
+from stages.config import (
+    PRESETS, ConfigError, PipelineConfig, SplitConfig, load_pipeline_config, parse_assignment,
+)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_validates(preset):
+    config = load_pipeline_config(preset)
+    assert config.preset == preset
+
+
+def test_seed_preset_is_the_seed_study():
+    baseline = load_pipeline_config("seed").baseline
+    assert baseline.architecture.filters == (96, 192, 256)
+    assert baseline.architecture.convs_per_block == 2
+    assert baseline.architecture.l2 == 0.003
+    assert (baseline.batch_size, baseline.epochs, baseline.early_stopping_patience) == (128, 100, 4)
+    assert load_pipeline_config("seed").model_dump(exclude={"preset"}) == PipelineConfig().model_dump(exclude={"preset"})
+
+
+def test_overrides_apply_in_order():
+    config = load_pipeline_config("quick", [parse_assignment("baseline.seed=3"), {"baseline": {"seed": 4, "epochs": 7}}])
+    assert (config.baseline.seed, config.baseline.epochs) == (4, 7)
+    assert config.baseline.architecture.filters == (32, 64, 128)  # rest of the preset kept
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"baseline": {"epoch": 3}}, "baseline.epoch: Extra inputs are not permitted"),
+        ({"split": {"labels_per_class": 0}}, "split.labels_per_class: Input should be greater than or equal to 1"),
+        ({"baseline": {"epochs": "ten"}}, "baseline.epochs: Input should be a valid integer"),
+        ({"split": {"labels_per_class": 400, "val_per_class": 200}}, "CIFAR-100 has 500 training images per class"),
+        ({"baseline": {"architecture": {"block_dropout": [0.1]}}}, "give one dropout rate per block"),
+        ({"baseline": {"precision": "fp8"}}, "baseline.precision"),
+        ({"baseline": {"warmup_epochs": 5, "epochs": 5}}, "warmup_epochs (5) must be below epochs (5)"),
+    ],
+)
+def test_bad_config_names_field_and_fix(override, expected):
+    with pytest.raises(ConfigError) as error:
+        load_pipeline_config("smoke", [override], source="overrides.yaml")
+    assert "overrides.yaml" in str(error.value)
+    assert expected in str(error.value)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown preset 'fast'; choose one of smoke, quick, seed, gpu"):
+        load_pipeline_config("fast")
+
+
+def test_configs_are_frozen():
+    with pytest.raises(ValidationError):
+        SplitConfig().seed = 3
+
+
+def test_parse_assignment():
+    assert parse_assignment("baseline.architecture.filters=[8, 16]") == {"baseline": {"architecture": {"filters": [8, 16]}}}
+    with pytest.raises(ValueError, match="expected KEY.PATH=VALUE"):
+        parse_assignment("baseline.seed")

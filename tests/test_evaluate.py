@@ -1,0 +1,34 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages import evaluate
+from stages.artifacts import verify
+
+
+def test_classification_metrics_by_hand():
+    probabilities = np.full((4, 100), 0.001)
+    probabilities[0, 3] = probabilities[1, 5] = 0.9  # right, wrong (true 4)
+    probabilities[2, :6] = [0.5, 0.2, 0.1, 0.05, 0.04, 0.03]  # true 4: in the top five
+    probabilities[3, 7] = 0.9  # true 99: not in the top five
+    labels = np.array([3, 4, 4, 99])
+    metrics, matrix = evaluate.classification_metrics(probabilities, labels)
+    assert metrics["test_accuracy"] == 0.25
+    assert metrics["test_top5_accuracy"] == 0.5
+    assert metrics["test_loss"] == pytest.approx(-np.log([0.9, 0.001, 0.04, 0.001]).mean())
+    assert matrix.sum() == 4 and matrix[3, 3] == 1 and matrix[4, 5] == 1 and matrix[99, 7] == 1
+
+
+def test_evaluate_outputs(tmp_path, split_artifact, model_artifact, smoke):
+    output = tmp_path / "evaluation"
+    manifest = evaluate.run(smoke.evaluate, {"split": split_artifact, "model": model_artifact}, output)
+    assert verify(output)["digest"] == manifest["digest"]
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["test_images"] == 300 and 0 <= metrics["test_accuracy"] <= metrics["test_top5_accuracy"] <= 1
+    per_class = pd.read_parquet(output / "per_class.parquet")
+    assert len(per_class) == 100 and per_class["images"].sum() == 300 and per_class["name"][0] == "apple"
+    assert per_class["accuracy"].mul(per_class["images"]).sum() / 300 == pytest.approx(metrics["test_accuracy"])
+    for figure in ("learning_curves", "confusion_matrix", "network"):
+        assert (output / "figures" / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,126 @@
+"""The whole flow on the smoke preset, against the embedded Prefect and MLflow defaults."""
+
+import json
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+from pipelines import settings
+from pipelines.flow import baseline_pipeline
+from pipelines.launchers import SubprocessLauncher, StageFailed
+from stages import data, split
+from stages.artifacts import sha256_file
+from stages.config import load_pipeline_config
+
+
+@pytest.fixture(scope="module")
+def prefect():
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect, archive, smoke):
+    return baseline_pipeline(config=smoke, archive=str(archive))
+
+
+def nested_runs(parent_run_id):
+    client = MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    return {run.data.tags["ssl.stage"]: run for run in runs}
+
+
+def test_parent_and_nested_runs(first_run):
+    client = MlflowClient()
+    parent = client.get_run(first_run["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["test_accuracy"] == first_run["test_accuracy"]
+    assert parent.data.params["baseline.epochs"] == "2" and parent.data.tags["ssl.preset"] == "smoke"
+    assert "prefect.flow_run_id" in parent.data.tags
+    runs = nested_runs(parent.info.run_id)
+    assert set(runs) == {"split", "baseline", "evaluate"}
+    assert all(run.data.tags["ssl.cached"] == "false" for run in runs.values())
+    assert runs["evaluate"].data.metrics["test_accuracy"] == first_run["test_accuracy"]
+
+
+def test_per_epoch_metrics_datasets_and_figures(first_run):
+    client = MlflowClient()
+    runs = nested_runs(first_run["mlflow_run_id"])
+    baseline_run = runs["baseline"]
+    history = client.get_metric_history(baseline_run.info.run_id, "val_accuracy")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]
+    datasets = {d.dataset.name: d for d in baseline_run.inputs.dataset_inputs}
+    assert set(datasets) == {"labeled", "validation"}
+    assert {d.dataset.name for d in runs["evaluate"].inputs.dataset_inputs} == {"test"}
+    assert {d.dataset.name for d in runs["split"].inputs.dataset_inputs} == {"cifar-100-python"}
+    figures = {Path(f.path).name for f in client.list_artifacts(runs["evaluate"].info.run_id, "figures")}
+    assert figures == {"learning_curves.png", "confusion_matrix.png", "network.png"}
+
+
+def test_logged_model_loads_through_pyfunc_and_agrees_with_keras(first_run):
+    run_id = nested_runs(first_run["mlflow_run_id"])["baseline"].info.run_id
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    images = data.read_table(Path(first_run["artifacts"]["split"]), "test").images[:16].astype("float32")
+    served = np.asarray(pyfunc.predict(images))
+    trained = keras.saving.load_model(Path(first_run["artifacts"]["model"]) / "model.keras")
+    assert np.array_equal(served.argmax(axis=1), trained.predict(images, verbose=0).argmax(axis=1))
+
+
+def test_rerun_hits_the_cache_for_every_stage(first_run, archive, smoke):
+    second = baseline_pipeline(config=smoke, archive=str(archive))
+    assert second["artifacts"] == first_run["artifacts"]
+    assert second["test_accuracy"] == first_run["test_accuracy"]
+    first_runs = nested_runs(first_run["mlflow_run_id"])
+    for stage, run in nested_runs(second["mlflow_run_id"]).items():
+        assert run.data.tags["ssl.cached"] == "true", stage
+        assert run.data.tags["ssl.cached_from_run"] == first_runs[stage].info.run_id
+
+
+def test_changing_one_stage_reruns_only_it_and_what_follows(first_run, archive, smoke):
+    changed = smoke.model_copy(update={"evaluate": smoke.evaluate.model_copy(update={"batch_size": 7})})
+    result = baseline_pipeline(config=changed, archive=str(archive))
+    runs = nested_runs(result["mlflow_run_id"])
+    assert {stage: run.data.tags["ssl.cached"] for stage, run in runs.items()} == {
+        "split": "true", "baseline": "true", "evaluate": "false"}
+    assert result["artifacts"]["evaluate"] != first_run["artifacts"]["evaluate"]
+    assert result["test_accuracy"] == pytest.approx(first_run["test_accuracy"])
+
+
+def test_deleted_artifact_is_rebuilt_not_trusted(first_run, archive, smoke):
+    import shutil
+
+    evaluation = Path(first_run["artifacts"]["evaluate"])
+    shutil.rmtree(evaluation)
+    result = baseline_pipeline(config=smoke, archive=str(archive))
+    assert Path(result["artifacts"]["evaluate"]) == evaluation and (evaluation / "manifest.json").is_file()
+    assert nested_runs(result["mlflow_run_id"])["evaluate"].data.tags["ssl.cached"] == "false"
+
+
+def test_bad_archive_fails_the_flow_and_the_parent_run(prefect, tmp_path, smoke):
+    bad = tmp_path / "cifar-100-python.tar.gz"
+    bad.write_bytes(b"not an archive")
+    with pytest.raises(Exception, match="is not the official cifar-100-python.tar.gz|truncated"):
+        baseline_pipeline(config=smoke, archive=str(bad))
+    client = MlflowClient()
+    latest = client.search_runs([client.get_experiment_by_name(settings.experiment_name()).experiment_id],
+                                "tags.`ssl.preset` = 'smoke'", order_by=["attributes.start_time DESC"], max_results=1)
+    assert latest[0].info.status == "FAILED"
+
+
+def test_subprocess_launcher_matches_in_process(tmp_path, archive, split_artifact, smoke):
+    output = tmp_path / "split"
+    SubprocessLauncher().launch("split", smoke.split, {"archive": archive}, output)
+    for name in data.TABLES:
+        assert sha256_file(data.table_path(output, name)) == sha256_file(data.table_path(split_artifact, name))
+
+
+def test_subprocess_failure_reports_the_log_tail(tmp_path, smoke):
+    with pytest.raises(StageFailed, match="stage split exited with code 2; last lines:\n.*does not exist"):
+        SubprocessLauncher().launch("split", smoke.split, {"archive": tmp_path / "missing.tar.gz"}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

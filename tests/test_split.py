@@ -1,0 +1,121 @@
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from stages import cifar, data, split
+from stages.artifacts import ArtifactError, sha256_file, verify
+from stages.config import SplitConfig
+
+TABLES = ["labeled", "validation", "unlabeled", "unlabeled_audit", "test"]
+
+
+def test_stratified_indices_on_synthetic_labels():
+    labels = np.repeat(np.arange(5), 20)
+    parts = split.stratified_indices(labels, {"a": 3, "b": 2, "rest": None}, seed=1)
+    for name, per_class in {"a": 3, "b": 2, "rest": 15}.items():
+        assert np.bincount(labels[parts[name]]).tolist() == [per_class] * 5
+    everything = np.concatenate(list(parts.values()))
+    assert len(np.unique(everything)) == len(everything) == 100  # disjoint and complete
+    again = split.stratified_indices(labels, {"a": 3, "b": 2, "rest": None}, seed=1)
+    assert all(np.array_equal(parts[k], again[k]) for k in parts)
+    other = split.stratified_indices(labels, {"a": 3, "b": 2, "rest": None}, seed=2)
+    assert not np.array_equal(parts["a"], other["a"])
+
+
+def test_stratified_indices_refuses_too_many():
+    with pytest.raises(ValueError, match="class 0 has 20 images, fewer than the 21 asked for"):
+        split.stratified_indices(np.zeros(20, int), {"a": 21}, seed=0)
+
+
+def test_split_counts_schema_and_disjointness(split_artifact, smoke):
+    tables = {name: data.read_table(split_artifact, name) for name in TABLES}
+    per_class = {"labeled": smoke.split.labels_per_class, "validation": smoke.split.val_per_class,
+                 "unlabeled_audit": smoke.split.unlabeled_per_class, "test": smoke.split.test_per_class}
+    for name, count in per_class.items():
+        assert np.bincount(tables[name].labels, minlength=100).tolist() == [count] * 100, name
+    for name in TABLES:
+        schema = pq.read_schema(data.table_path(split_artifact, name)).remove_metadata()
+        assert schema.equals(data.TABLES[name][1]), name
+    assert "label" not in pq.read_schema(data.table_path(split_artifact, "unlabeled")).names
+    ids = [set(tables[name].ids) for name in ("labeled", "validation", "unlabeled")]
+    assert sum(map(len, ids)) == len(set.union(*ids))
+    assert list(tables["unlabeled"].ids) == list(tables["unlabeled_audit"].ids)
+
+
+def test_images_and_audit_labels_are_the_official_ones(split_artifact, archive):
+    train, test, _ = cifar.load(archive)
+    for name, source in (("labeled", train), ("test", test)):
+        table = data.read_table(split_artifact, name)
+        rows = [int(i.split("-")[1]) for i in table.ids]
+        assert np.array_equal(table.images, source.images[rows]) and np.array_equal(table.labels, source.labels[rows])
+    audit = data.read_table(split_artifact, "unlabeled_audit")
+    assert np.array_equal(audit.labels, train.labels[[int(i.split("-")[1]) for i in audit.ids]])
+
+
+def test_manifest_records_provenance(split_artifact, smoke):
+    manifest = verify(split_artifact)
+    assert manifest["stage"] == "split"
+    assert manifest["config"] == smoke.split.model_dump(mode="json")
+    assert manifest["parents"]["archive"]["digest"] == cifar.SHA256
+    assert manifest["files"]["labeled.parquet"]["rows"] == 400
+    assert manifest["files"]["labeled.parquet"]["sha256"] == sha256_file(split_artifact / "labeled.parquet")
+    assert "image: fixed_size_binary[3072] not null" in manifest["files"]["labeled.parquet"]["schema"]
+    assert manifest["code_version"].startswith("0.1.0+")
+    assert json.loads((split_artifact / "classes.json").read_text())[:2] == ["apple", "aquarium_fish"]
+
+
+def test_same_config_gives_byte_identical_files(tmp_path, archive, split_artifact, smoke):
+    again = tmp_path / "again"
+    split.run(smoke.split, {"archive": archive}, again)
+    for name in TABLES:
+        assert sha256_file(data.table_path(again, name)) == sha256_file(data.table_path(split_artifact, name))
+
+
+@pytest.mark.parametrize("labels_per_class", [25, 40])
+def test_other_label_budgets(tmp_path, archive, labels_per_class):
+    config = SplitConfig(labels_per_class=labels_per_class, val_per_class=5, unlabeled_per_class=1, test_per_class=1)
+    manifest = split.run(config, {"archive": archive}, tmp_path / "out")
+    assert manifest["files"]["labeled.parquet"]["rows"] == 100 * labels_per_class
+    assert manifest["files"]["validation.parquet"]["rows"] == 500
+
+
+def test_existing_output_is_never_overwritten(split_artifact, archive, smoke):
+    before = sha256_file(split_artifact / "manifest.json")
+    with pytest.raises(FileExistsError, match="already exists: artifacts are never overwritten"):
+        split.run(smoke.split, {"archive": archive}, split_artifact)
+    assert sha256_file(split_artifact / "manifest.json") == before
+
+
+def test_failure_mid_write_leaves_nothing(tmp_path, archive, smoke, monkeypatch):
+    real_write = data.write_table
+
+    def fail_on_test(artifact, name, *args, **kwargs):
+        if name == "test":
+            raise OSError("disk full")
+        return real_write(artifact, name, *args, **kwargs)
+
+    monkeypatch.setattr(data, "write_table", fail_on_test)
+    with pytest.raises(OSError, match="disk full"):
+        split.run(smoke.split, {"archive": archive}, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tampered_file_fails_verification(tmp_path, split_artifact):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(split_artifact, copy)
+    table = copy / "labeled.parquet"
+    table.write_bytes(table.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ArtifactError, match="labeled.parquet has SHA-256 .* rerun the split stage"):
+        verify(copy)
+
+
+def test_wrong_schema_is_named(tmp_path):
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"id": ["a"], "image": [b"x" * 10], "label": [1]}), tmp_path / "labeled.parquet")
+    with pytest.raises(data.DataError, match="labeled.parquet has schema"):
+        data.read_table(tmp_path, "labeled")
