@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,8 +42,11 @@ def command_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")  # first start migrates its DB
     if "PREFECT_HOME" in os.environ:  # Prefect creates its home without parents, then cannot open its DB
         Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
-    from pipelines.flow import baseline_pipeline  # imports Prefect and MLflow: only when running
+    server = _start_embedded_prefect_server()
+    from pipelines.flow import baseline_pipeline  # seconds of imports, while the server boots
 
+    if server:
+        server.join()
     started = time.perf_counter()
     result = baseline_pipeline(config=config, launcher=args.launcher, archive=args.archive)
     minutes = (time.perf_counter() - started) / 60
@@ -52,6 +56,23 @@ def command_run(args: argparse.Namespace) -> int:
         f"({minutes:.1f} min). MLflow run {result['mlflow_run_id']}; model in {result['artifacts']['model']}"
     )
     return 0
+
+
+def _start_embedded_prefect_server() -> threading.Thread | None:
+    """With no ``PREFECT_API_URL``, boot Prefect's temporary server now and wait for it in a thread.
+
+    The server is a subprocess that spends seconds importing; meanwhile this process imports
+    MLflow and the flow. Prefect keeps one temporary server per process, and the flow finds it.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    waiting = threading.Thread(target=SubprocessASGIServer().start, daemon=True)
+    waiting.start()
+    return waiting
 
 
 def command_stages(args: argparse.Namespace) -> int:

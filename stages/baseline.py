@@ -28,11 +28,23 @@ METRICS_FILE = "metrics.json"
 
 
 def export_saved_model(model: keras.Model, path: Path) -> bool:
-    """Write a SavedModel when TensorFlow is importable (any backend); False when it is not."""
+    """Write a SavedModel with a ``serve`` endpoint; False when TensorFlow is not installed.
+
+    ``model.export`` calls the model without ``training=False``, and Keras' random augmentation
+    layers then default to training mode: the served predictions would be augmented. The
+    endpoint here passes ``training=False`` explicitly.
+    """
     if importlib.util.find_spec("tensorflow") is None:
         log.warning("TensorFlow is not installed: no SavedModel is exported, only %s", MODEL_FILE)
         return False
-    model.export(path, format="tf_saved_model", verbose=False)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serve",
+        fn=lambda images: model(images, training=False),
+        input_signature=[keras.InputSpec(shape=(None, *model.input_shape[1:]), dtype="float32")],
+    )
+    archive.write_out(str(path), verbose=False)
     return True
 
 
@@ -44,14 +56,15 @@ def run(config: TrainConfig, inputs: Mapping[str, Path], output: Path) -> dict[s
     log.info("training %s on %d labeled images, validating on %d", config.architecture.name, len(train), len(validation))
     result = train_classifier(config, train, validation)
     best = result.history.iloc[result.best_epoch - 1]
+    # "best_" = at the kept epoch; the unprefixed names are the per-epoch history's
     metrics = {
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
-        "val_accuracy": float(best["val_accuracy"]),
-        "val_top5_accuracy": float(best["val_top5_accuracy"]),
-        "val_loss": float(best["val_loss"]),
-        "train_accuracy": float(best["accuracy"]),
-        "train_loss": float(best["loss"]),
+        "best_val_accuracy": float(best["val_accuracy"]),
+        "best_val_top5_accuracy": float(best["val_top5_accuracy"]),
+        "best_val_loss": float(best["val_loss"]),
+        "best_train_accuracy": float(best["accuracy"]),
+        "best_train_loss": float(best["loss"]),
         "parameters": result.model.count_params(),
         "train_seconds": round(result.seconds, 2),
         "images_per_second": round(result.images_per_second, 1),  # training images / epoch wall time
@@ -66,7 +79,7 @@ def run(config: TrainConfig, inputs: Mapping[str, Path], output: Path) -> dict[s
             extra={"reads": ["split/labeled.parquet", "split/validation.parquet"],
                    "backend": keras.backend.backend(), "saved_model": exported},
         )
-    log.info("best epoch %d: val accuracy %.4f; model in %s", result.best_epoch, metrics["val_accuracy"], output)
+    log.info("best epoch %d: val accuracy %.4f; model in %s", result.best_epoch, metrics["best_val_accuracy"], output)
     return manifest
 
 

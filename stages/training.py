@@ -40,7 +40,7 @@ class EpochRecorder(keras.callbacks.Callback):
             "epoch": epoch + 1,
             **{key: float(value) for key, value in (logs or {}).items()},
             "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
-            "seconds": now - self._epoch_start,
+            "epoch_seconds": now - self._epoch_start,
             "timestamp_ms": time.time() * 1000,
         }
         self.rows.append(row)
@@ -49,7 +49,7 @@ class EpochRecorder(keras.callbacks.Callback):
         log.info(
             "epoch %d/%d  loss %.3f acc %.3f | val loss %.3f acc %.3f | %.1f s/epoch, ETA %dm%02ds (at most)",
             epoch + 1, self.epochs, row.get("loss", math.nan), row.get("accuracy", math.nan),
-            row.get("val_loss", math.nan), row.get("val_accuracy", math.nan), row["seconds"], eta // 60, eta % 60,
+            row.get("val_loss", math.nan), row.get("val_accuracy", math.nan), row["epoch_seconds"], eta // 60, eta % 60,
         )
 
     def history(self) -> pd.DataFrame:
@@ -115,5 +115,5 @@ def train_classifier(config: TrainConfig, train: ImageTable, validation: ImageTa
         history=history,
         best_epoch=selector.best_epoch + 1,
         seconds=seconds,
-        images_per_second=len(train) * len(history) / float(history["seconds"].sum()),
+        images_per_second=len(train) * len(history) / float(history["epoch_seconds"].sum()),
     )

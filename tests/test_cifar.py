@@ -23,6 +23,13 @@ def test_missing_archive_says_how_to_get_it(tmp_path):
     assert cifar.URL in str(error.value) and cifar.ARCHIVE_ENV in str(error.value)
 
 
+def test_wrong_archive_is_named(tmp_path):
+    wrong = tmp_path / "cifar-100-python.tar.gz"
+    wrong.write_bytes(b"\0" * (cifar.SIZE + 1))
+    with pytest.raises(cifar.ArchiveError, match="it is not the official cifar-100-python.tar.gz"):
+        cifar.verify_archive(wrong)
+
+
 def test_truncated_archive_is_named(tmp_path, archive):
     truncated = tmp_path / "cifar-100-python.tar.gz"
     with open(archive, "rb") as source:
@@ -50,7 +57,7 @@ def _hostile_archive(path, marker):
 def test_hostile_pickle_is_never_unpickled(tmp_path):
     marker = tmp_path / "pwned"
     _hostile_archive(tmp_path / "evil.tar.gz", marker)
-    with pytest.raises(cifar.ArchiveError, match="not the official cifar-100-python.tar.gz"):
+    with pytest.raises(cifar.ArchiveError, match="has SHA-256 .* Nothing was unpickled"):
         cifar.load(tmp_path / "evil.tar.gz")
     assert not marker.exists()
 

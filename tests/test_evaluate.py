@@ -13,6 +13,7 @@ def test_classification_metrics_by_hand():
     probabilities[0, 3] = probabilities[1, 5] = 0.9  # right, wrong (true 4)
     probabilities[2, :6] = [0.5, 0.2, 0.1, 0.05, 0.04, 0.03]  # true 4: in the top five
     probabilities[3, 7] = 0.9  # true 99: not in the top five
+    probabilities[[1, 3], 10:14] = [0.05, 0.04, 0.03, 0.02]  # no ties with the true class's 0.001
     labels = np.array([3, 4, 4, 99])
     metrics, matrix = evaluate.classification_metrics(probabilities, labels)
     assert metrics["test_accuracy"] == 0.25
