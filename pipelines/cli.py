@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from stages.config import PRESETS, ConfigError, load_pipeline_config, parse_assignment
+from stages.config import PRESETS, load_pipeline_config, parse_assignment
 from stages.stage import STAGE_NAMES, get_stage
 from stages.stage import main as stage_main
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     try:
         return args.handler(args)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError, RuntimeError) as error:  # bad config, input or artifact: no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
 

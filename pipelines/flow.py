@@ -20,7 +20,7 @@ import sqlalchemy.exc
 from prefect import flow, task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
-from prefect.runtime import flow_run, task_run
+from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from pipelines import settings, tracking
@@ -86,8 +86,9 @@ def run_stage(stage: str, config: BaseModel, inputs: dict[str, Path], launcher: 
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient, task_run_name="track-{stage}")
-def track_stage(experiment_id: str, parent_run_id: str, stage: str, artifact: Path, cached: bool) -> str:
-    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.task_run_id": str(task_run.id)}
+def track_stage(experiment_id: str, parent_run_id: str, stage: str, artifact: Path, cached: bool,
+                stage_task_run_id: str) -> str:
+    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.task_run_id": stage_task_run_id}
     return tracking.log_stage(experiment_id, parent_run_id, stage, artifact, cached, tags)
 
 
@@ -100,10 +101,10 @@ def stage_step(stage: str, config: BaseModel, inputs: dict[str, Path], launcher:
     artifact = state.result()
     cached = state.name == "Cached"
     if cached and not artifact.exists():  # the cache outlived its artifact: make it again
-        artifact = cached_task.with_options(refresh_cache=True)(stage, config, inputs, launcher)
-        cached = False
+        state = cached_task.with_options(refresh_cache=True)(stage, config, inputs, launcher, return_state=True)
+        artifact, cached = state.result(), False
     log.info("stage %s: %s %s", stage, "reused from cache" if cached else "built", artifact)
-    track_stage(experiment_id, parent_run_id, stage, artifact, cached)
+    track_stage(experiment_id, parent_run_id, stage, artifact, cached, str(state.state_details.task_run_id))
     return artifact
 
 

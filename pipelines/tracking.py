@@ -18,7 +18,7 @@ import mlflow
 import pandas as pd
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from pipelines import settings
@@ -56,11 +56,12 @@ def flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def start_parent_run(experiment_id: str, run_name: str, config: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+    """Create the flow's parent run; it stays RUNNING until ``finish_parent_run``."""
     client = MlflowClient()
     run = client.create_run(experiment_id, run_name=run_name, tags={TAG_PRESET: config.get("preset", ""), **tags})
-    with mlflow.start_run(run_id=run.info.run_id):
-        mlflow.log_params(flatten(config))
-        mlflow.log_dict(dict(config), "config.json")
+    params = [Param(key, str(value)) for key, value in flatten(config).items()]
+    client.log_batch(run.info.run_id, params=params)
+    client.log_dict(run.info.run_id, dict(config), "config.json")
     return run.info.run_id
 
 

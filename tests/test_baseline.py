@@ -63,3 +63,12 @@ def test_unfinished_split_is_refused(tmp_path, smoke):
     with pytest.raises(ArtifactError, match="manifest.json is missing: .* Rerun the stage"):
         baseline.run(smoke.baseline, {"split": tmp_path / "split"}, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_training_reads_only_labeled_and_validation(tmp_path, split_artifact, smoke, monkeypatch):
+    opened = []
+    real_read = data.read_table
+    monkeypatch.setattr(data, "read_table", lambda artifact, name: opened.append(name) or real_read(artifact, name))
+    manifest = baseline.run(smoke.baseline, {"split": split_artifact}, tmp_path / "out")
+    assert opened == ["labeled", "validation"]
+    assert manifest["reads"] == ["split/labeled.parquet", "split/validation.parquet"]
