@@ -92,6 +92,22 @@ def track_stage(experiment_id: str, parent_run_id: str, stage: str, artifact: Pa
     return tracking.log_stage(experiment_id, parent_run_id, stage, artifact, cached, tags)
 
 
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
+def open_parent_run(config: PipelineConfig) -> tuple[str, str]:
+    """(experiment id, parent run id) of this flow run's MLflow parent run."""
+    experiment_id = tracking.configure()
+    parent_run_id = tracking.start_parent_run(
+        experiment_id, f"{config.preset}-{flow_run.name}", config.model_dump(mode="json"),
+        {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)},
+    )
+    return experiment_id, parent_run_id
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
+def close_parent_run(parent_run_id: str, metrics: dict[str, float], status: str) -> None:
+    tracking.finish_parent_run(parent_run_id, metrics, status)
+
+
 def stage_step(stage: str, config: BaseModel, inputs: dict[str, Path], launcher: str,
                experiment_id: str, parent_run_id: str) -> Path:
     """Run (or reuse) one stage, then track it under the parent run."""
@@ -113,11 +129,7 @@ def baseline_pipeline(config: PipelineConfig = PipelineConfig(), launcher: str =
                       archive: str | None = None) -> dict[str, Any]:
     """Split CIFAR-100, train the supervised baseline, evaluate it on the test set."""
     LAUNCHERS[launcher]  # fail before any work on an unknown launcher
-    experiment_id = tracking.configure()
-    parent_run_id = tracking.start_parent_run(
-        experiment_id, f"{config.preset}-{flow_run.name}", config.model_dump(mode="json"),
-        {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)},
-    )
+    experiment_id, parent_run_id = open_parent_run(config)
     status, metrics = "FAILED", {}
     try:
         archive_path = fetch_archive(archive)
@@ -128,6 +140,6 @@ def baseline_pipeline(config: PipelineConfig = PipelineConfig(), launcher: str =
         metrics = json.loads((evaluation / "metrics.json").read_text())
         status = "FINISHED"
     finally:
-        tracking.finish_parent_run(parent_run_id, metrics, status)
+        close_parent_run(parent_run_id, metrics, status)
     return {**metrics, "mlflow_run_id": parent_run_id, "artifacts": {"split": str(split), "model": str(model),
                                                                    "evaluate": str(evaluation)}}
