@@ -19,15 +19,17 @@ import sys
 import time
 from pathlib import Path
 
+from pipelines import settings
+
 RESULTS = Path(__file__).parent / "results"
 
 
-def finished_runs(home: Path, preset: str) -> dict[int, dict]:
-    """Latest finished parent run per training seed, from the home's MLflow store."""
+def finished_runs(preset: str) -> dict[int, dict]:
+    """Latest finished parent run per training seed, from the MLflow store the pipeline uses."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", "ssl-pipeline"))
+    client = MlflowClient(tracking_uri=settings.tracking_uri())
+    experiment = client.get_experiment_by_name(settings.experiment_name())
     if experiment is None:
         return {}
     runs = client.search_runs([experiment.experiment_id], f"tags.`ssl.preset` = '{preset}' and attributes.status = 'FINISHED'",
@@ -56,8 +58,8 @@ def _at_step(client, run_id: str, metric: str, step: int) -> float:
     return next(m.value for m in client.get_metric_history(run_id, metric) if m.step == step)
 
 
-def run_seed(home: Path, preset: str, seed: int) -> float:
-    env = {**os.environ, "SSL_PIPELINE_HOME": str(home), "PREFECT_HOME": str(home / "prefect")}
+def run_seed(preset: str, seed: int) -> float:
+    env = {**os.environ, "PREFECT_HOME": str(settings.home() / "prefect")}
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--preset", preset, "--set", f"baseline.seed={seed}"],
                    env=env, check=True)
@@ -71,10 +73,10 @@ def main() -> None:
     parser.add_argument("--home", type=Path, required=True, help="SSL_PIPELINE_HOME shared by the runs")
     parser.add_argument("--reuse", action="store_true", help="report seeds already finished in --home")
     args = parser.parse_args()
-    home = args.home.resolve()
-    done = finished_runs(home, args.preset) if args.reuse else {}
-    command_seconds = {seed: run_seed(home, args.preset, seed) for seed in args.seeds if seed not in done}
-    runs = finished_runs(home, args.preset)
+    os.environ[settings.HOME_ENV] = str(args.home.resolve())  # the runs and the read-back share it
+    done = finished_runs(args.preset) if args.reuse else {}
+    command_seconds = {seed: run_seed(args.preset, seed) for seed in args.seeds if seed not in done}
+    runs = finished_runs(args.preset)
     rows = [{**runs[seed], "command_seconds": command_seconds.get(seed)} for seed in args.seeds]
     accuracies = [row["test_accuracy"] for row in rows]
     summary = {

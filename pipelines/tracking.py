@@ -157,24 +157,13 @@ def log_keras_model(path: Path) -> None:
     example = np.zeros((2, *model.input_shape[1:]), dtype="float32")  # raw pixel values 0..255
     signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
     # explicit requirements: inferring them loads the model in a subprocess (about 25 s here)
-    requirements = [f"keras=={keras.__version__}", f"{keras.backend.backend()}=={_backend_version()}"]
+    requirements = [f"keras=={keras.__version__}", _backend_requirement(keras.backend.backend())]
     mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements)
 
 
-def _backend_version() -> str:
-    from importlib.metadata import version
+def _backend_requirement(backend: str) -> str:
+    """The installed distribution that provides the backend module, e.g. ``tensorflow_cpu==2.21.0``."""
+    from importlib import metadata
 
-    import keras
-
-    backend = keras.backend.backend()
-    return version("jax" if backend == "jax" else "tensorflow-cpu" if _installed("tensorflow-cpu") else backend)
-
-
-def _installed(distribution: str) -> bool:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        version(distribution)
-        return True
-    except PackageNotFoundError:
-        return False
+    distribution = metadata.packages_distributions()[backend][0]
+    return f"{distribution}=={metadata.version(distribution)}"
