@@ -1,4 +1,4 @@
-"""``ssl-pipeline``: run the pipeline, list the stages, run one stage, show a resolved config."""
+"""``ssl-pipeline``: run the pipeline, schedule it, list the stages, run one stage, show a config."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.launchers import LAUNCHERS
 from stages.config import PRESETS, load_pipeline_config, parse_assignment
 from stages.stage import STAGE_NAMES, get_stage
 from stages.stage import main as stage_main
@@ -75,6 +76,91 @@ def _start_embedded_prefect_server() -> threading.Thread | None:
     return waiting
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
+    return key, value
+
+
+def _require_prefect_server() -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise ValueError("deployments live on a Prefect server: set PREFECT_API_URL, e.g. "
+                         "http://127.0.0.1:4200/api for the docker-compose stack")
+
+
+def command_deploy(args: argparse.Namespace) -> int:
+    _require_prefect_server()
+    from pipelines import deployments
+
+    config = _config_from(args)
+    job_variables = deployments.container_job_variables(args.network, args.volume, dict(args.env), config.resources)
+    deployment_id = deployments.deploy(args.name, config, pool=args.pool, image=args.image, cron=args.cron,
+                                       job_variables=job_variables, archive=args.archive, paused=args.paused)
+    schedule = f"on cron {args.cron!r}" if args.cron else "on demand"
+    print(f"deployment {deployments.full_name(args.name)} ({deployment_id}): {config.preset} preset, "
+          f"{schedule}, work pool {args.pool}, image {args.image}")
+    return 0
+
+
+def command_serve(args: argparse.Namespace) -> int:
+    from pipelines import deployments
+
+    deployments.serve(args.name, _config_from(args), cron=args.cron, archive=args.archive)
+    return 0
+
+
+def command_deployments(args: argparse.Namespace) -> int:
+    _require_prefect_server()
+    from pipelines import deployments
+
+    if args.action == "list":
+        for row in deployments.list_deployments():
+            state = "paused" if row["paused"] else "active"
+            print(f"{row['name']:<40} {state:<7} {row['schedules'] or 'on demand':<16} {row['work_pool']}")
+    elif args.action in ("pause", "resume"):
+        deployments.set_paused(args.name, args.action == "pause")
+        print(f"{deployments.full_name(args.name)}: {args.action}d")
+    else:
+        run_id, state = deployments.trigger(args.name, wait=args.wait)
+        print(f"flow run {run_id}: {state}")
+        return 0 if state in ("Completed", "Scheduled", "Pending") else 1
+    return 0
+
+
+def _add_deploy_commands(commands) -> None:
+    deploy = commands.add_parser("deploy", help="register the pipeline as a Prefect deployment on a docker work pool")
+    deploy.add_argument("name", help="deployment name")
+    _add_config_arguments(deploy)
+    deploy.add_argument("--cron", help='schedule, e.g. "0 3 * * *" (default: runs only when triggered)')
+    deploy.add_argument("--pool", default="ssl-docker", help="docker work pool (created if missing)")
+    deploy.add_argument("--image", default="ssl-pipeline/stage:cpu", help="image each flow run starts in")
+    deploy.add_argument("--network", help="docker network of the flow-run containers, e.g. ssl-pipeline_default")
+    deploy.add_argument("--volume", action="append", default=[], metavar="SOURCE:TARGET[:MODE]",
+                        help="mount into flow-run containers, e.g. ssl-pipeline_artifacts:/data (repeatable)")
+    deploy.add_argument("--env", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                        help="environment of flow runs, e.g. MLFLOW_TRACKING_URI=http://mlflow:5000")
+    deploy.add_argument("--archive", help="CIFAR-100 archive path inside the flow-run container")
+    deploy.add_argument("--paused", action="store_true", help="register with the schedule paused")
+    deploy.set_defaults(handler=command_deploy)
+    serve = commands.add_parser("serve", help="run a schedule of the pipeline in this process (no worker)")
+    serve.add_argument("name", help="deployment name")
+    _add_config_arguments(serve)
+    serve.add_argument("--cron", help="schedule (default: runs only when triggered)")
+    serve.add_argument("--archive", help="path of cifar-100-python.tar.gz")
+    serve.set_defaults(handler=command_serve)
+    manage = commands.add_parser("deployments", help="list, pause, resume or trigger deployments")
+    actions = manage.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every deployment with its schedule and state")
+    for action in ("pause", "resume", "run"):
+        parser = actions.add_parser(action, help=f"{action} a deployment (NAME or FLOW/NAME)")
+        parser.add_argument("name")
+    actions.choices["run"].add_argument("--wait", action="store_true", help="wait for the run to finish")
+    manage.set_defaults(handler=command_deployments)
+
+
 def command_stages(args: argparse.Namespace) -> int:
     for name in STAGE_NAMES:
         stage = get_stage(name)
@@ -98,10 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run split -> baseline -> evaluate as a Prefect flow")
     _add_config_arguments(run)
-    run.add_argument("--launcher", choices=["in-process", "subprocess"], default="in-process",
-                     help="how each stage is started")
+    run.add_argument("--launcher", choices=list(LAUNCHERS), default="in-process",
+                     help="how each stage is started (docker: the stage image, $SSL_PIPELINE_STAGE_IMAGE)")
     run.add_argument("--archive", help="path of cifar-100-python.tar.gz (default: $CIFAR100_ARCHIVE or download)")
     run.set_defaults(handler=command_run)
+    _add_deploy_commands(commands)
     commands.add_parser("stages", help="list the stages").set_defaults(handler=command_stages)
     commands.add_parser("stage", help="run one stage: ssl-pipeline stage NAME --help")
     show = commands.add_parser("config", help="print the resolved configuration")

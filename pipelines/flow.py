@@ -27,7 +27,7 @@ from pipelines import settings, tracking
 from pipelines.launchers import LAUNCHERS
 from stages import cifar
 from stages.artifacts import code_version, read_manifest, sha256_file, sha256_json, verify
-from stages.config import PipelineConfig
+from stages.config import PipelineConfig, ResourcesConfig
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,11 @@ def fetch_archive(path: str | None) -> Path:
 
 
 @task(cache_policy=StageCachePolicy(), persist_result=True, task_run_name="{stage}")
-def run_stage(stage: str, config: BaseModel, inputs: dict[str, Path], launcher: str) -> Path:
+def run_stage(stage: str, config: BaseModel, inputs: dict[str, Path], launcher: str,
+              resources: ResourcesConfig) -> Path:
     output = settings.artifact_root() / stage / stage_key(stage, config, inputs)[:16]
     if not output.exists():
-        LAUNCHERS[launcher]().launch(stage, config, inputs, output)
+        LAUNCHERS[launcher]().launch(stage, config, inputs, output, resources)
     verify(output)
     return output
 
@@ -108,16 +109,17 @@ def close_parent_run(parent_run_id: str, metrics: dict[str, float], status: str)
     tracking.finish_parent_run(parent_run_id, metrics, status)
 
 
-def stage_step(stage: str, config: BaseModel, inputs: dict[str, Path], launcher: str,
+def stage_step(stage: str, config: BaseModel, inputs: dict[str, Path], launcher: str, resources: ResourcesConfig,
                experiment_id: str, parent_run_id: str) -> Path:
     """Run (or reuse) one stage, then track it under the parent run."""
     log.info("stage %s: starting (%s)", stage, launcher)
     cached_task = run_stage.with_options(result_storage=settings.prefect_results())
-    state = cached_task(stage, config, inputs, launcher, return_state=True)
+    state = cached_task(stage, config, inputs, launcher, resources, return_state=True)
     artifact = state.result()
     cached = state.name == "Cached"
     if cached and not artifact.exists():  # the cache outlived its artifact: make it again
-        state = cached_task.with_options(refresh_cache=True)(stage, config, inputs, launcher, return_state=True)
+        state = cached_task.with_options(refresh_cache=True)(stage, config, inputs, launcher, resources,
+                                                             return_state=True)
         artifact, cached = state.result(), False
     log.info("stage %s: %s %s", stage, "reused from cache" if cached else "built", artifact)
     track_stage(experiment_id, parent_run_id, stage, artifact, cached, str(state.state_details.task_run_id))
@@ -133,7 +135,8 @@ def baseline_pipeline(config: PipelineConfig = PipelineConfig(), launcher: str =
     status, metrics = "FAILED", {}
     try:
         archive_path = fetch_archive(archive)
-        step = dict(launcher=launcher, experiment_id=experiment_id, parent_run_id=parent_run_id)
+        step = dict(launcher=launcher, resources=config.resources, experiment_id=experiment_id,
+                    parent_run_id=parent_run_id)
         split = stage_step("split", config.split, {"archive": archive_path}, **step)
         model = stage_step("baseline", config.baseline, {"split": split}, **step)
         evaluation = stage_step("evaluate", config.evaluate, {"split": split, "model": model}, **step)

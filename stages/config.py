@@ -2,7 +2,9 @@
 
 Field defaults are the seed study's own hyperparameters (``../shared/SEED.md``, exercise 1), so
 the ``seed`` preset is the default and every other preset is a small override of it.
-Infrastructure (paths, tracking URI, launcher) never lives here: it comes from the environment.
+Infrastructure (paths, tracking URI, launcher, image names) never lives here: it comes from the
+environment. What a run asks of the machine (GPUs, CPUs, memory) does: a preset that needs a GPU
+says so.
 """
 
 from __future__ import annotations
@@ -106,10 +108,20 @@ class EvaluateConfig(StrictModel):
     batch_size: int = Field(500, ge=1, description="inference batch size")
 
 
+class ResourcesConfig(StrictModel):
+    """What each stage container asks of the engine; the in-process and subprocess launchers run
+    with whatever their process has. Not part of any cache key: results do not depend on it."""
+
+    gpus: int = Field(0, ge=0, description="GPUs reserved per stage container")
+    cpus: float | None = Field(None, gt=0, description="CPU limit per stage container; None = no limit")
+    memory_gb: float | None = Field(None, gt=0, description="memory limit per stage container, GiB")
+
+
 class PipelineConfig(StrictModel):
     """The split -> baseline -> evaluate pipeline."""
 
     preset: str = Field("seed", description="name of the preset this config started from")
+    resources: ResourcesConfig = ResourcesConfig()
     split: SplitConfig = SplitConfig()
     baseline: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()

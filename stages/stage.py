@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,9 +77,12 @@ def main(stage: Stage, argv: list[str] | None = None) -> int:
         config = stage.parse_config(data or {}, str(args.config or "defaults"))
         inputs = dict(args.input)
         stage.check_inputs(inputs)
+        started = time.perf_counter()
         manifest = stage.run(config, inputs, args.output)
     except (ValueError, OSError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps({"output": str(args.output), "digest": manifest["digest"]}))
+    # the last line: what was made, and the stage's own time (launchers subtract it for their overhead)
+    print(json.dumps({"output": str(args.output), "digest": manifest["digest"],
+                      "seconds": round(time.perf_counter() - started, 3)}))
     return 0

@@ -115,12 +115,13 @@ def test_bad_archive_fails_the_flow_and_the_parent_run(prefect, tmp_path, smoke)
 
 def test_subprocess_launcher_matches_in_process(tmp_path, archive, split_artifact, smoke):
     output = tmp_path / "split"
-    SubprocessLauncher().launch("split", smoke.split, {"archive": archive}, output)
+    SubprocessLauncher().launch("split", smoke.split, {"archive": archive}, output, smoke.resources)
     for name in data.TABLES:
         assert sha256_file(data.table_path(output, name)) == sha256_file(data.table_path(split_artifact, name))
 
 
 def test_subprocess_failure_reports_the_log_tail(tmp_path, smoke):
     with pytest.raises(StageFailed, match="stage split exited with code 2; last lines:\n.*does not exist"):
-        SubprocessLauncher().launch("split", smoke.split, {"archive": tmp_path / "missing.tar.gz"}, tmp_path / "out")
+        SubprocessLauncher().launch("split", smoke.split, {"archive": tmp_path / "missing.tar.gz"}, tmp_path / "out",
+                                    smoke.resources)
     assert not (tmp_path / "out").exists()

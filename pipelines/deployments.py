@@ -1,0 +1,122 @@
+"""Scheduled pipeline runs: Prefect deployments of the pipeline flow.
+
+A deployment on a ``docker`` work pool runs each flow run in a stage container that a worker
+starts (the docker-compose stack has one); the same deployment on a Kubernetes work pool runs it
+as a Job (``docker/kubernetes-job-template.json``). ``serve`` runs the schedule in this process
+instead, with no worker. The flow's parameters are the full resolved config, so the Prefect UI
+shows and edits every hyperparameter of a scheduled run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+from prefect import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.deployments import run_deployment
+from prefect.deployments.runner import EntrypointType
+from prefect.exceptions import ObjectNotFound
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+from pipelines.flow import baseline_pipeline
+from stages.config import PipelineConfig, ResourcesConfig
+
+FLOW = baseline_pipeline
+
+
+def flow_parameters(config: PipelineConfig, archive: str | None) -> dict[str, Any]:
+    return {"config": config.model_dump(mode="json"), "archive": archive}
+
+
+def container_job_variables(network: str | None, volumes: list[str], env: Mapping[str, str],
+                            resources: ResourcesConfig) -> dict[str, Any]:
+    """Job variables of the docker work pool for one deployment (the image is passed apart)."""
+    variables: dict[str, Any] = {
+        "image_pull_policy": "IfNotPresent",  # locally built images are in no registry
+        "auto_remove": True,
+        "volumes": list(volumes),
+        "env": dict(env),
+    }
+    if network:
+        variables["networks"] = [network]
+    if resources.cpus:
+        variables["container_create_kwargs"] = {"nano_cpus": int(resources.cpus * 1e9)}
+    if resources.memory_gb:
+        variables["mem_limit"] = f"{resources.memory_gb}g"
+    if resources.gpus:
+        requests = [{"count": resources.gpus, "capabilities": [["gpu"]]}]
+        variables.setdefault("container_create_kwargs", {})["device_requests"] = requests
+    return variables
+
+
+def deploy(name: str, config: PipelineConfig, *, pool: str, image: str, cron: str | None,
+           job_variables: dict[str, Any], archive: str | None = None, paused: bool = False) -> UUID:
+    """Register (or update) a deployment of the pipeline on a docker work pool; its id."""
+    ensure_work_pool(pool, "docker")
+    return FLOW.deploy(
+        name=name, work_pool_name=pool, image=image, build=False, push=False, cron=cron, paused=paused,
+        parameters=flow_parameters(config, archive), job_variables=job_variables,
+        tags=[f"preset:{config.preset}"], description=f"{FLOW.name} with the {config.preset} preset",
+        # the image has the package installed: import by module, whatever the caller's directory
+        entrypoint_type=EntrypointType.MODULE_PATH, print_next_steps=False,
+    )
+
+
+def serve(name: str, config: PipelineConfig, *, cron: str | None, archive: str | None = None) -> None:
+    """Run the schedule in this process until interrupted (no work pool, no worker)."""
+    FLOW.serve(name=name, cron=cron, parameters=flow_parameters(config, archive),
+               tags=[f"preset:{config.preset}"])
+
+
+def ensure_work_pool(name: str, pool_type: str) -> None:
+    async def ensure() -> None:
+        async with get_client() as client:
+            try:
+                pool = await client.read_work_pool(name)
+            except ObjectNotFound:
+                await client.create_work_pool(WorkPoolCreate(name=name, type=pool_type))
+                return
+            if pool.type != pool_type:
+                raise ValueError(f"work pool {name!r} has type {pool.type!r}, not {pool_type!r}: "
+                                 "choose another --pool")
+
+    run_coro_as_sync(ensure())
+
+
+def full_name(name: str) -> str:
+    """``flow-name/deployment-name``, the form Prefect looks deployments up by."""
+    return name if "/" in name else f"{FLOW.name}/{name}"
+
+
+def list_deployments() -> list[dict[str, Any]]:
+    async def read() -> list[dict[str, Any]]:
+        async with get_client() as client:
+            flows = {flow.id: flow.name for flow in await client.read_flows()}
+            return [{
+                "name": f"{flows.get(d.flow_id, '?')}/{d.name}",
+                "schedules": ", ".join(s.schedule.cron for s in d.schedules if getattr(s.schedule, "cron", None)),
+                "paused": d.paused,
+                "work_pool": d.work_pool_name or "(served)",
+            } for d in await client.read_deployments()]
+
+    return run_coro_as_sync(read())
+
+
+def set_paused(name: str, paused: bool) -> None:
+    async def update() -> None:
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name(full_name(name))
+            if paused:
+                await client.pause_deployment(deployment.id)
+            else:
+                await client.resume_deployment(deployment.id)
+
+    run_coro_as_sync(update())
+
+
+def trigger(name: str, wait: bool) -> tuple[UUID, str]:
+    """Start a run of a deployment now; its id and state (final when ``wait``)."""
+    run = run_deployment(full_name(name), timeout=None if wait else 0)
+    return run.id, run.state.name if run.state else "Scheduled"
