@@ -2,34 +2,39 @@
 # It also runs the Prefect server, the Prefect worker and deployed flow runs (docker-compose.yml).
 #
 #   CPU:  docker build -f docker/stage.Dockerfile -t ssl-pipeline/stage:cpu .
-#   GPU:  docker build -f docker/stage.Dockerfile --build-arg VARIANT=gpu -t ssl-pipeline/stage:gpu .
-#   no registry or no index inside builds (see README, "Containers"):
+#   GPU:  docker build -f docker/stage.Dockerfile --build-arg VARIANT=gpu --build-arg KERAS_BACKEND=jax \
+#           -t ssl-pipeline/stage:gpu .
+#   no registry, or no index reachable inside builds (README, "Containers"):
 #         docker/local-base.sh && docker/wheelhouse.sh && docker build --network host \
 #           --build-arg BASE_IMAGE=ssl-pipeline/base:bookworm --build-arg PIP_SOURCE=wheelhouse ...
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS python
-# a bare Debian base brings no Python (python:3.11-slim does); the venv below needs the same
-# interpreter path in both stages of this build
+# a bare Debian base brings no Python (python:3.11-slim does); the venv made below needs the
+# same interpreter path in every stage of this build
 RUN if ! command -v python3 > /dev/null; then \
         apt-get update && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
         && rm -rf /var/lib/apt/lists/*; \
     fi
 
+# The dependencies, then the project as a wheel: a source change rebuilds only the wheel, and
+# the final stage reuses the cached copy of the venv (~3 GB, the slow part of a cold build).
 FROM python AS install
-# index: install from PyPI; wheelhouse: only from docker/wheelhouse/ (filled by docker/wheelhouse.sh)
 ARG PIP_SOURCE=index
-# cpu: TensorFlow-CPU backend; gpu: adds JAX with CUDA 12 from docker/requirements-gpu.lock
+# cpu: TensorFlow-CPU backend; gpu: adds JAX with CUDA 12 (docker/requirements-gpu.lock)
 ARG VARIANT=cpu
 COPY docker/wheelhouse /tmp/wheelhouse
-COPY docker/install.sh /usr/local/bin/install-into-venv
+COPY docker/pip-source.sh /usr/local/bin/pip-source
 COPY requirements.lock docker/requirements-gpu.lock /tmp/locks/
-RUN install-into-venv -r /tmp/locks/requirements.lock \
-    && if [ "$VARIANT" = gpu ]; then install-into-venv -r /tmp/locks/requirements-gpu.lock; fi
+RUN python3 -m venv /opt/venv \
+    && pip-source /opt/venv/bin/pip install --quiet --no-cache-dir uv==0.13.8 \
+    && install="pip-source /opt/venv/bin/uv pip install --quiet --no-cache --compile-bytecode --python /opt/venv/bin/python" \
+    && $install -r /tmp/locks/requirements.lock \
+    && if [ "$VARIANT" = gpu ]; then $install -r /tmp/locks/requirements-gpu.lock; fi
 COPY pyproject.toml README.md /app/
 COPY stages /app/stages
 COPY pipelines /app/pipelines
-RUN install-into-venv --no-deps /app
+RUN pip-source /opt/venv/bin/uv build --quiet --wheel --out-dir /tmp/dist /app
 
 FROM python
 ARG KERAS_BACKEND=tensorflow
@@ -44,13 +49,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     SSL_PIPELINE_HOME=/data
 COPY --from=install /opt/venv /opt/venv
-# the source stays in /app too: deployments name their flow by file (pipelines/flow.py:...)
-COPY --from=install /app /app
+COPY --from=install /tmp/dist /tmp/dist
 COPY docker/entrypoint.sh /usr/local/bin/ssl-pipeline-entrypoint
-RUN python -c "from stages.stage import STAGE_NAMES; print(*STAGE_NAMES, sep='\n')" > /etc/ssl-pipeline-stages \
+RUN uv pip install --quiet --no-cache --no-deps --compile-bytecode --python /opt/venv/bin/python /tmp/dist/*.whl \
+    && rm -rf /tmp/dist \
+    && python -c "from stages.stage import STAGE_NAMES; print(*STAGE_NAMES, sep='\n')" > /etc/ssl-pipeline-stages \
     && useradd --uid 1000 --create-home ssl \
     && mkdir -p /data && chown ssl:ssl /data
 USER ssl
-WORKDIR /app
+WORKDIR /home/ssl
 ENTRYPOINT ["ssl-pipeline-entrypoint"]
 CMD ["--help"]

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -38,9 +39,22 @@ class StageFailed(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class Launched:
+    """Times of one launch: from start to exit, and the stage's own ``run`` within it."""
+
+    wall_seconds: float
+    stage_seconds: float
+
+    @property
+    def overhead_seconds(self) -> float:
+        """What the launch mode costs: process start, imports, container start and removal."""
+        return self.wall_seconds - self.stage_seconds
+
+
 class Launcher(Protocol):
     def launch(self, stage: str, config: BaseModel, inputs: Mapping[str, Path], output: Path,
-               resources: ResourcesConfig) -> None: ...
+               resources: ResourcesConfig) -> Launched: ...
 
 
 LAUNCHERS: Registry[type[Launcher]] = Registry("launcher")
@@ -51,8 +65,11 @@ class InProcessLauncher:
     """Calls the stage's ``run`` in this process: fastest, shares the loaded libraries."""
 
     def launch(self, stage: str, config: BaseModel, inputs: Mapping[str, Path], output: Path,
-               resources: ResourcesConfig) -> None:
+               resources: ResourcesConfig) -> Launched:
+        started = time.perf_counter()
         get_stage(stage).run(config, inputs, output)
+        seconds = time.perf_counter() - started
+        return Launched(seconds, seconds)
 
 
 @LAUNCHERS.register("subprocess")
@@ -60,16 +77,17 @@ class SubprocessLauncher:
     """Runs ``python -m stages.<name>``: the exact command a container's entrypoint runs."""
 
     def launch(self, stage: str, config: BaseModel, inputs: Mapping[str, Path], output: Path,
-               resources: ResourcesConfig) -> None:
+               resources: ResourcesConfig) -> Launched:
         with tempfile.TemporaryDirectory(prefix=f"{stage}-config-") as scratch:
             config_file = write_config(config, Path(scratch))
             command = [sys.executable, "-m", f"stages.{stage}", *stage_arguments(config_file, inputs, output)]
             log.info("running %s", " ".join(command))
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            started = time.perf_counter()
             with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   env=env) as process:
                 tail = relay(stage, process.stdout)
-            check_exit(stage, process.returncode, tail)
+        return finished(stage, process.returncode, tail, time.perf_counter() - started)
 
 
 @LAUNCHERS.register("docker")
@@ -84,10 +102,13 @@ class DockerLauncher:
     """
 
     def launch(self, stage: str, config: BaseModel, inputs: Mapping[str, Path], output: Path,
-               resources: ResourcesConfig) -> None:
+               resources: ResourcesConfig) -> Launched:
         import docker  # only this launcher needs the engine
 
         image = stage_image(resources)
+        for name, path in inputs.items():  # the engine would mount a missing path as a new empty folder
+            if not Path(path).exists():
+                raise StageFailed(f"stage {stage}: input {name} = {path} does not exist")
         output.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"{stage}-config-") as scratch:
             config_file = write_config(config, Path(scratch))
@@ -97,14 +118,18 @@ class DockerLauncher:
             client = docker.from_env()
             started = time.perf_counter()
             try:
-                container = client.containers.run(
-                    image, stage_arguments(config_file, inputs, output), detach=True, volumes=volumes,
+                container = client.containers.create(
+                    image, stage_arguments(config_file, inputs, output), volumes=volumes,
                     user=f"{os.getuid()}:{os.getgid()}", labels={"ssl-pipeline.stage": stage},
                     **container_limits(resources),
                 )
             except docker.errors.ImageNotFound:
                 raise StageFailed(f"stage image {image} not found: build it (README, Containers) or set "
                                   "SSL_PIPELINE_STAGE_IMAGE") from None
+            try:
+                container.start()
+                tail = relay(stage, (chunk.decode(errors="replace") for chunk in container.logs(stream=True)))
+                exit_code = container.wait()["StatusCode"]
             except docker.errors.APIError as error:
                 if resources.gpus and "device driver" in str(error):
                     raise StageFailed(
@@ -113,16 +138,9 @@ class DockerLauncher:
                         "Toolkit, or set resources.gpus=0"
                     ) from None
                 raise
-            try:
-                tail = relay(stage, (chunk.decode(errors="replace") for chunk in container.logs(stream=True)))
-                exit_code = container.wait()["StatusCode"]
             finally:
                 container.remove(force=True)
-            wall = time.perf_counter() - started
-        check_exit(stage, exit_code, tail)
-        own = json.loads(tail[-1])["seconds"]
-        log.info("stage %s: container %.2f s launch to exit, stage %.2f s, overhead %.2f s", stage, wall, own,
-                 wall - own)
+        return finished(stage, exit_code, tail, time.perf_counter() - started)
 
 
 def stage_image(resources: ResourcesConfig) -> str:
@@ -177,6 +195,11 @@ def relay(stage: str, chunks: Iterable[str]) -> list[str]:
     return list(tail)
 
 
-def check_exit(stage: str, exit_code: int, tail: list[str]) -> None:
+def finished(stage: str, exit_code: int, tail: list[str], wall_seconds: float) -> Launched:
+    """Fail with the log tail on a non-zero exit; else the times, the stage's own from its last line."""
     if exit_code:
         raise StageFailed(f"stage {stage} exited with code {exit_code}; last lines:\n" + "\n".join(tail))
+    launched = Launched(wall_seconds, json.loads(tail[-1])["seconds"])
+    log.info("stage %s: %.2f s start to exit, %.2f s in the stage, %.2f s overhead", stage, wall_seconds,
+             launched.stage_seconds, launched.overhead_seconds)
+    return launched

@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated home for every store, the real CIFAR-100 archive, smoke artifacts."""
 
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -32,6 +33,15 @@ def archive() -> Path:
     return cifar.verify_archive(Path(path))
 
 
+@pytest.fixture(scope="module")
+def prefect():
+    """A temporary Prefect server for the flows of one test module."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
 @pytest.fixture(scope="session")
 def smoke():
     return load_pipeline_config("smoke")
@@ -53,3 +63,29 @@ def model_artifact(tmp_path_factory, split_artifact, smoke) -> Path:
     output = tmp_path_factory.mktemp("baseline") / "artifact"
     baseline.run(smoke.baseline, {"split": split_artifact}, output)
     return output
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """The Docker engine; in CI its absence is a failure (.ci/run starts one), elsewhere a skip."""
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as error:
+        message = f"no Docker engine ({error}): start one with docker/engine.sh start"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return client
+
+
+@pytest.fixture(scope="session")
+def stage_image(docker_client) -> str:
+    """The CPU stage image, built on a local Debian base from a wheelhouse (cached layers reused)."""
+    subprocess.run([ROOT / "docker" / "build-local.sh", "stage"], check=True, cwd=ROOT)
+    return "ssl-pipeline/stage:cpu"

@@ -8,7 +8,6 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from pipelines import settings
 from pipelines.flow import baseline_pipeline
@@ -16,12 +15,6 @@ from pipelines.launchers import SubprocessLauncher, StageFailed
 from stages import data, split
 from stages.artifacts import sha256_file
 from stages.config import load_pipeline_config
-
-
-@pytest.fixture(scope="module")
-def prefect():
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
 
 
 @pytest.fixture(scope="module")

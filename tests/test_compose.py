@@ -1,0 +1,209 @@
+"""The docker-compose stack for real: Postgres, the MLflow and Prefect servers and a docker worker.
+
+One stack serves the module: a smoke pipeline run from this machine against it, a deployment
+whose cron schedule fires by itself and runs in a stage container that the worker starts, and
+the MLflow compare page of those two runs in a headless Chromium (its screenshot lands in docs/).
+"""
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.containers
+PROJECT = "ssl-pipeline-test"
+EXPERIMENT = "compose-tests"
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = ROOT / "docs" / "mlflow-compare.png"
+CLI = [sys.executable, "-m", "pipelines.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    compose: list[str]
+    env: dict[str, str]
+    mlflow_uri: str
+    prefect_api: str
+
+    def run(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.compose, *args], env=self.env, check=True, text=True, capture_output=True,
+                              **kwargs)
+
+    def client_env(self, home: Path) -> dict[str, str]:
+        """This machine's view of the stack, for the CLI."""
+        return {**os.environ, "PREFECT_API_URL": self.prefect_api, "MLFLOW_TRACKING_URI": self.mlflow_uri,
+                "MLFLOW_EXPERIMENT_NAME": EXPERIMENT, "SSL_PIPELINE_HOME": str(home)}
+
+
+def compose_env(**images: str) -> dict[str, str]:
+    return {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT, "POSTGRES_USER": "ssl",
+            "POSTGRES_PASSWORD": secrets.token_hex(12), "MLFLOW_PORT": str(free_port()),
+            "PREFECT_PORT": str(free_port()), **images}
+
+
+COMPOSE = ["docker-compose", "--project-directory", str(ROOT), "--file", str(ROOT / "docker-compose.yml")]
+
+
+def test_compose_file_is_valid():
+    env = {**os.environ, **dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                                if line and not line.startswith("#"))}
+    config = subprocess.run([*COMPOSE, "config"], env=env, check=True, text=True, capture_output=True).stdout
+    assert "127.0.0.1:5000:5000" in config and "127.0.0.1:4200:4200" in config  # loopback only by default
+    assert "driver: nvidia" in config  # the GPU worker's reservation
+
+
+def wait_healthy(stack: Stack, services: list[str], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ids = stack.run("ps", "-q", *services).stdout.split()
+        states = [json.loads(subprocess.run(["docker", "inspect", "--format", "{{json .State}}", container],
+                                            check=True, capture_output=True, text=True).stdout) for container in ids]
+        if len(ids) == len(services) and all(s.get("Health", {}).get("Status", "healthy") == "healthy"
+                                             and s["Running"] for s in states):
+            return
+        time.sleep(2)
+    logs = stack.run("logs", "--tail", "30", *services).stdout
+    pytest.fail(f"{services} not healthy after {timeout} s:\n{logs}")
+
+
+@pytest.fixture(scope="module")
+def stack(docker_client, stage_image):
+    subprocess.run([ROOT / "docker" / "build-local.sh", "mlflow", "postgres"], check=True, cwd=ROOT)
+    env = compose_env(STAGE_IMAGE=stage_image, MLFLOW_IMAGE="ssl-pipeline/mlflow:latest",
+                      POSTGRES_IMAGE="ssl-pipeline/postgres:15")
+    stack = Stack(COMPOSE, env, f"http://127.0.0.1:{env['MLFLOW_PORT']}",
+                  f"http://127.0.0.1:{env['PREFECT_PORT']}/api")
+    services = ["postgres", "mlflow", "prefect-server", "prefect-worker"]
+    try:
+        stack.run("up", "--detach", "--no-build", *services)
+        wait_healthy(stack, services)
+        yield stack
+    finally:
+        # flow-run containers the worker started sit on the stack's network: remove them first
+        for container in docker_client.containers.list(all=True, filters={"network": f"{PROJECT}_default"}):
+            if container.labels.get("com.docker.compose.project") != PROJECT:
+                container.remove(force=True)
+        subprocess.run([*COMPOSE, "down", "--volumes", "--remove-orphans"], env=env, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def direct_run(stack, archive, tmp_path_factory):
+    """A smoke pipeline run from this machine, tracked in the stack's servers."""
+    result = subprocess.run([*CLI, "run", "--preset", "smoke", "--archive", str(archive)], text=True,
+                            capture_output=True, env=stack.client_env(tmp_path_factory.mktemp("client-home")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.split("MLflow run ")[1].split(";")[0]
+
+
+def test_pipeline_run_lands_in_postgres_backed_mlflow(stack, direct_run):
+    client = MlflowClient(stack.mlflow_uri)
+    parent = client.get_run(direct_run)
+    assert parent.info.status == "FINISHED" and "test_accuracy" in parent.data.metrics
+    nested = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{direct_run}'")
+    assert {run.data.tags["ssl.stage"] for run in nested} == {"split", "baseline", "evaluate"}
+    status = stack.run("exec", "-T", "postgres", "psql", "--username=ssl", "--dbname=mlflow", "--tuples-only",
+                       "--no-align", "--command", f"SELECT status FROM runs WHERE run_uuid = '{direct_run}'")
+    assert status.stdout.strip() == "FINISHED"
+    model = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{direct_run}' "
+                               "and tags.`ssl.stage` = 'baseline'")[0]
+    assert any(a.path == "model" or a.path.startswith("model") for a in client.list_artifacts(model.info.run_id))
+
+
+def read_deployment_runs(stack: Stack, deployment: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])))
+
+    with temporary_settings({PREFECT_API_URL: stack.prefect_api}):
+        return run_coro_as_sync(read())
+
+
+@pytest.fixture(scope="module")
+def scheduled_run(stack, archive, tmp_path_factory):
+    """A deployment on a one-minute cron; the first run it fires by itself, and its MLflow run."""
+    env = stack.client_env(tmp_path_factory.mktemp("deploy-home"))
+    subprocess.run([
+        *CLI, "deploy", "every-minute", "--preset", "smoke", "--set", "baseline.learning_rate=0.003",
+        "--cron", "* * * * *", "--pool", "ssl-docker", "--image", stack.env["STAGE_IMAGE"],
+        "--network", f"{PROJECT}_default", "--volume", f"{PROJECT}_artifacts:/data",
+        "--volume", f"{archive}:/cifar/cifar-100-python.tar.gz:ro", "--archive", "/cifar/cifar-100-python.tar.gz",
+        "--env", "MLFLOW_TRACKING_URI=http://mlflow:5000", "--env", f"MLFLOW_EXPERIMENT_NAME={EXPERIMENT}",
+    ], env=env, check=True, capture_output=True, text=True)
+    deadline, run, paused = time.monotonic() + 420, None, False
+    while time.monotonic() < deadline:
+        runs = [r for r in read_deployment_runs(stack, "every-minute") if r.auto_scheduled and r.state]
+        started = [r for r in runs if r.state.type.value in ("RUNNING", "COMPLETED", "FAILED", "CRASHED")]
+        if started and not paused:  # one run is enough: stop the next minute's from competing for the CPU
+            listing = subprocess.run([*CLI, "deployments", "pause", "every-minute"], env=env, check=True,
+                                     capture_output=True, text=True)
+            paused = "paused" in listing.stdout
+        finished = [r for r in started if r.state.is_final()]
+        if finished:
+            run = finished[0]
+            break
+        time.sleep(5)
+    assert run is not None, "no scheduled run finished in 7 minutes:\n" + stack.run(
+        "logs", "--tail", "60", "prefect-worker").stdout
+    listing = subprocess.run([*CLI, "deployments", "list"], env=env, check=True, capture_output=True, text=True)
+    assert run.state.type.value == "COMPLETED", f"{run.state}\n{stack.run('logs', '--tail', '80', 'prefect-worker').stdout}"
+    return run, listing.stdout
+
+
+def test_scheduled_deployment_fires_and_completes(scheduled_run):
+    run, listing = scheduled_run
+    assert run.auto_scheduled and run.state.is_completed()
+    assert "ssl-baseline/every-minute" in listing and "paused" in listing and "* * * * *" in listing
+
+
+def test_scheduled_run_is_tracked_in_mlflow(stack, scheduled_run):
+    run, _ = scheduled_run
+    client = MlflowClient(stack.mlflow_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    parents = client.search_runs([experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{run.id}'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.params["baseline.learning_rate"] == "0.003"
+
+
+def test_mlflow_compare_page_shows_both_configurations(stack, direct_run, scheduled_run):
+    from playwright.sync_api import sync_playwright
+
+    client = MlflowClient(stack.mlflow_uri)
+    run, _ = scheduled_run
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    scheduled = client.search_runs([experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{run.id}'")[0]
+    runs = [client.get_run(direct_run), scheduled]
+    query = urllib.parse.urlencode({"runs": json.dumps([r.info.run_id for r in runs]),
+                                    "experiments": json.dumps([experiment.experiment_id])})
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{stack.mlflow_uri}/#/compare-runs?{query}")
+        page.get_by_text("test_accuracy").first.wait_for(timeout=60_000)
+        text = page.inner_text("body")
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=SCREENSHOT, full_page=True)
+        browser.close()
+    for compared in runs:
+        assert compared.info.run_name in text
+    assert "0.003" in text and "0.001" in text  # the two learning rates, side by side

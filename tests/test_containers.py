@@ -1,0 +1,80 @@
+"""Stages in real containers: the stage image built on a local base, run by the docker launcher."""
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.flow import baseline_pipeline
+from pipelines.launchers import DockerLauncher, StageFailed
+from stages import data
+from stages.artifacts import read_manifest, sha256_file, verify
+from stages.config import ResourcesConfig
+
+pytestmark = pytest.mark.containers
+STAGE_LABEL = "ssl-pipeline.stage"
+
+
+def stage_containers(client):
+    return client.containers.list(all=True, filters={"label": STAGE_LABEL})
+
+
+def test_stage_image_lists_stages_and_runs_as_non_root(docker_client, stage_image):
+    usage = docker_client.containers.run(stage_image, ["--help"], remove=True).decode()
+    assert "stages: split baseline evaluate" in usage
+    uid = docker_client.containers.run(stage_image, ["-u"], entrypoint=["id"], remove=True).decode()
+    assert uid.strip() == "1000"
+
+
+@pytest.fixture(scope="module")
+def docker_run(prefect, archive, smoke, stage_image, tmp_path_factory):
+    """The smoke flow with every stage in a container, in a fresh store (no cache hit)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSL_PIPELINE_HOME", str(tmp_path_factory.mktemp("docker-home")))
+        result = baseline_pipeline(config=smoke, launcher="docker", archive=str(archive))
+        runs = MlflowClient().search_runs(
+            [MlflowClient().get_run(result["mlflow_run_id"]).info.experiment_id],
+            f"tags.mlflow.parentRunId = '{result['mlflow_run_id']}'",
+        )
+    return result, {run.data.tags["ssl.stage"]: run for run in runs}
+
+
+def test_stages_in_containers_match_in_process(docker_run, split_artifact, docker_client):
+    result, _ = docker_run
+    split = result["artifacts"]["split"]
+    for name in data.TABLES:  # the container wrote byte-identical tables
+        assert sha256_file(data.table_path(split, name)) == sha256_file(data.table_path(split_artifact, name))
+    for artifact in result["artifacts"].values():
+        verify(artifact)
+    assert read_manifest(result["artifacts"]["model"])["backend"] == "tensorflow"
+    assert 0 <= result["test_accuracy"] <= 1
+    assert stage_containers(docker_client) == []  # every stopped container removed
+
+
+def test_container_stages_are_tracked(docker_run):
+    result, runs = docker_run
+    assert set(runs) == {"split", "baseline", "evaluate"}
+    assert all(run.data.tags["ssl.cached"] == "false" for run in runs.values())
+    assert runs["evaluate"].data.metrics["test_accuracy"] == result["test_accuracy"]
+
+
+def test_failing_stage_fails_with_its_log_tail(tmp_path, smoke, stage_image, docker_client):
+    corrupt = tmp_path / "cifar-100-python.tar.gz"
+    corrupt.write_bytes(b"not an archive")
+    with pytest.raises(StageFailed, match=r"stage split exited with code 2; last lines:\n(.*\n)*.*SHA-256"):
+        DockerLauncher().launch("split", smoke.split, {"archive": corrupt}, tmp_path / "out", smoke.resources)
+    assert not (tmp_path / "out").exists()
+    assert stage_containers(docker_client) == []
+
+
+def test_missing_input_is_named_before_any_container(tmp_path, smoke, stage_image):
+    with pytest.raises(StageFailed, match="input archive = .*missing.tar.gz does not exist"):
+        DockerLauncher().launch("split", smoke.split, {"archive": tmp_path / "missing.tar.gz"}, tmp_path / "out",
+                                smoke.resources)
+    assert not (tmp_path / "missing.tar.gz").exists()  # not created as a folder by the engine
+
+
+def test_gpu_request_without_gpu_runtime_is_a_clear_error(tmp_path, archive, smoke, stage_image, docker_client,
+                                                           monkeypatch):
+    monkeypatch.setenv("SSL_PIPELINE_GPU_STAGE_IMAGE", stage_image)  # no GPU image is built here
+    with pytest.raises(StageFailed, match=r"asks for 1 GPU\(s\) \(resources.gpus\).*resources.gpus=0"):
+        DockerLauncher().launch("split", smoke.split, {"archive": archive}, tmp_path / "out", ResourcesConfig(gpus=1))
+    assert stage_containers(docker_client) == []
