@@ -37,6 +37,8 @@ COPY pipelines /app/pipelines
 RUN pip-source /opt/venv/bin/uv build --quiet --wheel --out-dir /tmp/dist /app
 
 FROM python
+# first: a change below must not invalidate the cached copy of the ~3 GB venv
+COPY --from=install /opt/venv /opt/venv
 ARG KERAS_BACKEND=tensorflow
 ENV PATH=/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
@@ -47,8 +49,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PREFECT_HOME=/tmp/prefect \
     PREFECT_LOGGING_EXTRA_LOGGERS=stages,pipelines \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    PREFECT_UI_STATIC_DIRECTORY=/tmp/prefect-ui \
+    GIT_PYTHON_REFRESH=quiet \
     SSL_PIPELINE_HOME=/data
-COPY --from=install /opt/venv /opt/venv
 COPY --from=install /tmp/dist /tmp/dist
 COPY docker/entrypoint.sh /usr/local/bin/ssl-pipeline-entrypoint
 RUN uv pip install --quiet --no-cache --no-deps --compile-bytecode --python /opt/venv/bin/python /tmp/dist/*.whl \

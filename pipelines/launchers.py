@@ -119,7 +119,7 @@ class DockerLauncher:
             started = time.perf_counter()
             try:
                 container = client.containers.create(
-                    image, stage_arguments(config_file, inputs, output), volumes=volumes,
+                    image, [stage, *stage_arguments(config_file, inputs, output)], volumes=volumes,
                     user=f"{os.getuid()}:{os.getgid()}", labels={"ssl-pipeline.stage": stage},
                     **container_limits(resources),
                 )

@@ -119,9 +119,13 @@ def test_pipeline_run_lands_in_postgres_backed_mlflow(stack, direct_run):
     status = stack.run("exec", "-T", "postgres", "psql", "--username=ssl", "--dbname=mlflow", "--tuples-only",
                        "--no-align", "--command", f"SELECT status FROM runs WHERE run_uuid = '{direct_run}'")
     assert status.stdout.strip() == "FINISHED"
-    model = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{direct_run}' "
-                               "and tags.`ssl.stage` = 'baseline'")[0]
-    assert any(a.path == "model" or a.path.startswith("model") for a in client.list_artifacts(model.info.run_id))
+    evaluate = next(run for run in nested if run.data.tags["ssl.stage"] == "evaluate")
+    # artifacts went through the server to its store (--serve-artifacts)
+    assert {a.path for a in client.list_artifacts(evaluate.info.run_id)} >= {"manifest.json", "figures"}
+    baseline = next(run for run in nested if run.data.tags["ssl.stage"] == "baseline")
+    models = client.search_logged_models([parent.info.experiment_id],
+                                         filter_string=f"source_run_id = '{baseline.info.run_id}'")
+    assert [model.name for model in models] == ["model"]
 
 
 def read_deployment_runs(stack: Stack, deployment: str) -> list:
@@ -176,34 +180,45 @@ def test_scheduled_deployment_fires_and_completes(scheduled_run):
     assert "ssl-baseline/every-minute" in listing and "paused" in listing and "* * * * *" in listing
 
 
+def parent_runs(client: MlflowClient, flow_run_id) -> list:
+    """The MLflow parent runs of a Prefect flow run (its stages' nested runs carry the tag too)."""
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    return [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+
+
 def test_scheduled_run_is_tracked_in_mlflow(stack, scheduled_run):
     run, _ = scheduled_run
-    client = MlflowClient(stack.mlflow_uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    parents = client.search_runs([experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{run.id}'")
+    parents = parent_runs(MlflowClient(stack.mlflow_uri), run.id)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.params["baseline.learning_rate"] == "0.003"
+    assert "test_accuracy" in parents[0].data.metrics
 
 
 def test_mlflow_compare_page_shows_both_configurations(stack, direct_run, scheduled_run):
     from playwright.sync_api import sync_playwright
 
     client = MlflowClient(stack.mlflow_uri)
-    run, _ = scheduled_run
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    scheduled = client.search_runs([experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{run.id}'")[0]
-    runs = [client.get_run(direct_run), scheduled]
+    runs = [client.get_run(direct_run), *parent_runs(client, scheduled_run[0].id)]
     query = urllib.parse.urlencode({"runs": json.dumps([r.info.run_id for r in runs]),
                                     "experiments": json.dumps([experiment.experiment_id])})
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
         page.goto(f"{stack.mlflow_uri}/#/compare-runs?{query}")
         page.get_by_text("test_accuracy").first.wait_for(timeout=60_000)
+        page.get_by_label("Close").click()  # the assistant panel
+        page.get_by_label("Parameters - Show diff only").click()  # the two configurations' differences
+        page.wait_for_timeout(500)
         text = page.inner_text("body")
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=SCREENSHOT, full_page=True)
         browser.close()
+    details = text[text.index("Run details"):]  # below the plots, whose controls are named alike
+    parameters, metrics = details[details.index("Parameters"):details.index("Metrics")], details[details.index("Metrics"):]
     for compared in runs:
-        assert compared.info.run_name in text
-    assert "0.003" in text and "0.001" in text  # the two learning rates, side by side
+        assert compared.info.run_name in details
+        # the page rounds metric values to 3 decimals
+        assert str(round(compared.data.metrics["test_accuracy"], 3)) in metrics
+    assert "baseline.learning_rate" in parameters and "0.001" in parameters and "0.003" in parameters
