@@ -1,0 +1,57 @@
+"""Deployment plumbing without an engine: job variables, the Kubernetes template, CLI guards."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prefect.settings import PREFECT_API_URL
+
+from pipelines.cli import main
+from pipelines.deployments import container_job_variables
+from stages.config import ResourcesConfig
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "docker" / "kubernetes-job-template.json"
+
+
+def test_job_variables_carry_mounts_network_and_resources():
+    variables = container_job_variables("stack_default", ["artifacts:/data"], {"MLFLOW_TRACKING_URI": "http://mlflow:5000"},
+                                        ResourcesConfig(gpus=2, cpus=1.5, memory_gb=4))
+    assert variables["networks"] == ["stack_default"] and variables["volumes"] == ["artifacts:/data"]
+    assert variables["env"] == {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}
+    assert variables["mem_limit"] == "4.0g"
+    assert variables["container_create_kwargs"] == {
+        "nano_cpus": 1_500_000_000, "device_requests": [{"count": 2, "capabilities": [["gpu"]]}]}
+    assert "container_create_kwargs" not in container_job_variables(None, [], {}, ResourcesConfig())
+
+
+def test_deploy_without_a_server_says_how_to_point_at_one(capsys, monkeypatch):
+    # before any test here starts the module's temporary server
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert main(["deployments", "list"]) == 2
+    assert "set PREFECT_API_URL" in capsys.readouterr().err
+
+
+def create_pool(name: str, template: Path) -> subprocess.CompletedProcess:
+    """Prefect's own CLI validates a base job template when it creates a pool."""
+    return subprocess.run(
+        [sys.executable, "-m", "prefect", "work-pool", "create", name, "--type", "kubernetes",
+         "--base-job-template", str(template)],
+        env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}, capture_output=True, text=True)
+
+
+def test_kubernetes_template_passes_prefect_validation(prefect, tmp_path):
+    template = json.loads(TEMPLATE.read_text())
+    container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_limit }}"
+    assert create_pool("k8s-gpu", TEMPLATE).returncode == 0
+
+    broken = copy.deepcopy(template)
+    del broken["variables"]["properties"]["gpu_limit"]  # still used by the job manifest
+    broken_file = tmp_path / "broken.json"
+    broken_file.write_text(json.dumps(broken))
+    result = create_pool("k8s-broken", broken_file)
+    assert result.returncode != 0 and "gpu_limit" in result.stdout + result.stderr
