@@ -30,6 +30,10 @@ from stages.artifacts import code_version, read_manifest, sha256_file, sha256_js
 from stages.config import PipelineConfig, ResourcesConfig
 
 log = logging.getLogger(__name__)
+# Stage progress (epochs, container logs) is INFO: with PREFECT_LOGGING_EXTRA_LOGGERS=stages,pipelines
+# (set by the CLI and the stage image) it reaches the Prefect flow-run log wherever the flow runs.
+for _name in ("stages", "pipelines"):
+    logging.getLogger(_name).setLevel(logging.INFO)
 
 
 def input_digest(path: Path) -> str:

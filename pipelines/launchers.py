@@ -103,44 +103,54 @@ class DockerLauncher:
 
     def launch(self, stage: str, config: BaseModel, inputs: Mapping[str, Path], output: Path,
                resources: ResourcesConfig) -> Launched:
-        import docker  # only this launcher needs the engine
-
-        image = stage_image(resources)
         for name, path in inputs.items():  # the engine would mount a missing path as a new empty folder
             if not Path(path).exists():
                 raise StageFailed(f"stage {stage}: input {name} = {path} does not exist")
         output.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"{stage}-config-") as scratch:
             config_file = write_config(config, Path(scratch))
-            volumes = {str(Path(path).resolve()): {"bind": str(Path(path).resolve()), "mode": "ro"}
-                       for path in [*inputs.values(), Path(scratch)]}
-            volumes[str(output.parent.resolve())] = {"bind": str(output.parent.resolve()), "mode": "rw"}
-            client = docker.from_env()
+            mounts = [*same_path_mounts([*inputs.values(), Path(scratch)], read_only=True),
+                      *same_path_mounts([output.parent], read_only=False)]
+            command = [stage, *stage_arguments(config_file, inputs, output)]
             started = time.perf_counter()
-            try:
-                container = client.containers.create(
-                    image, [stage, *stage_arguments(config_file, inputs, output)], volumes=volumes,
-                    user=f"{os.getuid()}:{os.getgid()}", labels={"ssl-pipeline.stage": stage},
-                    **container_limits(resources),
-                )
-            except docker.errors.ImageNotFound:
-                raise StageFailed(f"stage image {image} not found: build it (README, Containers) or set "
-                                  "SSL_PIPELINE_STAGE_IMAGE") from None
-            try:
-                container.start()
-                tail = relay(stage, (chunk.decode(errors="replace") for chunk in container.logs(stream=True)))
-                exit_code = container.wait()["StatusCode"]
-            except docker.errors.APIError as error:
-                if resources.gpus and "device driver" in str(error):
-                    raise StageFailed(
-                        f"stage {stage} asks for {resources.gpus} GPU(s) (resources.gpus) but the Docker "
-                        f"engine has no GPU runtime ({error.explanation}): install the NVIDIA Container "
-                        "Toolkit, or set resources.gpus=0"
-                    ) from None
-                raise
-            finally:
-                container.remove(force=True)
+            exit_code, tail = run_container(stage, command, mounts, resources)
         return finished(stage, exit_code, tail, time.perf_counter() - started)
+
+
+def run_container(stage: str, command: list[str], mounts: list, resources: ResourcesConfig) -> tuple[int, list[str]]:
+    """Create, start, relay the log of, wait for and always remove one stage container."""
+    import docker  # only the docker launcher needs the engine
+
+    image = stage_image(resources)
+    try:
+        container = docker.from_env().containers.create(
+            image, command, mounts=mounts, user=f"{os.getuid()}:{os.getgid()}",
+            labels={"ssl-pipeline.stage": stage}, **container_limits(resources))
+    except docker.errors.ImageNotFound:
+        raise StageFailed(f"stage image {image} not found: build it (README, Containers) or set "
+                          "SSL_PIPELINE_STAGE_IMAGE") from None
+    try:
+        container.start()
+        tail = relay(stage, (chunk.decode(errors="replace") for chunk in container.logs(stream=True)))
+        return container.wait()["StatusCode"], tail
+    except docker.errors.APIError as error:
+        if resources.gpus and "device driver" in str(error):
+            raise StageFailed(
+                f"stage {stage} asks for {resources.gpus} GPU(s) (resources.gpus) but the Docker engine has "
+                f"no GPU runtime ({error.explanation}): install the NVIDIA Container Toolkit, or set "
+                "resources.gpus=0"
+            ) from None
+        raise
+    finally:
+        container.remove(force=True)
+
+
+def same_path_mounts(paths: Iterable[Path], read_only: bool) -> list:
+    """Bind mounts at the paths the flow passes (symlinks resolved for the source only)."""
+    from docker.types import Mount
+
+    return [Mount(str(Path(path).absolute()), str(Path(path).resolve()), type="bind", read_only=read_only)
+            for path in paths]
 
 
 def stage_image(resources: ResourcesConfig) -> str:

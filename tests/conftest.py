@@ -12,6 +12,7 @@ os.environ.update({
     "PREFECT_HOME": str(_HOME / "prefect"),
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "stages,pipelines",  # as the CLI sets it: stage logs in Prefect's
     "MLFLOW_EXPERIMENT_NAME": "tests",
 })
 for variable in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):

@@ -1,5 +1,7 @@
 """Stages in real containers: the stage image built on a local base, run by the docker launcher."""
 
+import time
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -54,6 +56,30 @@ def test_container_stages_are_tracked(docker_run):
     assert set(runs) == {"split", "baseline", "evaluate"}
     assert all(run.data.tags["ssl.cached"] == "false" for run in runs.values())
     assert runs["evaluate"].data.metrics["test_accuracy"] == result["test_accuracy"]
+
+
+def test_container_log_reaches_the_prefect_flow_log(docker_run):
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    result, _ = docker_run
+    flow_run_id = UUID(MlflowClient().get_run(result["mlflow_run_id"]).data.tags["prefect.flow_run_id"])
+
+    async def read_logs():
+        async with get_client() as client:
+            return await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+
+    deadline = time.monotonic() + 20  # logs reach the API in batches, the last ones after the flow
+    while True:
+        messages = [entry.message for entry in run_coro_as_sync(read_logs())]
+        if sum("overhead" in message for message in messages) == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert any(message.startswith("[baseline] ") and "epoch" in message for message in messages)
+    assert sum("overhead" in message for message in messages) == 3  # one per stage container
 
 
 def test_failing_stage_fails_with_its_log_tail(tmp_path, smoke, stage_image, docker_client):

@@ -12,6 +12,7 @@ from prefect.settings import PREFECT_API_URL
 
 from pipelines.cli import main
 from pipelines.deployments import container_job_variables
+from pipelines.launchers import container_limits
 from stages.config import ResourcesConfig
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "docker" / "kubernetes-job-template.json"
@@ -33,6 +34,13 @@ def test_deploy_without_a_server_says_how_to_point_at_one(capsys, monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     assert main(["deployments", "list"]) == 2
     assert "set PREFECT_API_URL" in capsys.readouterr().err
+
+
+def test_docker_launcher_limits_follow_resources():
+    limits = container_limits(ResourcesConfig(gpus=1, cpus=1.5, memory_gb=2))
+    assert limits["nano_cpus"] == 1_500_000_000 and limits["mem_limit"] == 2 * 2**30
+    assert limits["device_requests"][0]["Count"] == 1 and limits["device_requests"][0]["Capabilities"] == [["gpu"]]
+    assert container_limits(ResourcesConfig()) == {}
 
 
 def create_pool(name: str, template: Path) -> subprocess.CompletedProcess:
