@@ -187,6 +187,16 @@ def parent_runs(client: MlflowClient, flow_run_id) -> list:
     return [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
 
 
+def test_deployment_resumes_and_runs_on_demand(stack, scheduled_run, tmp_path):
+    env = stack.client_env(tmp_path)
+    resumed = subprocess.run([*CLI, "deployments", "resume", "every-minute"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0 and "resumed" in resumed.stdout
+    subprocess.run([*CLI, "deployments", "pause", "every-minute"], env=env, check=True, capture_output=True)
+    triggered = subprocess.run([*CLI, "deployments", "run", "every-minute", "--wait"], env=env, capture_output=True,
+                               text=True, timeout=300)
+    assert triggered.returncode == 0 and triggered.stdout.strip().endswith("Completed"), triggered.stdout
+
+
 def test_scheduled_run_is_tracked_in_mlflow(stack, scheduled_run):
     run, _ = scheduled_run
     parents = parent_runs(MlflowClient(stack.mlflow_uri), run.id)
