@@ -96,12 +96,18 @@ def command_deploy(args: argparse.Namespace) -> int:
     from pipelines import deployments
 
     config = _config_from(args)
-    job_variables = deployments.container_job_variables(args.network, args.volume, dict(args.env), config.resources)
-    deployment_id = deployments.deploy(args.name, config, pool=args.pool, image=args.image, cron=args.cron,
-                                       job_variables=job_variables, archive=args.archive, paused=args.paused)
+    if args.pool_type == "docker":
+        job_variables = deployments.container_job_variables(args.network, args.volume, dict(args.env),
+                                                            config.resources)
+    else:  # the worker's own environment and devices
+        job_variables = {"env": dict(args.env)}
+    deployment_id = deployments.deploy(args.name, config, pool=args.pool, pool_type=args.pool_type,
+                                       image=args.image, cron=args.cron, job_variables=job_variables,
+                                       archive=args.archive, paused=args.paused)
     schedule = f"on cron {args.cron!r}" if args.cron else "on demand"
+    where = f"image {args.image}" if args.pool_type == "docker" else "in the worker's environment"
     print(f"deployment {deployments.full_name(args.name)} ({deployment_id}): {config.preset} preset, "
-          f"{schedule}, work pool {args.pool}, image {args.image}")
+          f"{schedule}, {args.pool_type} work pool {args.pool}, {where}")
     return 0
 
 
@@ -131,12 +137,15 @@ def command_deployments(args: argparse.Namespace) -> int:
 
 
 def _add_deploy_commands(commands) -> None:
-    deploy = commands.add_parser("deploy", help="register the pipeline as a Prefect deployment on a docker work pool")
+    deploy = commands.add_parser("deploy", help="register the pipeline as a Prefect deployment on a work pool")
     deploy.add_argument("name", help="deployment name")
     _add_config_arguments(deploy)
     deploy.add_argument("--cron", help='schedule, e.g. "0 3 * * *" (default: runs only when triggered)')
-    deploy.add_argument("--pool", default="ssl-docker", help="docker work pool (created if missing)")
-    deploy.add_argument("--image", default="ssl-pipeline/stage:cpu", help="image each flow run starts in")
+    deploy.add_argument("--pool", default="ssl-docker", help="work pool (created if missing)")
+    deploy.add_argument("--pool-type", choices=["docker", "process"], default="docker",
+                        help="docker: each run in a container of --image; process: in the worker's environment "
+                             "(the compose GPU worker's pool, ssl-gpu)")
+    deploy.add_argument("--image", default="ssl-pipeline/stage:cpu", help="image each flow run starts in (docker)")
     deploy.add_argument("--network", help="docker network of the flow-run containers, e.g. ssl-pipeline_default")
     deploy.add_argument("--volume", action="append", default=[], metavar="SOURCE:TARGET[:MODE]",
                         help="mount into flow-run containers, e.g. ssl-pipeline_artifacts:/data (repeatable)")

@@ -51,17 +51,22 @@ def container_job_variables(network: str | None, volumes: list[str], env: Mappin
     return variables
 
 
-def deploy(name: str, config: PipelineConfig, *, pool: str, image: str, cron: str | None,
+def deploy(name: str, config: PipelineConfig, *, pool: str, pool_type: str, image: str | None, cron: str | None,
            job_variables: dict[str, Any], archive: str | None = None, paused: bool = False) -> UUID:
-    """Register (or update) a deployment of the pipeline on a docker work pool; its id."""
-    ensure_work_pool(pool, "docker")
-    return FLOW.deploy(
-        name=name, work_pool_name=pool, image=image, build=False, push=False, cron=cron, paused=paused,
-        parameters=flow_parameters(config, archive), job_variables=job_variables,
-        tags=[f"preset:{config.preset}"], description=f"{FLOW.name} with the {config.preset} preset",
-        # the image has the package installed: import by module, whatever the caller's directory
-        entrypoint_type=EntrypointType.MODULE_PATH, print_next_steps=False,
+    """Register (or update) a deployment of the pipeline on a work pool; its id.
+
+    A docker pool starts each run in ``image``; a process pool runs it in the worker's own
+    environment (the compose GPU worker: the GPU image, with the GPU reserved for it).
+    """
+    ensure_work_pool(pool, pool_type)
+    deployment = FLOW.to_deployment(
+        name=name, cron=cron, paused=paused, parameters=flow_parameters(config, archive),
+        job_variables=job_variables, tags=[f"preset:{config.preset}"],
+        description=f"{FLOW.name} with the {config.preset} preset",
+        # the images have the package installed: import by module, whatever the caller's directory
+        entrypoint_type=EntrypointType.MODULE_PATH,
     )
+    return deployment.apply(work_pool_name=pool, image=image if pool_type == "docker" else None)
 
 
 def serve(name: str, config: PipelineConfig, *, cron: str | None, archive: str | None = None) -> None:

@@ -31,6 +31,8 @@ def docker_run(prefect, archive, smoke, stage_image, tmp_path_factory):
     """The smoke flow with every stage in a container, in a fresh store (no cache hit)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SSL_PIPELINE_HOME", str(tmp_path_factory.mktemp("docker-home")))
+        # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI: restore it with the home
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         result = baseline_pipeline(config=smoke, launcher="docker", archive=str(archive))
         runs = MlflowClient().search_runs(
             [MlflowClient().get_run(result["mlflow_run_id"]).info.experiment_id],

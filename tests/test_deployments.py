@@ -63,3 +63,27 @@ def test_kubernetes_template_passes_prefect_validation(prefect, tmp_path):
     broken_file.write_text(json.dumps(broken))
     result = create_pool("k8s-broken", broken_file)
     assert result.returncode != 0 and "gpu_limit" in result.stdout + result.stderr
+
+
+def test_process_pool_deployment_runs_in_the_workers_environment(prefect, archive, tmp_path):
+    """The compose GPU worker's way: a process pool whose worker runs the flow where it stands."""
+    from prefect import get_client
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "SSL_PIPELINE_HOME": str(tmp_path / "home")}
+    cli = [sys.executable, "-m", "pipelines.cli"]
+    deployed = subprocess.run([*cli, "deploy", "on-worker", "--preset", "smoke", "--pool", "local-process",
+                               "--pool-type", "process", "--archive", str(archive)],
+                              env=env, capture_output=True, text=True)
+    assert deployed.returncode == 0 and "process work pool local-process" in deployed.stdout, deployed.stderr
+    triggered = subprocess.run([*cli, "deployments", "run", "on-worker"], env=env, capture_output=True, text=True)
+    flow_run_id = triggered.stdout.split("flow run ")[1].split(":")[0]
+    worker = subprocess.run([sys.executable, "-m", "prefect", "worker", "start", "--pool", "local-process",
+                             "--type", "process", "--run-once"], env=env, capture_output=True, text=True, timeout=600)
+    assert worker.returncode == 0, worker.stderr[-2000:]
+
+    async def state():
+        async with get_client() as client:
+            return (await client.read_flow_run(flow_run_id)).state
+
+    assert run_coro_as_sync(state()).is_completed(), worker.stdout[-3000:]
