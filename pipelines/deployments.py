@@ -44,7 +44,7 @@ def container_job_variables(network: str | None, volumes: list[str], env: Mappin
     if resources.cpus:
         variables["container_create_kwargs"] = {"nano_cpus": int(resources.cpus * 1e9)}
     if resources.memory_gb:
-        variables["mem_limit"] = f"{resources.memory_gb}g"
+        variables["mem_limit"] = str(int(resources.memory_gb * 2**30))  # bytes
     if resources.gpus:
         requests = [{"count": resources.gpus, "capabilities": [["gpu"]]}]
         variables.setdefault("container_create_kwargs", {})["device_requests"] = requests

@@ -30,9 +30,10 @@ def test_stage_image_lists_stages_and_runs_as_non_root(docker_client, stage_imag
 def docker_run(prefect, archive, smoke, stage_image, tmp_path_factory):
     """The smoke flow with every stage in a container, in a fresh store (no cache hit)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SSL_PIPELINE_HOME", str(tmp_path_factory.mktemp("docker-home")))
-        # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI: restore it with the home
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        home = tmp_path_factory.mktemp("docker-home")
+        patch.setenv("SSL_PIPELINE_HOME", str(home))
+        # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI too: set here, it is undone with the home
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
         result = baseline_pipeline(config=smoke, launcher="docker", archive=str(archive))
         runs = MlflowClient().search_runs(
             [MlflowClient().get_run(result["mlflow_run_id"]).info.experiment_id],

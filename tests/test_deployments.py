@@ -23,7 +23,7 @@ def test_job_variables_carry_mounts_network_and_resources():
                                         ResourcesConfig(gpus=2, cpus=1.5, memory_gb=4))
     assert variables["networks"] == ["stack_default"] and variables["volumes"] == ["artifacts:/data"]
     assert variables["env"] == {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}
-    assert variables["mem_limit"] == "4.0g"
+    assert variables["mem_limit"] == str(4 * 2**30)
     assert variables["container_create_kwargs"] == {
         "nano_cpus": 1_500_000_000, "device_requests": [{"count": 2, "capabilities": [["gpu"]]}]}
     assert "container_create_kwargs" not in container_job_variables(None, [], {}, ResourcesConfig())
