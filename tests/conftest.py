@@ -13,6 +13,7 @@ os.environ.update({
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "stages,pipelines",  # as the CLI sets it: stage logs in Prefect's
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # tests also call launchers outside any flow
     "MLFLOW_EXPERIMENT_NAME": "tests",
 })
 for variable in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
