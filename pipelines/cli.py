@@ -204,9 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_arguments(show)
     show.set_defaults(handler=command_config)
     args = parser.parse_args(argv)
+    # pipelines.flow sets our own loggers to INFO, for the CLI and for flows a worker runs alike
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    for name in ("stages", "pipelines"):
-        logging.getLogger(name).setLevel(logging.INFO)
     try:
         return args.handler(args)
     except (ValueError, OSError, RuntimeError) as error:  # bad config, input or artifact: no traceback

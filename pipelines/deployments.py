@@ -21,6 +21,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from pipelines.flow import baseline_pipeline
+from pipelines.launchers import container_limits
 from stages.config import PipelineConfig, ResourcesConfig
 
 FLOW = baseline_pipeline
@@ -41,13 +42,11 @@ def container_job_variables(network: str | None, volumes: list[str], env: Mappin
     }
     if network:
         variables["networks"] = [network]
-    if resources.cpus:
-        variables["container_create_kwargs"] = {"nano_cpus": int(resources.cpus * 1e9)}
-    if resources.memory_gb:
-        variables["mem_limit"] = str(int(resources.memory_gb * 2**30))  # bytes
-    if resources.gpus:
-        requests = [{"count": resources.gpus, "capabilities": [["gpu"]]}]
-        variables.setdefault("container_create_kwargs", {})["device_requests"] = requests
+    limits = container_limits(resources)  # the same requests the docker launcher makes
+    if "mem_limit" in limits:  # a job variable of its own, a string
+        variables["mem_limit"] = str(limits.pop("mem_limit"))
+    if limits:
+        variables["container_create_kwargs"] = limits
     return variables
 
 

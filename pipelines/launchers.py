@@ -160,16 +160,17 @@ def stage_image(resources: ResourcesConfig) -> str:
 
 
 def container_limits(resources: ResourcesConfig) -> dict:
-    """Docker SDK keyword arguments for the CPU, memory and GPU requests of ``resources``."""
-    import docker
+    """Docker SDK keyword arguments for the CPU, memory and GPU requests of ``resources``.
 
+    Plain JSON values (a device request as a dict), so that docker work-pool job variables reuse them.
+    """
     limits: dict = {}
     if resources.cpus:
         limits["nano_cpus"] = int(resources.cpus * 1e9)
     if resources.memory_gb:
-        limits["mem_limit"] = int(resources.memory_gb * 2**30)
+        limits["mem_limit"] = int(resources.memory_gb * 2**30)  # bytes
     if resources.gpus:
-        limits["device_requests"] = [docker.types.DeviceRequest(count=resources.gpus, capabilities=[["gpu"]])]
+        limits["device_requests"] = [{"count": resources.gpus, "capabilities": [["gpu"]]}]
     return limits
 
 

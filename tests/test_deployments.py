@@ -39,7 +39,7 @@ def test_deploy_without_a_server_says_how_to_point_at_one(capsys, monkeypatch):
 def test_docker_launcher_limits_follow_resources():
     limits = container_limits(ResourcesConfig(gpus=1, cpus=1.5, memory_gb=2))
     assert limits["nano_cpus"] == 1_500_000_000 and limits["mem_limit"] == 2 * 2**30
-    assert limits["device_requests"][0]["Count"] == 1 and limits["device_requests"][0]["Capabilities"] == [["gpu"]]
+    assert limits["device_requests"] == [{"count": 1, "capabilities": [["gpu"]]}]
     assert container_limits(ResourcesConfig()) == {}
 
 
