@@ -36,13 +36,16 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one override, e.g. --set baseline.seed=1 (repeatable)")
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_config_arguments(parser)
+    parser.add_argument("--launcher", choices=list(LAUNCHERS), default="in-process",
+                        help="how each stage is started (docker: the stage image, $SSL_PIPELINE_STAGE_IMAGE)")
+    parser.add_argument("--archive", help="path of cifar-100-python.tar.gz (default: $CIFAR100_ARCHIVE or download)")
+
+
 def command_run(args: argparse.Namespace) -> int:
     config = _config_from(args)
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "stages,pipelines")  # stage logs in task logs
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from a local run
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")  # first start migrates its DB
-    if "PREFECT_HOME" in os.environ:  # Prefect creates its home without parents, then cannot open its DB
-        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    _prepare_prefect()
     server = _start_embedded_prefect_server()
     from pipelines.flow import baseline_pipeline  # seconds of imports, while the server boots
 
@@ -57,6 +60,14 @@ def command_run(args: argparse.Namespace) -> int:
         f"({minutes:.1f} min). MLflow run {result['mlflow_run_id']}; model in {result['artifacts']['model']}"
     )
     return 0
+
+
+def _prepare_prefect() -> None:
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "stages,pipelines")  # stage logs in task logs
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from a local run
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")  # first start migrates its DB
+    if "PREFECT_HOME" in os.environ:  # Prefect creates its home without parents, then cannot open its DB
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
 
 
 def _start_embedded_prefect_server() -> threading.Thread | None:
@@ -74,6 +85,25 @@ def _start_embedded_prefect_server() -> threading.Thread | None:
     waiting = threading.Thread(target=SubprocessASGIServer().start, daemon=True)
     waiting.start()
     return waiting
+
+
+def command_self_train(args: argparse.Namespace) -> int:
+    config = _config_from(args)
+    _prepare_prefect()
+    server = _start_embedded_prefect_server()
+    from pipelines.self_training import self_training_pipeline
+
+    if server:
+        server.join()
+    started = time.perf_counter()
+    result = self_training_pipeline(config=config, thresholds=args.thresholds, iterations=args.iterations,
+                                    launcher=args.launcher, archive=args.archive, start_model=args.start_model)
+    minutes = (time.perf_counter() - started) / 60
+    print(f"\n{(Path(result['report']) / 'comparison.md').read_text()}\n"
+          f"best on validation: threshold {result['best_threshold']}, {result['best_iterations']} iterations: "
+          f"test top-1 {result['test_accuracy']:.2%} (baseline {result['baseline_test_accuracy']:.2%}) "
+          f"({minutes:.1f} min). MLflow: tags.ssl.sweep = '{result['sweep']}'; report in {result['report']}")
+    return 0
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -173,7 +203,7 @@ def _add_deploy_commands(commands) -> None:
 def command_stages(args: argparse.Namespace) -> int:
     for name in STAGE_NAMES:
         stage = get_stage(name)
-        print(f"{name:<10} inputs: {', '.join(stage.inputs):<14} {stage.summary}")
+        print(f"{name:<13} inputs: {', '.join(stage.inputs):<28} {stage.summary}")
     return 0
 
 
@@ -192,11 +222,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ssl-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run split -> baseline -> evaluate as a Prefect flow")
-    _add_config_arguments(run)
-    run.add_argument("--launcher", choices=list(LAUNCHERS), default="in-process",
-                     help="how each stage is started (docker: the stage image, $SSL_PIPELINE_STAGE_IMAGE)")
-    run.add_argument("--archive", help="path of cifar-100-python.tar.gz (default: $CIFAR100_ARCHIVE or download)")
+    _add_run_arguments(run)
     run.set_defaults(handler=command_run)
+    self_train = commands.add_parser(
+        "self-train", help="self-training over a grid of thresholds x iterations, with a comparison report")
+    _add_run_arguments(self_train)
+    self_train.add_argument("--thresholds", type=float, nargs="+", metavar="T",
+                            help="confidence thresholds (default: self_training.selection.threshold)")
+    self_train.add_argument("--iterations", type=int, nargs="+", metavar="N",
+                            help="iteration counts (default: self_training.iterations)")
+    self_train.add_argument("--start-model", metavar="DIR",
+                            help="a finished baseline artifact to start from instead of training one")
+    self_train.set_defaults(handler=command_self_train)
     _add_deploy_commands(commands)
     commands.add_parser("stages", help="list the stages").set_defaults(handler=command_stages)
     commands.add_parser("stage", help="run one stage: ssl-pipeline stage NAME --help")

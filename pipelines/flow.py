@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,18 +93,18 @@ def run_stage(stage: str, config: BaseModel, inputs: dict[str, Path], launcher: 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient, task_run_name="track-{stage}")
 def track_stage(experiment_id: str, parent_run_id: str, stage: str, artifact: Path, cached: bool,
-                stage_task_run_id: str) -> str:
-    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.task_run_id": stage_task_run_id}
+                stage_task_run_id: str, tags: dict[str, str]) -> str:
+    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.task_run_id": stage_task_run_id, **tags}
     return tracking.log_stage(experiment_id, parent_run_id, stage, artifact, cached, tags)
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
-def open_parent_run(config: PipelineConfig) -> tuple[str, str]:
+def open_parent_run(config: PipelineConfig, tags: dict[str, str] | None = None) -> tuple[str, str]:
     """(experiment id, parent run id) of this flow run's MLflow parent run."""
     experiment_id = tracking.configure()
     parent_run_id = tracking.start_parent_run(
         experiment_id, f"{config.preset}-{flow_run.name}", config.model_dump(mode="json"),
-        {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)},
+        {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name), **(tags or {})},
     )
     return experiment_id, parent_run_id
 
@@ -113,21 +114,43 @@ def close_parent_run(parent_run_id: str, metrics: dict[str, float], status: str)
     tracking.finish_parent_run(parent_run_id, metrics, status)
 
 
-def stage_step(stage: str, config: BaseModel, inputs: dict[str, Path], launcher: str, resources: ResourcesConfig,
-               experiment_id: str, parent_run_id: str) -> Path:
-    """Run (or reuse) one stage, then track it under the parent run."""
-    log.info("stage %s: starting (%s)", stage, launcher)
-    cached_task = run_stage.with_options(result_storage=settings.prefect_results())
-    state = cached_task(stage, config, inputs, launcher, resources, return_state=True)
-    artifact = state.result()
-    cached = state.name == "Cached"
-    if cached and not artifact.exists():  # the cache outlived its artifact: make it again
-        state = cached_task.with_options(refresh_cache=True)(stage, config, inputs, launcher, resources,
-                                                             return_state=True)
-        artifact, cached = state.result(), False
-    log.info("stage %s: %s %s", stage, "reused from cache" if cached else "built", artifact)
-    track_stage(experiment_id, parent_run_id, stage, artifact, cached, str(state.state_details.task_run_id))
-    return artifact
+@dataclass(frozen=True)
+class Steps:
+    """How one flow run starts its stages and where it tracks them."""
+
+    launcher: str
+    resources: ResourcesConfig
+    experiment_id: str
+    parent_run_id: str  # MLflow run the stage runs nest under
+    tags: dict[str, str] = field(default_factory=dict)  # on every stage run
+
+    def nested_under(self, run_id: str) -> Steps:
+        return replace(self, parent_run_id=run_id)
+
+    def run(self, stage: str, config: BaseModel, inputs: dict[str, Path]) -> Path:
+        """Run (or reuse) one stage, then track it under the parent run."""
+        log.info("stage %s: starting (%s)", stage, self.launcher)
+        cached_task = run_stage.with_options(result_storage=settings.prefect_results())
+        state = cached_task(stage, config, inputs, self.launcher, self.resources, return_state=True)
+        artifact = state.result()
+        cached = state.name == "Cached"
+        if cached and not artifact.exists():  # the cache outlived its artifact: make it again
+            state = cached_task.with_options(refresh_cache=True)(stage, config, inputs, self.launcher, self.resources,
+                                                                 return_state=True)
+            artifact, cached = state.result(), False
+        log.info("stage %s: %s %s", stage, "reused from cache" if cached else "built", artifact)
+        self.track(stage, artifact, cached, str(state.state_details.task_run_id))
+        return artifact
+
+    def reuse(self, stage: str, artifact: Path) -> Path:
+        """Track an artifact made elsewhere (e.g. a model given on the command line) as a cached stage."""
+        verify(artifact)
+        log.info("stage %s: reusing %s", stage, artifact)
+        self.track(stage, artifact, True, "")
+        return artifact
+
+    def track(self, stage: str, artifact: Path, cached: bool, task_run_id: str) -> None:
+        track_stage(self.experiment_id, self.parent_run_id, stage, artifact, cached, task_run_id, self.tags)
 
 
 @flow(name="ssl-baseline")
@@ -138,15 +161,23 @@ def baseline_pipeline(config: PipelineConfig = PipelineConfig(), launcher: str =
     experiment_id, parent_run_id = open_parent_run(config)
     status, metrics = "FAILED", {}
     try:
-        archive_path = fetch_archive(archive)
-        step = dict(launcher=launcher, resources=config.resources, experiment_id=experiment_id,
-                    parent_run_id=parent_run_id)
-        split = stage_step("split", config.split, {"archive": archive_path}, **step)
-        model = stage_step("baseline", config.baseline, {"split": split}, **step)
-        evaluation = stage_step("evaluate", config.evaluate, {"split": split, "model": model}, **step)
+        steps = Steps(launcher, config.resources, experiment_id, parent_run_id)
+        split, model = baseline_steps(steps, config, archive)
+        evaluation = steps.run("evaluate", config.evaluate, {"split": split, "model": model})
         metrics = json.loads((evaluation / "metrics.json").read_text())
         status = "FINISHED"
     finally:
         close_parent_run(parent_run_id, metrics, status)
     return {**metrics, "mlflow_run_id": parent_run_id, "artifacts": {"split": str(split), "model": str(model),
                                                                    "evaluate": str(evaluation)}}
+
+
+def baseline_steps(steps: Steps, config: PipelineConfig, archive: str | None,
+                   start_model: str | None = None) -> tuple[Path, Path]:
+    """(split, baseline model): made by the split and baseline stages, or ``start_model`` and its split."""
+    if start_model:
+        model = Path(start_model).resolve()
+        split = Path(read_manifest(model)["parents"]["split"]["path"])
+        return steps.reuse("split", split), steps.reuse("baseline", model)
+    split = steps.run("split", config.split, {"archive": fetch_archive(archive)})
+    return split, steps.run("baseline", config.baseline, {"split": split})

@@ -23,12 +23,17 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import settings
 from stages.artifacts import read_manifest
+from stages.self_train import ITERATIONS_FILE
 
 TAG_STAGE = "ssl.stage"
 TAG_DIGEST = "ssl.artifact_digest"  # manifest digest of the stage's output artifact
 TAG_CACHED = "ssl.cached"
 TAG_CACHED_FROM = "ssl.cached_from_run"
 TAG_PRESET = "ssl.preset"
+TAG_SWEEP = "ssl.sweep"  # shared by every run of one self-training sweep
+TAG_ITERATION = "ssl.iteration"
+ITERATION_METRICS = ("selected", "pseudo_label_accuracy", "mean_confidence", "val_accuracy", "val_loss",
+                     "train_accuracy", "train_loss")
 MODEL_FILE = "model.keras"
 
 
@@ -55,10 +60,14 @@ def flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def start_parent_run(experiment_id: str, run_name: str, config: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-    """Create the flow's parent run; it stays RUNNING until ``finish_parent_run``."""
+def start_parent_run(experiment_id: str, run_name: str, config: Mapping[str, Any], tags: Mapping[str, str],
+                     parent_run_id: str | None = None) -> str:
+    """Create a run that stays RUNNING until ``finish_parent_run``: a flow's, or (nested under
+    ``parent_run_id``) one configuration's within a flow; ``config`` becomes its params."""
     client = MlflowClient()
-    run = client.create_run(experiment_id, run_name=run_name, tags={TAG_PRESET: config.get("preset", ""), **tags})
+    nesting = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+    run = client.create_run(experiment_id, run_name=run_name,
+                            tags={TAG_PRESET: config.get("preset", ""), **nesting, **tags})
     params = [Param(key, str(value)) for key, value in flatten(config).items()]
     client.log_batch(run.info.run_id, params=params)
     client.log_dict(run.info.run_id, dict(config), "config.json")
@@ -131,15 +140,47 @@ def log_stage(
         mlflow.log_metric("stage_seconds", manifest["seconds"])
         for dataset, context in _datasets_read(manifest):
             mlflow.log_input(dataset, context=context)
+        iterations = artifact / ITERATIONS_FILE
+        if iterations.is_file():
+            MlflowClient().log_batch(run.info.run_id, metrics=_iteration_metrics(pd.read_parquet(iterations)))
         if not cached:
             _log_files(artifact)
+            if iterations.is_file():
+                _log_iteration_runs(experiment_id, run.info.run_id, artifact, tags)
     return run.info.run_id
+
+
+def _iteration_metrics(iterations: pd.DataFrame, keys: tuple[str, ...] = ITERATION_METRICS) -> list[Metric]:
+    """Self-training's per-iteration metrics keyed by step = iteration (0 = the input model), so
+    MLflow's compare view lines configurations up iteration by iteration."""
+    now = int(pd.Timestamp.now().timestamp() * 1000)
+    return [
+        Metric(key=key, value=float(row[key]), timestamp=now, step=int(row["iteration"]))
+        for _, row in iterations.iterrows() for key in keys if pd.notna(row.get(key))
+    ]
+
+
+def _log_iteration_runs(experiment_id: str, stage_run_id: str, artifact: Path, tags: Mapping[str, str]) -> None:
+    """One run per self-training iteration, nested under the stage's run, with its epochs."""
+    client = MlflowClient()
+    iterations = pd.read_parquet(artifact / ITERATIONS_FILE)
+    history = pd.read_parquet(artifact / "history.parquet")
+    for _, row in iterations[iterations["iteration"] > 0].iterrows():
+        number = int(row["iteration"])
+        run = client.create_run(experiment_id, run_name=f"iteration {number}", tags={
+            "mlflow.parentRunId": stage_run_id, TAG_ITERATION: str(number), **tags})
+        epochs = history[history["iteration"] == number].drop(columns=["epoch", "iteration"])
+        metrics = _history_metrics(epochs.rename(columns={"iteration_epoch": "epoch"}))
+        # the epochs' own val_accuracy and val_loss are already there, keyed by epoch
+        metrics += _iteration_metrics(row.to_frame().T, ("selected", "pseudo_label_accuracy", "mean_confidence"))
+        client.log_batch(run.info.run_id, metrics=metrics)
+        client.set_terminated(run.info.run_id)
 
 
 def _log_files(artifact: Path) -> None:
     mlflow.log_artifact(str(artifact / "manifest.json"))
     history = artifact / "history.parquet"
-    if history.is_file():
+    if history.is_file() and not (artifact / ITERATIONS_FILE).is_file():
         MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=_history_metrics(pd.read_parquet(history)))
     figures = artifact / "figures"
     if figures.is_dir():

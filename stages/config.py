@@ -79,7 +79,17 @@ class ArchitectureConfig(StrictModel):
         return self
 
 
-class TrainConfig(StrictModel):
+class Schedule(StrictModel):
+    """A config with ``epochs`` and ``warmup_epochs``: the warm-up must end inside the schedule."""
+
+    @model_validator(mode="after")
+    def _warmup_inside_schedule(self) -> Schedule:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
+        return self
+
+
+class TrainConfig(Schedule):
     architecture: ArchitectureConfig = ArchitectureConfig()
     augment: AugmentConfig = AugmentConfig()
     batch_size: int = Field(128, ge=1)
@@ -97,15 +107,45 @@ class TrainConfig(StrictModel):
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
     seed: int = Field(0, description="seed of initialisation, shuffling and augmentation")
 
-    @model_validator(mode="after")
-    def _warmup_inside_schedule(self) -> TrainConfig:
-        if self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
-        return self
-
 
 class EvaluateConfig(StrictModel):
     batch_size: int = Field(500, ge=1, description="inference batch size")
+
+
+class PseudoLabelConfig(StrictModel):
+    """Which predictions on the unlabeled set become pseudo-labels."""
+
+    threshold: float = Field(0.85, gt=0, le=1, description="keep predictions whose confidence is at least this")
+    max_per_class: int | None = Field(
+        None, ge=1, description="keep at most this many per predicted class, the most confident; None = no cap"
+    )
+    batch_size: int = Field(500, ge=1, description="inference batch size")
+
+
+class FineTuneConfig(Schedule):
+    """How each self-training iteration retrains the previous model; everything not named here
+    (architecture, augmentation, batch size, weight decay, precision, ...) is the input model's own."""
+
+    epochs: int = Field(10, ge=1, description="epochs per iteration; the cosine decay spans them")
+    learning_rate: float = Field(5e-4, gt=0, description="peak learning rate, below the baseline's")
+    warmup_epochs: int = Field(0, ge=0)
+    dropout_increase: float = Field(0.05, ge=0, lt=1, description="added to every dropout rate of the model")
+    l2_increase: float = Field(0.001, ge=0, description="added to the L2 penalty of the model")
+    early_stopping_patience: int | None = Field(
+        4, ge=1, description="epochs without val improvement before the iteration stops; None = never"
+    )
+
+
+class SelfTrainConfig(StrictModel):
+    """Self-training: pseudo-label -> retrain on labeled + selected -> validate, ``iterations`` times."""
+
+    iterations: int = Field(4, ge=1, description="pseudo-label/retrain rounds")
+    selection: PseudoLabelConfig = PseudoLabelConfig()
+    labeled_weight: float = Field(2.0, gt=0, description="sample weight of every labeled image")
+    pseudo_weight: Literal["confidence", "one"] = Field(
+        "confidence", description="sample weight of a pseudo-labeled image: its confidence, or 1"
+    )
+    fine_tune: FineTuneConfig = FineTuneConfig()
 
 
 class ResourcesConfig(StrictModel):
@@ -118,13 +158,14 @@ class ResourcesConfig(StrictModel):
 
 
 class PipelineConfig(StrictModel):
-    """The split -> baseline -> evaluate pipeline."""
+    """Every stage's config; each flow reads the sections of the stages it runs."""
 
     preset: str = Field("seed", description="name of the preset this config started from")
     resources: ResourcesConfig = ResourcesConfig()
     split: SplitConfig = SplitConfig()
     baseline: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    self_training: SelfTrainConfig = SelfTrainConfig()
 
 
 PRESETS = ("smoke", "quick", "seed", "gpu")

@@ -23,6 +23,11 @@ _LABEL = pa.field("label", pa.int32(), nullable=False)  # CIFAR-100 fine label, 
 LABELED_SCHEMA = pa.schema([_ID, _IMAGE, _LABEL])
 UNLABELED_SCHEMA = pa.schema([_ID, _IMAGE])
 AUDIT_SCHEMA = pa.schema([_ID, _LABEL])
+# predicted label of an unlabeled image, the model's probability for it, and the self-training
+# iteration whose training set the row joins
+PSEUDO_LABEL_SCHEMA = pa.schema([
+    _ID, _LABEL, pa.field("confidence", pa.float32(), nullable=False), pa.field("iteration", pa.int32(), nullable=False),
+])
 
 # table name -> (file inside the split artifact, schema)
 TABLES: dict[str, tuple[str, pa.Schema]] = {

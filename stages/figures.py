@@ -11,12 +11,18 @@ from matplotlib.figure import Figure
 
 
 def learning_curves(history: pd.DataFrame, best_epoch: int, path: Path) -> Path:
-    """Train vs validation loss and accuracy per epoch (the seed's figure 2)."""
+    """Train vs validation loss and accuracy per epoch (the seed's figure 2); for self-training,
+    epochs count across iterations and shaded bands mark the iterations (figures 3-4)."""
     figure = Figure(figsize=(10, 4), layout="constrained")
     for axis, metric in zip(figure.subplots(1, 2), ("loss", "accuracy")):
         axis.plot(history["epoch"], history[metric], label="train")
         axis.plot(history["epoch"], history[f"val_{metric}"], label="validation")
-        axis.axvline(best_epoch, color="grey", linestyle=":", label=f"kept (epoch {best_epoch})")
+        if "iteration" in history:
+            for iteration, epochs in history.groupby("iteration")["epoch"]:
+                if iteration % 2:
+                    axis.axvspan(epochs.min() - 0.5, epochs.max() + 0.5, color="grey", alpha=0.1, lw=0)
+        kept = f"epoch {best_epoch}" if best_epoch else "the input model"
+        axis.axvline(best_epoch, color="grey", linestyle=":", label=f"kept ({kept})")
         axis.set(xlabel="epoch", ylabel=metric, title=metric)
         axis.grid(alpha=0.3)
         axis.legend()
@@ -65,5 +71,44 @@ def network_diagram(model: keras.Model, path: Path) -> Path:
                   bbox={"boxstyle": "round", "facecolor": colour, "edgecolor": "#777"})
         axis.text(0.68, row, shape, va="center", family="monospace", fontsize=8)
         axis.text(0.98, row, f"{params:,}", va="center", ha="right", family="monospace", fontsize=8)
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def self_training_iterations(tables: dict[str, pd.DataFrame], path: Path) -> Path:
+    """Per iteration and configuration: validation accuracy, pseudo-labels selected and their accuracy.
+
+    ``tables`` maps a legend label to an iterations table (iteration 0 = the input model).
+    """
+    figure = Figure(figsize=(13, 4), layout="constrained")
+    panels = figure.subplots(1, 3)
+    for label, table in tables.items():
+        trained = table[table["iteration"] > 0]
+        panels[0].plot(table["iteration"], table["val_accuracy"], marker="o", label=label)
+        panels[1].plot(trained["iteration"], trained["selected"], marker="o", label=label)
+        panels[2].plot(trained["iteration"], trained["pseudo_label_accuracy"], marker="o", label=label)
+    titles = ("validation accuracy (0 = input model)", "pseudo-labels selected", "pseudo-label accuracy (audit)")
+    for axis, title in zip(panels, titles):
+        axis.set(xlabel="iteration", title=title)
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def threshold_comparison(table: pd.DataFrame, baseline_accuracy: float, path: Path) -> Path:
+    """Validation and test accuracy of each self-training configuration against the baseline
+    (the seed's figure 5); ``table`` has threshold, iterations, val_accuracy, test_accuracy."""
+    figure = Figure(figsize=(max(6, 1.3 * len(table) + 2), 4), layout="constrained")
+    axis = figure.subplots()
+    positions = np.arange(len(table))
+    for offset, column, name in ((-0.2, "val_accuracy", "validation"), (0.2, "test_accuracy", "test")):
+        bars = axis.bar(positions + offset, table[column], width=0.4, label=name)
+        axis.bar_label(bars, fmt="%.3f", fontsize=8)
+    axis.axhline(baseline_accuracy, color="black", linestyle="--", label=f"baseline test {baseline_accuracy:.3f}")
+    axis.set_xticks(positions, [f"t={t}\n{n} it." for t, n in zip(table["threshold"], table["iterations"])])
+    axis.set(ylabel="accuracy", title="self-training configurations")
+    axis.legend(loc="lower right")
     figure.savefig(path, dpi=110)
     return path

@@ -91,7 +91,15 @@ def one_hot(labels: np.ndarray) -> np.ndarray:
 def train_classifier(config: TrainConfig, train: ImageTable, validation: ImageTable) -> TrainingResult:
     """Train from scratch; the returned model holds the weights of the best validation epoch."""
     keras.utils.set_random_seed(config.seed)
-    model = build_classifier(config)
+    return fit_classifier(build_classifier(config), config, train, validation)
+
+
+def fit_classifier(model: keras.Model, config: TrainConfig, train: ImageTable, validation: ImageTable,
+                   sample_weight: np.ndarray | None = None) -> TrainingResult:
+    """Compile ``model`` with ``config``'s schedule and fit it; keeps the best validation epoch.
+
+    ``sample_weight`` (N,) scales each training image's loss; validation is never weighted.
+    """
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     compile_classifier(model, config, steps_per_epoch)
     mode = "min" if config.select_on == "val_loss" else "max"
@@ -103,7 +111,7 @@ def train_classifier(config: TrainConfig, train: ImageTable, validation: ImageTa
     )
     started = time.perf_counter()
     model.fit(
-        train.images.astype("float32"), one_hot(train.labels),
+        train.images.astype("float32"), one_hot(train.labels), sample_weight=sample_weight,
         validation_data=(validation.images.astype("float32"), one_hot(validation.labels)),
         batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=0,
         callbacks=[recorder, selector],

@@ -1,0 +1,109 @@
+"""The self-training flow: one split and baseline, then a grid of self-training configurations.
+
+split -> baseline -> evaluate, then for each (threshold, iterations) of the grid:
+pseudo_label -> self_train -> evaluate, each configuration under its own MLflow run nested in
+the flow's. Split, baseline and every pseudo_label of a threshold are cached stages, so the grid
+pays for them once, and a rerun with one more grid point trains only that point. Every run of one
+flow run carries the tag ``ssl.sweep``: ``tags.ssl.sweep = '<value>'`` lists them side by side.
+The comparison table and figures land in ``<artifact root>/sweeps/<sweep>`` and the parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from prefect import flow, task
+from prefect.runtime import flow_run
+from pydantic import ValidationError
+
+from pipelines import settings, tracking
+from pipelines.flow import Steps, baseline_steps, close_parent_run, is_transient, open_parent_run
+from pipelines.launchers import LAUNCHERS
+from stages.artifacts import staged_output
+from stages.config import ConfigError, PipelineConfig, SelfTrainConfig, deep_merge
+from stages.reports import write_self_training_report
+
+log = logging.getLogger(__name__)
+
+
+def sweep_grid(config: SelfTrainConfig, thresholds: list[float] | None,
+               iterations: list[int] | None) -> list[SelfTrainConfig]:
+    """One validated config per (threshold, iterations); a missing axis keeps the config's value."""
+    grid = []
+    for threshold in thresholds or [config.selection.threshold]:
+        for count in iterations or [config.iterations]:
+            point = deep_merge(config.model_dump(), {"iterations": count, "selection": {"threshold": threshold}})
+            try:
+                grid.append(SelfTrainConfig.model_validate(point))
+            except ValidationError as error:
+                raise ConfigError(f"the sweep grid (threshold {threshold}, iterations {count})", error) from None
+    return grid
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
+def open_configuration_run(steps: Steps, config: SelfTrainConfig, preset: str) -> str:
+    name = f"threshold={config.selection.threshold} iterations={config.iterations}"
+    return tracking.start_parent_run(steps.experiment_id, name, {"preset": preset, "self_training": config.model_dump()},
+                                     steps.tags, parent_run_id=steps.parent_run_id)
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
+def log_report(parent_run_id: str, report: Path) -> None:
+    with mlflow.start_run(run_id=parent_run_id):
+        mlflow.log_artifacts(str(report), "comparison")
+
+
+def self_train_configuration(steps: Steps, config: SelfTrainConfig, pipeline: PipelineConfig, split: Path,
+                             model: Path) -> tuple[Path, Path]:
+    """pseudo_label -> self_train -> evaluate under one nested run; (self_train, evaluate) artifacts."""
+    run_id = open_configuration_run(steps, config, pipeline.preset)
+    nested, metrics, status = steps.nested_under(run_id), {}, "FAILED"
+    try:
+        labels = nested.run("pseudo_label", config.selection, {"split": split, "model": model})
+        trained = nested.run("self_train", config, {"split": split, "model": model, "pseudo_labels": labels})
+        evaluation = nested.run("evaluate", pipeline.evaluate, {"split": split, "model": trained})
+        metrics = {**json.loads((trained / "metrics.json").read_text()),
+                   **json.loads((evaluation / "metrics.json").read_text())}
+        status = "FINISHED"
+    finally:
+        close_parent_run(run_id, metrics, status)
+    return trained, evaluation
+
+
+@flow(name="ssl-self-training")
+def self_training_pipeline(config: PipelineConfig = PipelineConfig(), thresholds: list[float] | None = None,
+                           iterations: list[int] | None = None, launcher: str = "in-process",
+                           archive: str | None = None, start_model: str | None = None) -> dict[str, Any]:
+    """Self-training over thresholds x iterations from one split and baseline; writes their comparison.
+
+    ``start_model``: a finished baseline artifact to start from instead of training one (its split
+    is the one recorded in its manifest).
+    """
+    LAUNCHERS[launcher]  # fail before any work on an unknown launcher or a bad grid
+    grid = sweep_grid(config.self_training, thresholds, iterations)
+    sweep = f"{flow_run.name}-{str(flow_run.id)[:8]}"
+    experiment_id, parent_run_id = open_parent_run(config, {tracking.TAG_SWEEP: sweep})
+    status, metrics = "FAILED", {}
+    try:
+        steps = Steps(launcher, config.resources, experiment_id, parent_run_id, {tracking.TAG_SWEEP: sweep})
+        split, model = baseline_steps(steps, config, archive, start_model)
+        baseline_evaluation = steps.run("evaluate", config.evaluate, {"split": split, "model": model})
+        done = [self_train_configuration(steps, point, config, split, model) for point in grid]
+        with staged_output(settings.artifact_root() / "sweeps" / sweep) as tmp:
+            table = write_self_training_report(tmp, [st for st, _ in done], [ev for _, ev in done], baseline_evaluation)
+        report = settings.artifact_root() / "sweeps" / sweep
+        log_report(parent_run_id, report)
+        best = table.loc[table["val_accuracy"].idxmax()]  # chosen on validation, never on test
+        metrics = {"baseline_test_accuracy": json.loads((baseline_evaluation / "metrics.json").read_text())["test_accuracy"],
+                   "best_threshold": float(best["threshold"]), "best_iterations": int(best["iterations"]),
+                   "best_val_accuracy": float(best["val_accuracy"]), "test_accuracy": float(best["test_accuracy"])}
+        status = "FINISHED"
+    finally:
+        close_parent_run(parent_run_id, metrics, status)
+    log.info("sweep %s: comparison in %s", sweep, report)
+    return {**metrics, "sweep": sweep, "mlflow_run_id": parent_run_id, "report": str(report),
+            "table": table.to_dict("records")}

@@ -1,0 +1,243 @@
+"""Self-training stage: pseudo-label -> retrain on labeled + pseudo-labeled data -> validate, repeated.
+
+As in the seed study (exercise 2): start from a trained model; labeled images weigh
+``labeled_weight`` (2), pseudo-labeled ones their confidence; each iteration fine-tunes the
+previous model with a lower learning rate and slightly more dropout and L2. Iteration 1 trains on
+the pseudo_label stage's output (labels of the input model); later iterations label the unlabeled
+set again with the current model. The kept model is the best iteration on validation, the input
+model (iteration 0) included, so self-training can never make the kept model worse on validation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from stages import data, figures
+from stages.artifacts import ArtifactError, parent_entry, read_manifest, staged_output, verify, write_manifest
+from stages.baseline import HISTORY_FILE, METRICS_FILE, MODEL_FILE, SAVED_MODEL_DIR, export_saved_model
+from stages.config import FineTuneConfig, SelfTrainConfig, TrainConfig
+from stages.data import ImageTable
+from stages.models import build_classifier
+from stages.pseudo_label import audit_accuracy, pseudo_label, read_pseudo_labels, write_pseudo_labels
+from stages.stage import Stage, main
+from stages.training import fit_classifier, one_hot
+
+log = logging.getLogger(__name__)
+
+ITERATIONS_FILE = "iterations.parquet"  # one row per iteration, 0 = the input model
+FIGURES_DIR = "figures"
+
+
+def trained_with(model_artifact: Path) -> TrainConfig:
+    """The TrainConfig a model artifact's model was built and trained with."""
+    manifest = read_manifest(model_artifact)
+    if manifest["stage"] == "baseline":
+        return TrainConfig.model_validate(manifest["config"])
+    if manifest["stage"] == "self_train":
+        return TrainConfig.model_validate(manifest["train_config"])
+    raise ArtifactError(f"{model_artifact} holds a {manifest['stage']} artifact; self-training starts from a "
+                        "baseline or self_train model artifact")
+
+
+def fine_tune_config(base: TrainConfig, tune: FineTuneConfig, iteration: int) -> TrainConfig:
+    """The base model's config with the fine-tuning schedule and the extra regularisation."""
+    arch = base.architecture
+    return TrainConfig.model_validate({
+        **base.model_dump(),
+        "architecture": {
+            **arch.model_dump(),
+            "block_dropout": [rate + tune.dropout_increase for rate in arch.block_dropout],
+            "head_dropout": arch.head_dropout + tune.dropout_increase,
+            "l2": arch.l2 + tune.l2_increase,
+        },
+        "epochs": tune.epochs,
+        "learning_rate": tune.learning_rate,
+        "warmup_epochs": tune.warmup_epochs,
+        "early_stopping_patience": tune.early_stopping_patience,
+        "seed": base.seed + iteration,  # fresh shuffling and augmentation every iteration
+    })
+
+
+def training_set(labeled: ImageTable, unlabeled: ImageTable, pseudo_labels: pd.DataFrame,
+                 config: SelfTrainConfig) -> tuple[ImageTable, np.ndarray]:
+    """Labeled images then pseudo-labeled ones, with their sample weights (N,).
+
+    Built from the pseudo-label table alone: the audit labels are not an argument.
+    """
+    rows = pd.Index(unlabeled.ids).get_indexer(pseudo_labels["id"])
+    confidence = pseudo_labels["confidence"].to_numpy(np.float32)
+    table = ImageTable(
+        ids=np.concatenate([labeled.ids, unlabeled.ids[rows]]),
+        images=np.concatenate([labeled.images, unlabeled.images[rows]]),
+        labels=np.concatenate([labeled.labels, pseudo_labels["label"].to_numpy(np.int32)]),
+    )
+    pseudo_weight = confidence if config.pseudo_weight == "confidence" else np.ones_like(confidence)
+    weights = np.concatenate([np.full(len(labeled), config.labeled_weight, np.float32), pseudo_weight])
+    return table, weights
+
+
+def retrain(previous: keras.Model, config: TrainConfig, train: ImageTable, validation: ImageTable,
+            weights: np.ndarray):
+    """A fresh network of ``config`` (its dropout and L2) holding ``previous``'s weights, fitted."""
+    keras.utils.set_random_seed(config.seed)
+    model = build_classifier(config)
+    model.set_weights(previous.get_weights())
+    return fit_classifier(model, config, train, validation, weights)
+
+
+def validate(model: keras.Model, validation: ImageTable, batch_size: int) -> dict[str, float]:
+    """Accuracy and plain cross-entropy on validation, in inference mode.
+
+    The same measure for every iteration: Keras' ``val_loss`` adds the L2 penalty and label
+    smoothing, which differ between the input model and the fine-tuned ones.
+    """
+    probabilities = model.predict(validation.images.astype("float32"), batch_size=batch_size, verbose=0)
+    truth = one_hot(validation.labels)
+    return {
+        "val_accuracy": float((probabilities.argmax(axis=1) == validation.labels).mean()),
+        "val_loss": float(keras.ops.convert_to_numpy(keras.losses.categorical_crossentropy(truth, probabilities)).mean()),
+    }
+
+
+@dataclass
+class Iteration:
+    number: int
+    model: keras.Model
+    row: dict[str, float]  # the iterations table's row
+    history: pd.DataFrame | None = None  # per epoch; None for iteration 0
+    labels: pd.DataFrame | None = None  # the pseudo-labels it trained on; None for iteration 0
+
+
+def self_train(config: SelfTrainConfig, base: TrainConfig, start: keras.Model, first_labels: pd.DataFrame,
+               tables: Mapping[str, ImageTable]) -> list[Iteration]:
+    """Iteration 0 (the input model, validated) and ``config.iterations`` retraining rounds."""
+    validation, unlabeled = tables["validation"], tables["unlabeled"]
+    done = [Iteration(0, start, {"iteration": 0, "selected": 0, **validate(start, validation, config.selection.batch_size)})]
+    for number in range(1, config.iterations + 1):
+        model = done[-1].model
+        labels = first_labels if number == 1 else pseudo_label(model, unlabeled, config.selection, number)
+        train, weights = training_set(tables["labeled"], unlabeled, labels, config)
+        log.info("iteration %d/%d: %d pseudo-labels + %d labeled images", number, config.iterations, len(labels),
+                 len(tables["labeled"]))
+        result = retrain(model, fine_tune_config(base, config.fine_tune, number), train, validation, weights)
+        best = result.history.iloc[result.best_epoch - 1]
+        row = {
+            "iteration": number, "selected": len(labels),
+            "pseudo_label_accuracy": audit_accuracy(labels, tables["unlabeled_audit"]),
+            "mean_confidence": float(labels["confidence"].mean()),
+            **validate(result.model, validation, config.selection.batch_size),
+            # weighted, augmented, regularised: as Keras reports training
+            "train_accuracy": float(best["accuracy"]), "train_loss": float(best["loss"]),
+            "best_epoch": result.best_epoch, "epochs_run": len(result.history), "train_seconds": result.seconds,
+        }
+        log.info("iteration %d: val accuracy %.4f (pseudo-label accuracy %.3f)", number, row["val_accuracy"],
+                 row["pseudo_label_accuracy"])
+        done.append(Iteration(number, result.model, row, result.history.assign(iteration=number), labels))
+    return done
+
+
+def kept_iteration(iterations: list[Iteration], select_on: str) -> Iteration:
+    """The best iteration on validation; ties go to the earlier one."""
+    sign = -1 if select_on == "val_loss" else 1
+    return max(iterations, key=lambda it: (sign * it.row[select_on], -it.number))
+
+
+def joined_history(iterations: list[Iteration]) -> pd.DataFrame:
+    """Every iteration's epochs in one table: ``epoch`` counts across iterations, ``iteration_epoch`` within."""
+    history = pd.concat([it.history for it in iterations if it.history is not None], ignore_index=True)
+    history = history.rename(columns={"epoch": "iteration_epoch"})
+    history.insert(0, "epoch", np.arange(1, len(history) + 1))
+    return history
+
+
+def run(config: SelfTrainConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
+    started = dt.datetime.now(dt.timezone.utc)
+    split, start, labels = Path(inputs["split"]), Path(inputs["model"]), Path(inputs["pseudo_labels"])
+    for artifact in (split, start, labels):
+        verify(artifact)
+    check_first_labels(labels, start, config)
+    tables = {name: data.read_table(split, name)
+              for name in ("labeled", "validation", "unlabeled", "unlabeled_audit")}
+    base = trained_with(start)
+    first_labels = read_pseudo_labels(labels, tables["unlabeled"])
+    iterations = self_train(config, base, keras.saving.load_model(start / MODEL_FILE), first_labels, tables)
+    kept = kept_iteration(iterations, base.select_on)
+    table = pd.DataFrame([it.row for it in iterations])
+    history = joined_history(iterations)
+    metrics = summary_metrics(table, history, kept)
+    with staged_output(output) as tmp:
+        kept.model.save(tmp / MODEL_FILE)
+        exported = export_saved_model(kept.model, tmp / SAVED_MODEL_DIR)
+        history.to_parquet(tmp / HISTORY_FILE, index=False)
+        table.to_parquet(tmp / ITERATIONS_FILE, index=False)
+        write_pseudo_labels(tmp, pd.concat([it.labels for it in iterations[1:]], ignore_index=True))
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        (tmp / FIGURES_DIR).mkdir()
+        figures.self_training_iterations({f"threshold {config.selection.threshold}": table}, tmp / FIGURES_DIR / "iterations.png")
+        kept_config = base if kept.number == 0 else fine_tune_config(base, config.fine_tune, kept.number)
+        manifest = write_manifest(
+            tmp, "self_train", config.model_dump(mode="json"),
+            {"split": parent_entry(split), "model": parent_entry(start), "pseudo_labels": parent_entry(labels)},
+            started,
+            extra={"reads": ["split/labeled.parquet", "split/validation.parquet", "split/unlabeled.parquet",
+                             "pseudo_labels/pseudo_labels.parquet"],
+                   "train_config": kept_config.model_dump(mode="json"),
+                   "backend": keras.backend.backend(), "saved_model": exported},
+        )
+    log.info("kept iteration %d: val accuracy %.4f (input model %.4f)", kept.number, metrics["best_val_accuracy"],
+             table["val_accuracy"].iloc[0])
+    return manifest
+
+
+def check_first_labels(labels: Path, start: Path, config: SelfTrainConfig) -> None:
+    """Iteration 1's pseudo-labels must come from the input model with this run's selection."""
+    manifest = read_manifest(labels)
+    made_by = manifest["parents"].get("model", {}).get("digest")
+    if manifest["stage"] != "pseudo_label" or made_by != read_manifest(start)["digest"]:
+        raise ArtifactError(f"{labels}: the pseudo_labels input must be the pseudo_label stage's output for the "
+                            f"model input {start}; rerun pseudo_label on that model")
+    selection = config.selection.model_dump(mode="json")
+    if manifest["config"] != selection:
+        raise ArtifactError(f"{labels} was selected with {manifest['config']} but selection is {selection}: rerun "
+                            "the pseudo_label stage with this run's selection config")
+
+
+def summary_metrics(table: pd.DataFrame, history: pd.DataFrame, kept: Iteration) -> dict[str, Any]:
+    """The kept iteration's numbers; ``best_epoch`` counts epochs across iterations (0: the input model)."""
+    row = table.iloc[kept.number]
+    before = history[history["iteration"] < kept.number]
+    return {
+        "best_iteration": kept.number,
+        "best_epoch": 0 if kept.number == 0 else len(before) + int(row["best_epoch"]),
+        "best_val_accuracy": float(row["val_accuracy"]),
+        "best_val_loss": float(row["val_loss"]),
+        "best_samples_used": int(row["selected"]),
+        "final_samples_used": int(table["selected"].iloc[-1]),
+        "iterations_run": len(table) - 1,
+        "input_val_accuracy": float(table["val_accuracy"].iloc[0]),
+        "parameters": kept.model.count_params(),
+        "train_seconds": round(float(table["train_seconds"].sum()), 2),
+    }
+
+
+STAGE = Stage(
+    name="self_train",
+    summary="Self-training: pseudo-label, retrain on labeled + pseudo-labeled data, validate; keep the best iteration.",
+    config_type=SelfTrainConfig,
+    inputs=("split", "model", "pseudo_labels"),
+    run=run,
+)
+
+if __name__ == "__main__":
+    sys.exit(main(STAGE))
