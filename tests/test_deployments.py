@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from prefect.settings import PREFECT_API_URL
 
 from pipelines.cli import main

@@ -1,6 +1,5 @@
 """The whole flow on the smoke preset, against the embedded Prefect and MLflow defaults."""
 
-import json
 from pathlib import Path
 
 import keras
@@ -11,10 +10,9 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import settings
 from pipelines.flow import baseline_pipeline
-from pipelines.launchers import SubprocessLauncher, StageFailed
-from stages import data, split
+from pipelines.launchers import StageFailed, SubprocessLauncher
+from stages import data
 from stages.artifacts import sha256_file
-from stages.config import load_pipeline_config
 
 
 @pytest.fixture(scope="module")
