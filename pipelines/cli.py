@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from pipelines.launchers import LAUNCHERS
-from stages.config import PRESETS, load_pipeline_config, parse_assignment
+from stages.config import PRESETS, load_pipeline_config, parse_assignment, sweep_grid
 from stages.stage import STAGE_NAMES, get_stage
 from stages.stage import main as stage_main
 
@@ -43,17 +44,23 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archive", help="path of cifar-100-python.tar.gz (default: $CIFAR100_ARCHIVE or download)")
 
 
-def command_run(args: argparse.Namespace) -> int:
-    config = _config_from(args)
+def _run_flow(flow_path: str, **parameters) -> tuple[dict, float]:
+    """Run the flow at ``module:name`` in this process; its result and its minutes."""
     _prepare_prefect()
     server = _start_embedded_prefect_server()
-    from pipelines.flow import baseline_pipeline  # seconds of imports, while the server boots
-
+    module, _, name = flow_path.partition(":")
+    flow = getattr(importlib.import_module(module), name)  # seconds of imports, while the server boots
     if server:
         server.join()
     started = time.perf_counter()
-    result = baseline_pipeline(config=config, launcher=args.launcher, archive=args.archive)
-    minutes = (time.perf_counter() - started) / 60
+    result = flow(**parameters)
+    return result, (time.perf_counter() - started) / 60
+
+
+def command_run(args: argparse.Namespace) -> int:
+    config = _config_from(args)
+    result, minutes = _run_flow("pipelines.flow:baseline_pipeline", config=config, launcher=args.launcher,
+                                archive=args.archive)
     print(
         f"\n{config.preset}: test top-1 accuracy {result['test_accuracy']:.2%}, top-5 "
         f"{result['test_top5_accuracy']:.2%} on {result['test_images']:,} test images "
@@ -89,16 +96,10 @@ def _start_embedded_prefect_server() -> threading.Thread | None:
 
 def command_self_train(args: argparse.Namespace) -> int:
     config = _config_from(args)
-    _prepare_prefect()
-    server = _start_embedded_prefect_server()
-    from pipelines.self_training import self_training_pipeline
-
-    if server:
-        server.join()
-    started = time.perf_counter()
-    result = self_training_pipeline(config=config, thresholds=args.thresholds, iterations=args.iterations,
-                                    launcher=args.launcher, archive=args.archive, start_model=args.start_model)
-    minutes = (time.perf_counter() - started) / 60
+    sweep_grid(config.self_training, args.thresholds, args.iterations)  # a bad grid fails before any server starts
+    result, minutes = _run_flow("pipelines.self_training:self_training_pipeline", config=config,
+                                thresholds=args.thresholds, iterations=args.iterations, launcher=args.launcher,
+                                archive=args.archive, start_model=args.start_model)
     print(f"\n{(Path(result['report']) / 'comparison.md').read_text()}\n"
           f"best on validation: threshold {result['best_threshold']}, {result['best_iterations']} iterations: "
           f"test top-1 {result['test_accuracy']:.2%} (baseline {result['baseline_test_accuracy']:.2%}) "

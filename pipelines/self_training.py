@@ -18,30 +18,15 @@ from typing import Any
 import mlflow
 from prefect import flow, task
 from prefect.runtime import flow_run
-from pydantic import ValidationError
 
 from pipelines import settings, tracking
 from pipelines.flow import Steps, baseline_steps, close_parent_run, is_transient, open_parent_run
 from pipelines.launchers import LAUNCHERS
 from stages.artifacts import staged_output
-from stages.config import ConfigError, PipelineConfig, SelfTrainConfig, deep_merge
+from stages.config import PipelineConfig, SelfTrainConfig, sweep_grid
 from stages.reports import write_self_training_report
 
 log = logging.getLogger(__name__)
-
-
-def sweep_grid(config: SelfTrainConfig, thresholds: list[float] | None,
-               iterations: list[int] | None) -> list[SelfTrainConfig]:
-    """One validated config per (threshold, iterations); a missing axis keeps the config's value."""
-    grid = []
-    for threshold in thresholds or [config.selection.threshold]:
-        for count in iterations or [config.iterations]:
-            point = deep_merge(config.model_dump(), {"iterations": count, "selection": {"threshold": threshold}})
-            try:
-                grid.append(SelfTrainConfig.model_validate(point))
-            except ValidationError as error:
-                raise ConfigError(f"the sweep grid (threshold {threshold}, iterations {count})", error) from None
-    return grid
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)

@@ -216,6 +216,20 @@ def load_pipeline_config(
         raise ConfigError(source, error) from None
 
 
+def sweep_grid(config: SelfTrainConfig, thresholds: list[float] | None,
+               iterations: list[int] | None) -> list[SelfTrainConfig]:
+    """One validated config per (threshold, iterations); a missing axis keeps the config's value."""
+    grid = []
+    for threshold in thresholds or [config.selection.threshold]:
+        for count in iterations or [config.iterations]:
+            point = deep_merge(config.model_dump(), {"iterations": count, "selection": {"threshold": threshold}})
+            try:
+                grid.append(SelfTrainConfig.model_validate(point))
+            except ValidationError as error:
+                raise ConfigError(f"the sweep grid (threshold {threshold}, iterations {count})", error) from None
+    return grid
+
+
 class ConfigError(ValueError):
     """A configuration that failed validation, with one line per bad field."""
 

@@ -46,3 +46,10 @@ def test_stage_command_line_rejects_bad_config(tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"invalid configuration in {config}" in error and "labels_per_clas: Extra inputs are not permitted" in error
     assert not (tmp_path / "o").exists()
+
+
+def test_self_train_rejects_a_bad_grid_before_any_work(capsys):
+    assert main(["self-train", "--preset", "smoke", "--thresholds", "0.5", "1.5"]) == 2
+    error = capsys.readouterr().err
+    assert "the sweep grid (threshold 1.5, iterations 2)" in error
+    assert "selection.threshold: Input should be less than or equal to 1 (got 1.5)" in error

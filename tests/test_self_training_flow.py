@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.self_training import self_training_pipeline, sweep_grid
-from stages.config import ConfigError
+from pipelines.self_training import self_training_pipeline
+from stages.config import ConfigError, sweep_grid
 
 
 @pytest.fixture(scope="module")
