@@ -148,6 +148,36 @@ class SelfTrainConfig(StrictModel):
     fine_tune: FineTuneConfig = FineTuneConfig()
 
 
+class ViewAugmentConfig(StrictModel):
+    """SimCLR's views of an image: random crop-resize, flip, colour jitter, grayscale, blur."""
+
+    crop_area: float = Field(0.2, gt=0, le=1, description="smallest crop, as a fraction of the image area")
+    jitter: float = Field(0.4, ge=0, le=1, description="brightness, contrast and saturation jitter; hue = jitter / 4")
+    grayscale: float = Field(0.2, ge=0, le=1, description="probability that a view is grayscale")
+    blur_sigma: float = Field(0.0, ge=0, description="max Gaussian blur sigma, pixels; 0 = off (CIFAR is 32 px)")
+
+
+class PretrainConfig(Schedule):
+    """Unsupervised pretraining of the shared encoder on labeled + unlabeled images."""
+
+    objective: Literal["autoencoder", "simclr"] = Field("autoencoder", description="key in stages.objectives.OBJECTIVES")
+    architecture: ArchitectureConfig = ArchitectureConfig()
+    augment: AugmentConfig = Field(AugmentConfig(), description="autoencoder: the input augmentation")
+    views: ViewAugmentConfig = Field(ViewAugmentConfig(), description="simclr: how each of the two views is made")
+    batch_size: int = Field(512, ge=2, description="images per step (simclr: 2x as many views)")
+    epochs: int = Field(15, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, description="peak AdamW learning rate")
+    warmup_epochs: int = Field(0, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    clipnorm: float | None = Field(1.0, gt=0, description="gradient norm clip; None = no clipping")
+    temperature: float = Field(0.2, gt=0, description="simclr: NT-Xent temperature")
+    projection_units: int = Field(256, ge=1, description="simclr: projection head hidden width")
+    projection_dim: int = Field(128, ge=1, description="simclr: embedding size the loss compares")
+    probe_every: int = Field(1, ge=0, description="k-NN probe of validation accuracy every N epochs; 0 = never")
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    seed: int = 0
+
+
 class ResourcesConfig(StrictModel):
     """What each stage container asks of the engine; the in-process and subprocess launchers run
     with whatever their process has. Not part of any cache key: results do not depend on it."""

@@ -112,3 +112,50 @@ def threshold_comparison(table: pd.DataFrame, baseline_accuracy: float, path: Pa
     axis.legend(loc="lower right")
     figure.savefig(path, dpi=110)
     return path
+
+
+def image_pairs(top: np.ndarray, bottom: np.ndarray, titles: tuple[str, str], path: Path, columns: int = 8) -> Path:
+    """Two rows of images per group: ``top[i]`` above ``bottom[i]`` (0..255 values, (N, 32, 32, 3))."""
+    count = min(len(top), 2 * columns)
+    rows = 2 * -(-count // columns)
+    figure = Figure(figsize=(columns * 1.1, rows * 1.15), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for axis in axes.flat:
+        axis.set_axis_off()
+    for i in range(count):
+        row, column = 2 * (i // columns), i % columns
+        for offset, images in enumerate((top, bottom)):
+            axes[row + offset, column].imshow(np.clip(images[i], 0, 255).astype(np.uint8), interpolation="nearest")
+        if column == 0:
+            for offset, title in enumerate(titles):
+                axes[row + offset, 0].set_title(title, fontsize=7, loc="left")
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def similarity_matrix(similarity: np.ndarray, path: Path) -> Path:
+    """Cosine similarities of 2N embeddings (view 1 of N images, then view 2): the positives are
+    the two off-diagonals N away from the diagonal (the seed's figure 10)."""
+    figure = Figure(figsize=(6, 5), layout="constrained")
+    axis = figure.subplots()
+    image = axis.imshow(similarity, cmap="magma", vmin=-1, vmax=1, interpolation="nearest")
+    half = len(similarity) // 2
+    axis.axhline(half - 0.5, color="white", lw=0.5)
+    axis.axvline(half - 0.5, color="white", lw=0.5)
+    axis.set(title=f"cosine similarity of {half} view pairs", xlabel="view 1 | view 2", ylabel="view 1 | view 2")
+    figure.colorbar(image, ax=axis, shrink=0.8)
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def pretraining_curves(history: pd.DataFrame, path: Path) -> Path:
+    """Per epoch: every logged training metric, and the k-NN probe's validation accuracy."""
+    metrics = [c for c in history.columns if c not in ("epoch", "learning_rate", "epoch_seconds", "timestamp_ms")]
+    figure = Figure(figsize=(4 * len(metrics), 3.5), layout="constrained")
+    for axis, metric in zip(np.atleast_1d(figure.subplots(1, len(metrics))), metrics):
+        rows = history[["epoch", metric]].dropna()
+        axis.plot(rows["epoch"], rows[metric], marker="o", markersize=3)
+        axis.set(xlabel="epoch", title=metric)
+        axis.grid(alpha=0.3)
+    figure.savefig(path, dpi=110)
+    return path

@@ -59,6 +59,34 @@ def build_encoder(config: ArchitectureConfig, dtype: str = "float32") -> keras.M
     return ARCHITECTURES[config.name](config, dtype)
 
 
+def build_decoder(config: ArchitectureConfig, dtype: str = "float32") -> keras.Model:
+    """The encoder mirrored: features (N, filters[-1]) -> dense -> (s, s, filters[-1]) -> per block,
+    last first: up-sample, (3x3 conv, BatchNorm, ReLU) x convs_per_block -> 3x3 conv to an image
+    in the encoder's [-1, 1] input scale (N, 32, 32, 3)."""
+    side = IMAGE_SHAPE[0] // 2 ** len(config.filters)  # the encoder halves the side once per block
+    features = keras.Input((config.filters[-1],), name="features")
+    x = layers.Dense(side * side * config.filters[-1], activation="relu", dtype=dtype, name="expand")(features)
+    x = layers.Reshape((side, side, config.filters[-1]), name="to_map")(x)
+    for block, filters in enumerate(reversed(config.filters), start=1):
+        x = layers.UpSampling2D(dtype=dtype, name=f"up{block}")(x)
+        for conv in range(1, config.convs_per_block + 1):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, dtype=dtype, name=f"up{block}_conv{conv}")(x)
+            x = layers.BatchNormalization(dtype=dtype, name=f"up{block}_bn{conv}")(x)
+            x = layers.ReLU(dtype=dtype, name=f"up{block}_relu{conv}")(x)
+    image = layers.Conv2D(3, 3, padding="same", activation="tanh", dtype="float32", name="reconstruction")(x)
+    return keras.Model(features, image, name="decoder")
+
+
+def build_projection_head(width: int, units: int, output_dim: int, dtype: str = "float32") -> keras.Model:
+    """SimCLR's projection: dense -> BatchNorm -> ReLU -> dense, features (N, width) -> (N, output_dim)."""
+    features = keras.Input((width,), name="features")
+    x = layers.Dense(units, use_bias=False, dtype=dtype, name="projection_hidden")(features)
+    x = layers.BatchNormalization(dtype=dtype, name="projection_bn")(x)
+    x = layers.ReLU(dtype=dtype, name="projection_relu")(x)
+    projection = layers.Dense(output_dim, dtype="float32", name="projection")(x)
+    return keras.Model(features, projection, name="projection_head")
+
+
 def build_classifier(config: TrainConfig, num_classes: int = NUM_CLASSES) -> keras.Model:
     """augmentation -> scale to [-1, 1] -> encoder -> dense -> dropout -> softmax (float32)."""
     arch, dtype = config.architecture, config.precision

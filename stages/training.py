@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from stages.config import NUM_CLASSES, TrainConfig
+from stages.config import NUM_CLASSES, Schedule, TrainConfig
 from stages.data import ImageTable
 from stages.models import build_classifier
 
@@ -46,11 +46,9 @@ class EpochRecorder(keras.callbacks.Callback):
         self.rows.append(row)
         per_epoch = (now - self._train_start) / (epoch + 1)
         eta = per_epoch * (self.epochs - epoch - 1)
-        log.info(
-            "epoch %d/%d  loss %.3f acc %.3f | val loss %.3f acc %.3f | %.1f s/epoch, ETA %dm%02ds (at most)",
-            epoch + 1, self.epochs, row.get("loss", math.nan), row.get("accuracy", math.nan),
-            row.get("val_loss", math.nan), row.get("val_accuracy", math.nan), row["epoch_seconds"], eta // 60, eta % 60,
-        )
+        values = "  ".join(f"{key} {float(value):.4g}" for key, value in (logs or {}).items())
+        log.info("epoch %d/%d  %s | %.1f s/epoch, ETA %dm%02ds (at most)", epoch + 1, self.epochs, values,
+                 row["epoch_seconds"], eta // 60, eta % 60)
 
     def history(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
@@ -65,17 +63,53 @@ class TrainingResult:
     images_per_second: float
 
 
-def compile_classifier(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
+def cosine_schedule(config: Schedule, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Linear warm-up to ``config.learning_rate``, then cosine decay to 0 at the last step."""
     total = config.epochs * steps_per_epoch
     warmup = config.warmup_epochs * steps_per_epoch
-    schedule = keras.optimizers.schedules.CosineDecay(
+    return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup else config.learning_rate,
         decay_steps=total - warmup,
         warmup_target=config.learning_rate if warmup else None,
         warmup_steps=warmup,
     )
+
+
+class NonFiniteValue(RuntimeError):
+    """A loss or metric became NaN or infinite: training diverged."""
+
+
+class FiniteGuard(keras.callbacks.Callback):
+    """Stops training with a clear error at the first NaN or infinite loss (per step) or metric (per epoch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs, ("loss",), f"epoch {self.epoch}, step {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, tuple(logs or ()), f"the end of epoch {epoch + 1}")
+
+    @staticmethod
+    def _check(logs, keys, where: str) -> None:
+        for key in keys:
+            value = float(keras.ops.convert_to_numpy((logs or {}).get(key, 0.0)))
+            if not math.isfinite(value):
+                raise NonFiniteValue(
+                    f"{key} became {value} at {where}: training diverged. Lower learning_rate, "
+                    "set or lower clipnorm, or train in float32 (precision)"
+                )
+
+
+def compile_classifier(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay),
+        optimizer=keras.optimizers.AdamW(learning_rate=cosine_schedule(config, steps_per_epoch),
+                                         weight_decay=config.weight_decay),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[
             keras.metrics.CategoricalAccuracy(name="accuracy"),
@@ -114,7 +148,7 @@ def fit_classifier(model: keras.Model, config: TrainConfig, train: ImageTable, v
         train.images.astype("float32"), one_hot(train.labels), sample_weight=sample_weight,
         validation_data=(validation.images.astype("float32"), one_hot(validation.labels)),
         batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=0,
-        callbacks=[recorder, selector],
+        callbacks=[FiniteGuard(), recorder, selector],
     )
     seconds = time.perf_counter() - started
     history = recorder.history()

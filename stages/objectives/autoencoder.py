@@ -1,0 +1,54 @@
+"""Autoencoder: reconstruct each image from the encoder's pooled features (the seed's exercise 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from stages import figures, losses
+from stages.config import PretrainConfig
+from stages.models import build_augmentation, build_decoder, build_encoder
+from stages.objectives import OBJECTIVES
+
+
+def reconstruction_error(target, reconstruction):
+    """Mean squared error per image (N,), on the [-1, 1] scale."""
+    return ops.mean(ops.square(reconstruction - target), axis=(1, 2, 3))
+
+
+@OBJECTIVES.register("autoencoder")
+class Autoencoder(keras.Model):
+    """images -> [augmentation] -> scale to [-1, 1] -> encoder -> decoder; loss: MSE to the scaled input."""
+
+    def __init__(self, config: PretrainConfig, **kwargs):
+        super().__init__(**kwargs)
+        dtype = config.precision
+        self.augmentation = build_augmentation(config.augment, config.seed)
+        self.scale = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")
+        self.encoder = build_encoder(config.architecture, dtype)
+        self.decoder = build_decoder(config.architecture, dtype)
+        self.reconstruction_loss = keras.metrics.Mean(name="reconstruction_loss")
+        self.psnr = keras.metrics.Mean(name="psnr")
+
+    def call(self, images, training=False):
+        if self.augmentation.layers:
+            images = self.augmentation(images, training=training)
+        target = self.scale(images)
+        return {"target": target, "reconstruction": self.decoder(self.encoder(target, training=training), training=training)}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        error = reconstruction_error(y_pred["target"], ops.cast(y_pred["reconstruction"], "float32"))
+        mse = ops.mean(error)
+        self.reconstruction_loss.update_state(mse)
+        self.psnr.update_state(ops.mean(losses.psnr(error)))
+        return mse + sum(self.losses) if self.losses else mse
+
+    def figures(self, images: np.ndarray, directory: Path) -> list[Path]:
+        """Originals over their reconstructions (the seed's figures 7-8)."""
+        out = self(images.astype("float32"), training=False)
+        reconstruction = (ops.convert_to_numpy(out["reconstruction"]).astype("float32") + 1.0) * 127.5
+        return [figures.image_pairs(images, reconstruction, ("original", "reconstruction"),
+                                    directory / "reconstructions.png")]
