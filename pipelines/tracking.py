@@ -82,12 +82,13 @@ def finish_parent_run(run_id: str, metrics: Mapping[str, float], status: str) ->
 
 
 def _history_metrics(history: pd.DataFrame) -> list[Metric]:
-    """Per-epoch metrics keyed by step = epoch, stamped with when each epoch ended."""
-    values = history.drop(columns=["epoch", "timestamp_ms"])
+    """Per-epoch metrics keyed by step = epoch, stamped with when each epoch ended; epochs where a
+    metric was not measured (e.g. a probe every few epochs) and text columns are left out."""
+    values = history.drop(columns=["epoch", "timestamp_ms"]).select_dtypes("number")
     return [
         Metric(key=key, value=float(row[key]), timestamp=int(row_time), step=int(epoch))
         for (_, row), epoch, row_time in zip(values.iterrows(), history["epoch"], history["timestamp_ms"])
-        for key in values.columns
+        for key in values.columns if pd.notna(row[key])
     ]
 
 

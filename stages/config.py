@@ -178,6 +178,25 @@ class PretrainConfig(Schedule):
     seed: int = 0
 
 
+class EncoderFineTuneConfig(StrictModel):
+    """A classifier on a pretrained encoder.
+
+    ``two_step``: the dense head on the frozen encoder (``classifier``'s schedule), then optionally
+    every layer for ``unfreeze_epochs`` at ``unfreeze_learning_rate``. ``joint``: classification on
+    labeled batches plus the encoder's pretraining objective on batches of all images,
+    ``(1 - joint_weight) * classification + (1 + joint_weight) * unsupervised``, from the
+    pretrained weights or (``from_scratch``) from a fresh network.
+    """
+
+    mode: Literal["two_step", "joint"] = "two_step"
+    classifier: TrainConfig = TrainConfig()
+    unfreeze_epochs: int = Field(0, ge=0, description="two_step: epochs training every layer after the head")
+    unfreeze_learning_rate: float = Field(1e-4, gt=0, description="two_step: peak learning rate once unfrozen")
+    joint_weight: float = Field(0.5, ge=-1, le=1, description="joint: a; the seed used 0.5")
+    unlabeled_batch_size: int = Field(256, ge=2, description="joint: images per step for the unsupervised term")
+    from_scratch: bool = Field(False, description="joint: ignore the pretrained weights")
+
+
 class ResourcesConfig(StrictModel):
     """What each stage container asks of the engine; the in-process and subprocess launchers run
     with whatever their process has. Not part of any cache key: results do not depend on it."""

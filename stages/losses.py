@@ -53,3 +53,8 @@ def joint_loss(classification, unsupervised, a: float):
     if not -1.0 <= a <= 1.0:
         raise ValueError(f"joint weight a = {a} lies outside [-1, 1]: (1 - a) and (1 + a) must not be negative")
     return (1.0 - a) * classification + (1.0 + a) * unsupervised
+
+
+def with_regularization(loss, layer_losses):
+    """``loss`` plus the layers' penalties (``model.losses``: L2 on kernels), as Keras' own compute_loss adds them."""
+    return loss + ops.sum(ops.stack(layer_losses)) if layer_losses else loss

@@ -34,6 +34,7 @@ from stages.training import EpochRecorder, FiniteGuard, cosine_schedule
 log = logging.getLogger(__name__)
 
 ENCODER_FILE = "encoder.keras"
+OBJECTIVE_WEIGHTS = "objective.weights.h5"  # encoder + decoder or projection head, for joint fine-tuning
 FIGURES_DIR = "figures"
 FIGURE_IMAGES = 16  # validation images drawn in the objective's figures
 PROBE_NEIGHBOURS = 20
@@ -100,6 +101,7 @@ def run(config: PretrainConfig, inputs: Mapping[str, Path], output: Path) -> dic
     metrics = summary(history, untrained_probe, seconds, len(images), model.encoder.count_params())
     with staged_output(output) as tmp:
         model.encoder.save(tmp / ENCODER_FILE)
+        model.save_weights(tmp / OBJECTIVE_WEIGHTS)
         history.to_parquet(tmp / HISTORY_FILE, index=False)
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / FIGURES_DIR).mkdir()

@@ -1,6 +1,8 @@
 """Encoder pretraining: the decoder, the objectives, the k-NN probe, the divergence guard, the stage."""
 
+import datetime as dt
 import json
+import shutil
 import typing
 
 import keras
@@ -8,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import pretrain
-from stages.config import PretrainConfig, ViewAugmentConfig, load_pipeline_config
-from stages.models import build_decoder, build_encoder
+from stages import data, fine_tune, pretrain
+from stages.artifacts import ArtifactError, write_manifest
+from stages.config import EncoderFineTuneConfig, PretrainConfig, ViewAugmentConfig, load_pipeline_config
+from stages.models import build_classifier, build_decoder, build_encoder
 from stages.objectives import OBJECTIVES
 from stages.objectives.simclr import build_views
 from stages.training import FiniteGuard, NonFiniteValue
@@ -79,3 +82,75 @@ def test_pretrain_stage_writes_the_encoder_history_and_figures(pretrained, smoke
     assert 0 <= metrics["untrained_probe_accuracy"] <= 1 and metrics["final_probe_accuracy"] == history["probe_accuracy"].iloc[-1]
     figure = {"autoencoder": "reconstructions.png", "simclr": "similarity_matrix.png"}[objective]
     assert (output / "figures" / figure).is_file() and (output / "figures" / "pretraining_curves.png").is_file()
+
+
+@pytest.mark.parametrize("mode", ["two_step", "joint"])
+def test_fine_tune_puts_a_classifier_on_the_pretrained_encoder(pretrained, mode, split_artifact, smoke, tmp_path):
+    objective, encoder_artifact = pretrained
+    config = EncoderFineTuneConfig(mode=mode, classifier=smoke.baseline, unfreeze_epochs=1, unlabeled_batch_size=32)
+    fine_tune.run(config, {"split": split_artifact, "encoder": encoder_artifact}, tmp_path / "out")
+    classifier = keras.saving.load_model(tmp_path / "out" / "model.keras")
+    assert classifier.output_shape == (None, 100)
+    history = pd.read_parquet(tmp_path / "out" / "history.parquet")
+    phases = {"two_step": ["head", "head", "unfrozen"], "joint": ["joint", "joint"]}[mode]
+    assert history["phase"].tolist() == phases and history["epoch"].tolist() == list(range(1, len(phases) + 1))
+    if mode == "joint":
+        evidence = {"autoencoder": "reconstruction_loss", "simclr": "contrastive_loss"}[objective]
+        assert {"classification_loss", evidence, "val_accuracy"} <= set(history.columns)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert 1 <= metrics["best_epoch"] <= len(phases) and 0 <= metrics["best_val_accuracy"] <= 1
+
+
+def test_two_step_starts_from_the_pretrained_encoder_and_keeps_it_frozen(pretrained, split_artifact, smoke, tmp_path):
+    _, encoder_artifact = pretrained
+    config = EncoderFineTuneConfig(classifier=smoke.baseline)
+    fine_tune.run(config, {"split": split_artifact, "encoder": encoder_artifact}, tmp_path / "out")
+    classifier = keras.saving.load_model(tmp_path / "out" / "model.keras")
+    tuned = classifier.get_layer("vgg_encoder").get_weights()
+    original = keras.saving.load_model(encoder_artifact / pretrain.ENCODER_FILE).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(tuned, original))
+
+
+def test_joint_loss_weights_reach_the_training_objective(pretrained, split_artifact, smoke):
+    """With a = 1 the classification term weighs 0: the joint loss is twice the unsupervised one."""
+    objective, encoder_artifact = pretrained
+    config = EncoderFineTuneConfig(mode="joint", classifier=smoke.baseline, joint_weight=1.0, unlabeled_batch_size=32)
+    pretrained_config = fine_tune.pretrained_config(encoder_artifact, config.classifier)
+    classifier = build_classifier(config.classifier)
+    model = fine_tune.JointModel(classifier, OBJECTIVES[objective](pretrained_config, encoder=fine_tune.encoder_of(
+        classifier, config.classifier)), config)
+    labeled = data.read_table(split_artifact, "labeled")
+    batch = fine_tune.JointBatches(labeled, labeled.images, 16, 16, seed=0)[0]
+    keras.utils.set_random_seed(0)
+    outputs = model(batch[0], training=False)
+    total = float(model.compute_loss(y=batch[1], y_pred=outputs)) - float(sum(model.losses))
+    unsupervised = float(model.objective.unsupervised_loss(outputs["unsupervised"]))
+    assert total == pytest.approx(2 * unsupervised, rel=1e-5)
+
+
+def test_joint_weight_outside_minus_one_one_is_refused():
+    for a in (-1.5, 1.01):
+        with pytest.raises(ValueError, match="joint_weight"):
+            EncoderFineTuneConfig(mode="joint", joint_weight=a)
+
+
+def test_an_encoder_for_other_images_is_refused(pretrained, split_artifact, smoke, tmp_path):
+    _, encoder_artifact = pretrained
+    foreign = tmp_path / "foreign"
+    shutil.copytree(encoder_artifact, foreign)
+    inputs = keras.Input((64, 64, 3))
+    keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs)).save(foreign / pretrain.ENCODER_FILE)
+    manifest = json.loads((foreign / "manifest.json").read_text())
+    write_manifest(foreign, "pretrain", manifest["config"], manifest["parents"], dt.datetime.now(dt.timezone.utc))
+    with pytest.raises(ArtifactError, match=r"encoder.keras takes inputs of shape \(64, 64, 3\), but the images are \(32, 32, 3\)"):
+        fine_tune.run(EncoderFineTuneConfig(classifier=smoke.baseline), {"split": split_artifact, "encoder": foreign},
+                      tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_encoder_of_another_architecture_is_refused(pretrained, smoke):
+    _, encoder_artifact = pretrained
+    wider = smoke.baseline.model_copy(update={"architecture": smoke.baseline.architecture.model_copy(
+        update={"filters": (16, 32)})})
+    with pytest.raises(ArtifactError, match=r"classifier.architecture.filters is \(16, 32\) but the encoder"):
+        fine_tune.pretrained_config(encoder_artifact, wider)

@@ -23,12 +23,12 @@ def reconstruction_error(target, reconstruction):
 class Autoencoder(keras.Model):
     """images -> [augmentation] -> scale to [-1, 1] -> encoder -> decoder; loss: MSE to the scaled input."""
 
-    def __init__(self, config: PretrainConfig, **kwargs):
+    def __init__(self, config: PretrainConfig, encoder: keras.Model | None = None, **kwargs):
         super().__init__(**kwargs)
         dtype = config.precision
         self.augmentation = build_augmentation(config.augment, config.seed)
         self.scale = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")
-        self.encoder = build_encoder(config.architecture, dtype)
+        self.encoder = encoder or build_encoder(config.architecture, dtype)  # shared when given
         self.decoder = build_decoder(config.architecture, dtype)
         self.reconstruction_loss = keras.metrics.Mean(name="reconstruction_loss")
         self.psnr = keras.metrics.Mean(name="psnr")
@@ -39,12 +39,16 @@ class Autoencoder(keras.Model):
         target = self.scale(images)
         return {"target": target, "reconstruction": self.decoder(self.encoder(target, training=training), training=training)}
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def unsupervised_loss(self, y_pred):
+        """Mean squared reconstruction error; updates the reconstruction loss and PSNR metrics."""
         error = reconstruction_error(y_pred["target"], ops.cast(y_pred["reconstruction"], "float32"))
         mse = ops.mean(error)
         self.reconstruction_loss.update_state(mse)
         self.psnr.update_state(ops.mean(losses.psnr(error)))
-        return mse + sum(self.losses) if self.losses else mse
+        return mse
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return losses.with_regularization(self.unsupervised_loss(y_pred), self.losses)
 
     def figures(self, images: np.ndarray, directory: Path) -> list[Path]:
         """Originals over their reconstructions (the seed's figures 7-8)."""

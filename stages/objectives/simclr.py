@@ -45,13 +45,13 @@ def build_views(config: ViewAugmentConfig, seed: int) -> keras.Sequential:
 class SimCLR(keras.Model):
     """images -> two views -> scale -> encoder -> projection head; loss: NT-Xent between the views."""
 
-    def __init__(self, config: PretrainConfig, **kwargs):
+    def __init__(self, config: PretrainConfig, encoder: keras.Model | None = None, **kwargs):
         super().__init__(**kwargs)
         dtype = config.precision
         self.temperature = config.temperature
         self.views = build_views(config.views, config.seed)
         self.scale = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")
-        self.encoder = build_encoder(config.architecture, dtype)
+        self.encoder = encoder or build_encoder(config.architecture, dtype)  # shared when given
         self.projector = build_projection_head(config.architecture.filters[-1], config.projection_units,
                                                config.projection_dim, dtype)
         self.contrastive_loss = keras.metrics.Mean(name="contrastive_loss")
@@ -65,12 +65,16 @@ class SimCLR(keras.Model):
         return {"z1": self.embed(self.views(images, training=True), training),
                 "z2": self.embed(self.views(images, training=True), training)}
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def unsupervised_loss(self, y_pred):
+        """NT-Xent between the two views; updates the contrastive loss and pair accuracy metrics."""
         z1, z2 = ops.cast(y_pred["z1"], "float32"), ops.cast(y_pred["z2"], "float32")
         loss = losses.nt_xent(z1, z2, self.temperature)
         self.contrastive_loss.update_state(loss)
         self.pair_accuracy.update_state(losses.positive_pair_accuracy(z1, z2))
-        return loss + sum(self.losses) if self.losses else loss
+        return loss
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return losses.with_regularization(self.unsupervised_loss(y_pred), self.losses)
 
     def figures(self, images: np.ndarray, directory: Path) -> list[Path]:
         """The cosine similarity matrix of a batch of view pairs (the seed's figure 10)."""

@@ -1,0 +1,214 @@
+"""Fine-tune stage: a classifier on a pretrained encoder, two-step or joint (the seed's exercises 3-4).
+
+The classifier is the baseline's (``build_classifier``) with the pretrained encoder's weights in
+its encoder, so the output ``model.keras`` is evaluated and served like any baseline model.
+Two-step trains the head on the frozen encoder, then optionally everything at a lower rate.
+Joint adds the pretraining objective on batches of all training images to the classification
+loss on labeled batches, weighted ``(1 - a)`` and ``(1 + a)``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from stages import data, losses
+from stages.artifacts import ArtifactError, parent_entry, read_manifest, staged_output, verify, write_manifest
+from stages.baseline import HISTORY_FILE, METRICS_FILE, MODEL_FILE, SAVED_MODEL_DIR, export_saved_model
+from stages.config import EncoderFineTuneConfig, PretrainConfig, TrainConfig
+from stages.data import IMAGE_SHAPE, ImageTable
+from stages.models import build_classifier
+from stages.objectives import OBJECTIVES
+from stages.pretrain import ENCODER_FILE, OBJECTIVE_WEIGHTS
+from stages.stage import Stage, main
+from stages.training import EpochRecorder, FiniteGuard, cosine_schedule, fit_classifier, one_hot
+
+log = logging.getLogger(__name__)
+
+ENCODER_FIELDS = ("name", "filters", "convs_per_block")  # what must agree for the weights to fit
+
+
+def pretrained_config(encoder_artifact: Path, classifier: TrainConfig) -> PretrainConfig:
+    """The pretrain artifact's config, checked against the data and the classifier it goes under."""
+    manifest = read_manifest(encoder_artifact)
+    if manifest["stage"] != "pretrain":
+        raise ArtifactError(f"{encoder_artifact} holds a {manifest['stage']} artifact; the encoder input must be "
+                            "the pretrain stage's output")
+    encoder = keras.saving.load_model(encoder_artifact / ENCODER_FILE)
+    if tuple(encoder.input_shape[1:]) != IMAGE_SHAPE:
+        raise ArtifactError(f"{encoder_artifact / ENCODER_FILE} takes inputs of shape {encoder.input_shape[1:]}, but "
+                            f"the images are {IMAGE_SHAPE}: pretrain an encoder on this split")
+    pretrained = PretrainConfig.model_validate(manifest["config"])
+    for field in ENCODER_FIELDS:
+        mine, theirs = getattr(classifier.architecture, field), getattr(pretrained.architecture, field)
+        if mine != theirs:
+            raise ArtifactError(f"classifier.architecture.{field} is {mine} but the encoder in {encoder_artifact} "
+                                f"has {theirs}: fine-tune with the architecture it was pretrained with")
+    return pretrained
+
+
+def encoder_of(classifier: keras.Model, config: TrainConfig) -> keras.Model:
+    return classifier.get_layer(f"{config.architecture.name}_encoder")
+
+
+def two_step(config: EncoderFineTuneConfig, encoder_artifact: Path, labeled: ImageTable, validation: ImageTable):
+    """Head on the frozen encoder, then (``unfreeze_epochs``) everything.
+
+    Returns the classifier, the per-epoch history of both phases and the kept epoch (counted
+    across phases: the best of the last phase)."""
+    keras.utils.set_random_seed(config.classifier.seed)
+    classifier = build_classifier(config.classifier)
+    encoder = encoder_of(classifier, config.classifier)
+    encoder.set_weights(keras.saving.load_model(encoder_artifact / ENCODER_FILE).get_weights())
+    encoder.trainable = False  # BatchNorm runs in inference mode too: the pretrained statistics stay
+    head = fit_classifier(classifier, config.classifier, labeled, validation)
+    if not config.unfreeze_epochs:
+        return classifier, head.history.assign(phase="head"), head.best_epoch
+    encoder.trainable = True
+    unfrozen = config.classifier.model_copy(update={
+        "epochs": config.unfreeze_epochs, "learning_rate": config.unfreeze_learning_rate, "warmup_epochs": 0})
+    tuned = fit_classifier(classifier, unfrozen, labeled, validation)
+    history = pd.concat([head.history.assign(phase="head"), tuned.history.assign(phase="unfrozen")], ignore_index=True)
+    return classifier, history, len(head.history) + tuned.best_epoch
+
+
+class JointBatches(keras.utils.PyDataset):
+    """Per step: a labeled batch (images, one-hot labels) and a random batch of all training images."""
+
+    def __init__(self, labeled: ImageTable, images: np.ndarray, batch_size: int, unlabeled_batch_size: int, seed: int):
+        super().__init__()
+        self.labeled, self.images = labeled, images
+        self.batch_size, self.unlabeled_batch_size = batch_size, unlabeled_batch_size
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(labeled))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labeled) / self.batch_size)  # an epoch = one pass over the labels
+
+    def __getitem__(self, index: int):
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        others = self.rng.integers(0, len(self.images), self.unlabeled_batch_size)
+        inputs = (self.labeled.images[rows].astype("float32"), self.images[others].astype("float32"))
+        return inputs, one_hot(self.labeled.labels[rows])
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(len(self.labeled))
+
+
+class JointModel(keras.Model):
+    """The classifier and a pretraining objective sharing one encoder, trained on the joint loss."""
+
+    def __init__(self, classifier: keras.Model, objective: keras.Model, config: EncoderFineTuneConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.classifier, self.objective = classifier, objective
+        self.joint_weight = config.joint_weight
+        self.label_smoothing = config.classifier.label_smoothing
+        self.classification_loss = keras.metrics.Mean(name="classification_loss")
+        self.accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+
+    @property
+    def metrics(self):
+        # Keras does not collect the metrics of a nested Model: the objective's evidence is added here
+        return super().metrics + self.objective.metrics
+
+    def call(self, inputs, training=False):
+        labeled, images = inputs
+        return {"probabilities": self.classifier(labeled, training=training),
+                "unsupervised": self.objective(images, training=training)}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        probabilities = y_pred["probabilities"]
+        classification = keras.ops.mean(keras.losses.categorical_crossentropy(
+            y, probabilities, label_smoothing=self.label_smoothing))
+        self.classification_loss.update_state(classification)
+        self.accuracy.update_state(y, probabilities)
+        unsupervised = self.objective.unsupervised_loss(y_pred["unsupervised"])
+        return losses.with_regularization(losses.joint_loss(classification, unsupervised, self.joint_weight), self.losses)
+
+
+def joint(config: EncoderFineTuneConfig, encoder_artifact: Path, pretrained: PretrainConfig, labeled: ImageTable,
+          validation: ImageTable, images: np.ndarray):
+    keras.utils.set_random_seed(config.classifier.seed)
+    classifier = build_classifier(config.classifier)
+    objective = OBJECTIVES[pretrained.objective](pretrained, encoder=encoder_of(classifier, config.classifier))
+    objective(images[:2].astype("float32"))  # build it, so the pretrained weights have somewhere to go
+    if not config.from_scratch:
+        objective.load_weights(encoder_artifact / OBJECTIVE_WEIGHTS)
+    model = JointModel(classifier, objective, config)
+    train = JointBatches(labeled, images, config.classifier.batch_size, config.unlabeled_batch_size, config.classifier.seed)
+    # validation: classification on the validation images, the objective on those same images
+    checks = JointBatches(validation, validation.images, len(validation), min(len(validation), config.unlabeled_batch_size),
+                          config.classifier.seed + 1)
+    model.compile(optimizer=keras.optimizers.AdamW(cosine_schedule(config.classifier, len(train)),
+                                                   weight_decay=config.classifier.weight_decay))
+    recorder = EpochRecorder(config.classifier.epochs)
+    selector = keras.callbacks.EarlyStopping(
+        monitor="val_accuracy", mode="max", restore_best_weights=True,
+        patience=config.classifier.early_stopping_patience or config.classifier.epochs)
+    model.fit(train, validation_data=checks, epochs=config.classifier.epochs, verbose=0,
+              callbacks=[FiniteGuard(), recorder, selector])
+    return classifier, recorder.history().assign(phase="joint"), selector.best_epoch + 1
+
+
+def run(config: EncoderFineTuneConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
+    started = dt.datetime.now(dt.timezone.utc)
+    split, encoder_artifact = Path(inputs["split"]), Path(inputs["encoder"])
+    verify(split)
+    verify(encoder_artifact)
+    pretrained = pretrained_config(encoder_artifact, config.classifier)
+    labeled, validation = data.read_table(split, "labeled"), data.read_table(split, "validation")
+    if config.mode == "two_step":
+        classifier, history, best_epoch = two_step(config, encoder_artifact, labeled, validation)
+    else:
+        images = np.concatenate([labeled.images, data.read_table(split, "unlabeled").images])
+        classifier, history, best_epoch = joint(config, encoder_artifact, pretrained, labeled, validation, images)
+    history["epoch"] = np.arange(1, len(history) + 1)  # counted across phases
+    metrics = summary(classifier, validation, history, best_epoch)
+    with staged_output(output) as tmp:
+        classifier.save(tmp / MODEL_FILE)
+        exported = export_saved_model(classifier, tmp / SAVED_MODEL_DIR)
+        history.to_parquet(tmp / HISTORY_FILE, index=False)
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        reads = ["split/labeled.parquet", "split/validation.parquet"]
+        manifest = write_manifest(
+            tmp, "fine_tune", config.model_dump(mode="json"),
+            {"split": parent_entry(split), "encoder": parent_entry(encoder_artifact)}, started,
+            extra={"reads": reads + (["split/unlabeled.parquet"] if config.mode == "joint" else []),
+                   "backend": keras.backend.backend(), "saved_model": exported},
+        )
+    log.info("%s %s fine-tuning: val accuracy %.4f", pretrained.objective, config.mode, metrics["best_val_accuracy"])
+    return manifest
+
+
+def summary(classifier: keras.Model, validation: ImageTable, history: pd.DataFrame, best_epoch: int) -> dict[str, Any]:
+    """The kept weights' validation accuracy (measured again, in inference mode) and their epoch."""
+    probabilities = classifier.predict(validation.images.astype("float32"), batch_size=500, verbose=0)
+    return {
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "best_val_accuracy": float((probabilities.argmax(axis=1) == validation.labels).mean()),
+        "parameters": classifier.count_params(),
+        "train_seconds": round(float(history["epoch_seconds"].sum()), 2),
+    }
+
+
+STAGE = Stage(
+    name="fine_tune",
+    summary="Classifier on a pretrained encoder: two-step (frozen, then unfrozen) or joint with the pretraining loss.",
+    config_type=EncoderFineTuneConfig,
+    inputs=("split", "encoder"),
+    run=run,
+)
+
+if __name__ == "__main__":
+    sys.exit(main(STAGE))
