@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from pipelines.launchers import LAUNCHERS
-from stages.config import PRESETS, load_pipeline_config, parse_assignment, sweep_grid
+from stages.config import PRESETS, load_pipeline_config, parse_assignment, pretraining_grid, sweep_grid
 from stages.stage import STAGE_NAMES, get_stage
 from stages.stage import main as stage_main
 
@@ -104,6 +104,20 @@ def command_self_train(args: argparse.Namespace) -> int:
           f"best on validation: threshold {result['best_threshold']}, {result['best_iterations']} iterations: "
           f"test top-1 {result['test_accuracy']:.2%} (baseline {result['baseline_test_accuracy']:.2%}) "
           f"({minutes:.1f} min). MLflow: tags.ssl.sweep = '{result['sweep']}'; report in {result['report']}")
+    return 0
+
+
+def command_pretrain(args: argparse.Namespace) -> int:
+    config = _config_from(args)
+    pretraining_grid(config, args.objectives, args.modes)  # a bad grid fails before any server starts
+    result, minutes = _run_flow("pipelines.pretraining:pretraining_pipeline", config=config,
+                                objectives=args.objectives, modes=args.modes, launcher=args.launcher,
+                                archive=args.archive)
+    from stages.reports import markdown_table  # imports Keras: only once there is something to show
+    import pandas as pd
+
+    print(f"\n{markdown_table(pd.DataFrame(result['table']))}\nbaseline test top-1 "
+          f"{result['baseline_test_accuracy']:.2%} ({minutes:.1f} min). MLflow run {result['mlflow_run_id']}")
     return 0
 
 
@@ -235,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     self_train.add_argument("--start-model", metavar="DIR",
                             help="a finished baseline artifact to start from instead of training one")
     self_train.set_defaults(handler=command_self_train)
+    pretraining = commands.add_parser(
+        "pretrain", help="pretrain the encoder (autoencoder, SimCLR), fine-tune it two-step or jointly, evaluate")
+    _add_run_arguments(pretraining)
+    pretraining.add_argument("--objectives", nargs="+", metavar="NAME", help="autoencoder, simclr (default: pretrain.objective)")
+    pretraining.add_argument("--modes", nargs="+", metavar="MODE", help="two_step, joint (default: fine_tune.mode)")
+    pretraining.set_defaults(handler=command_pretrain)
     _add_deploy_commands(commands)
     commands.add_parser("stages", help="list the stages").set_defaults(handler=command_stages)
     commands.add_parser("stage", help="run one stage: ssl-pipeline stage NAME --help")

@@ -9,9 +9,11 @@ Tracking is a separate task per stage with retries, since it is the step that ta
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,28 @@ class Steps:
 
     def track(self, stage: str, artifact: Path, cached: bool, task_run_id: str) -> None:
         track_stage(self.experiment_id, self.parent_run_id, stage, artifact, cached, task_run_id, self.tags)
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
+def open_configuration_run(steps: Steps, name: str, params: dict[str, Any]) -> str:
+    return tracking.start_parent_run(steps.experiment_id, name, params, steps.tags, parent_run_id=steps.parent_run_id)
+
+
+@contextlib.contextmanager
+def configuration_run(steps: Steps, name: str, params: dict[str, Any]) -> Iterator[tuple[Steps, dict[str, float]]]:
+    """An MLflow run nested in the flow's for one configuration of a comparison.
+
+    Yields the steps that nest their stage runs under it and a dict to fill with its metrics; the
+    run ends FINISHED, or FAILED when the block raises.
+    """
+    run_id = open_configuration_run(steps, name, params)
+    metrics: dict[str, float] = {}
+    status = "FAILED"
+    try:
+        yield steps.nested_under(run_id), metrics
+        status = "FINISHED"
+    finally:
+        close_parent_run(run_id, metrics, status)
 
 
 @flow(name="ssl-baseline")

@@ -20,20 +20,13 @@ from prefect import flow, task
 from prefect.runtime import flow_run
 
 from pipelines import settings, tracking
-from pipelines.flow import Steps, baseline_steps, close_parent_run, is_transient, open_parent_run
+from pipelines.flow import Steps, baseline_steps, close_parent_run, configuration_run, is_transient, open_parent_run
 from pipelines.launchers import LAUNCHERS
 from stages.artifacts import staged_output
 from stages.config import PipelineConfig, SelfTrainConfig, sweep_grid
 from stages.reports import write_self_training_report
 
 log = logging.getLogger(__name__)
-
-
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
-def open_configuration_run(steps: Steps, config: SelfTrainConfig, preset: str) -> str:
-    name = f"threshold={config.selection.threshold} iterations={config.iterations}"
-    return tracking.start_parent_run(steps.experiment_id, name, {"preset": preset, "self_training": config.model_dump()},
-                                     steps.tags, parent_run_id=steps.parent_run_id)
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
@@ -45,17 +38,14 @@ def log_report(parent_run_id: str, report: Path) -> None:
 def self_train_configuration(steps: Steps, config: SelfTrainConfig, pipeline: PipelineConfig, split: Path,
                              model: Path) -> tuple[Path, Path]:
     """pseudo_label -> self_train -> evaluate under one nested run; (self_train, evaluate) artifacts."""
-    run_id = open_configuration_run(steps, config, pipeline.preset)
-    nested, metrics, status = steps.nested_under(run_id), {}, "FAILED"
-    try:
+    name = f"threshold={config.selection.threshold} iterations={config.iterations}"
+    with configuration_run(steps, name, {"preset": pipeline.preset, "self_training": config.model_dump()}) as (
+            nested, metrics):
         labels = nested.run("pseudo_label", config.selection, {"split": split, "model": model})
         trained = nested.run("self_train", config, {"split": split, "model": model, "pseudo_labels": labels})
         evaluation = nested.run("evaluate", pipeline.evaluate, {"split": split, "model": trained})
-        metrics = {**json.loads((trained / "metrics.json").read_text()),
-                   **json.loads((evaluation / "metrics.json").read_text())}
-        status = "FINISHED"
-    finally:
-        close_parent_run(run_id, metrics, status)
+        metrics.update({**json.loads((trained / "metrics.json").read_text()),
+                        **json.loads((evaluation / "metrics.json").read_text())})
     return trained, evaluation
 
 

@@ -215,6 +215,22 @@ class PipelineConfig(StrictModel):
     baseline: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     self_training: SelfTrainConfig = SelfTrainConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    fine_tune: EncoderFineTuneConfig = EncoderFineTuneConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encoder_follows_the_baseline(cls, data: Any) -> Any:
+        """Unless set, the pretrained encoder is the baseline's (architecture and augmentation) and its
+        classifier trains like it, so pretraining is compared with the network it is meant to improve."""
+        if not isinstance(data, dict) or not isinstance(data.get("baseline", {}), dict):
+            return data
+        baseline = data.get("baseline", {})
+        pretrain, fine_tune = dict(data.get("pretrain", {})), dict(data.get("fine_tune", {}))
+        pretrain.setdefault("architecture", baseline.get("architecture", {}))
+        pretrain.setdefault("augment", baseline.get("augment", {}))
+        classifier = deep_merge(baseline, fine_tune.get("classifier", {}))
+        return {**data, "pretrain": pretrain, "fine_tune": {**fine_tune, "classifier": classifier}}
 
 
 PRESETS = ("smoke", "quick", "seed", "gpu")
@@ -268,15 +284,30 @@ def load_pipeline_config(
 def sweep_grid(config: SelfTrainConfig, thresholds: list[float] | None,
                iterations: list[int] | None) -> list[SelfTrainConfig]:
     """One validated config per (threshold, iterations); a missing axis keeps the config's value."""
-    grid = []
-    for threshold in thresholds or [config.selection.threshold]:
-        for count in iterations or [config.iterations]:
-            point = deep_merge(config.model_dump(), {"iterations": count, "selection": {"threshold": threshold}})
-            try:
-                grid.append(SelfTrainConfig.model_validate(point))
-            except ValidationError as error:
-                raise ConfigError(f"the sweep grid (threshold {threshold}, iterations {count})", error) from None
-    return grid
+    return [
+        _grid_point(SelfTrainConfig, config, {"iterations": count, "selection": {"threshold": threshold}},
+                    f"the sweep grid (threshold {threshold}, iterations {count})")
+        for threshold in thresholds or [config.selection.threshold]
+        for count in iterations or [config.iterations]
+    ]
+
+
+def pretraining_grid(config: PipelineConfig, objectives: list[str] | None,
+                     modes: list[str] | None) -> list[tuple[PretrainConfig, EncoderFineTuneConfig]]:
+    """One validated (pretrain, fine_tune) pair per (objective, mode); a missing axis keeps the config's."""
+    return [
+        (_grid_point(PretrainConfig, config.pretrain, {"objective": objective}, f"the pretraining grid (objective {objective})"),
+         _grid_point(EncoderFineTuneConfig, config.fine_tune, {"mode": mode}, f"the pretraining grid (mode {mode})"))
+        for objective in objectives or [config.pretrain.objective]
+        for mode in modes or [config.fine_tune.mode]
+    ]
+
+
+def _grid_point(config_type: type[StrictModel], base: StrictModel, override: dict[str, Any], source: str):
+    try:
+        return config_type.model_validate(deep_merge(base.model_dump(), override))
+    except ValidationError as error:
+        raise ConfigError(source, error) from None
 
 
 class ConfigError(ValueError):

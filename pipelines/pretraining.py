@@ -1,0 +1,69 @@
+"""The encoder-pretraining flow: each objective's encoder, fine-tuned each way, beside the baseline.
+
+split -> baseline -> evaluate, then for each objective (autoencoder, simclr) and mode (two_step,
+joint): pretrain -> fine_tune -> evaluate under one MLflow run per configuration. The pretrain
+stage is cached, so the second mode of an objective reuses its encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from prefect import flow, task
+
+from pipelines.flow import Steps, baseline_steps, close_parent_run, configuration_run, is_transient, open_parent_run
+from pipelines.launchers import LAUNCHERS
+from stages.config import PipelineConfig, pretraining_grid
+from stages.reports import markdown_table
+
+log = logging.getLogger(__name__)
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
+def log_comparison(parent_run_id: str, rows: list[dict[str, Any]]) -> None:
+    import pandas as pd
+
+    with mlflow.start_run(run_id=parent_run_id):
+        mlflow.log_text(markdown_table(pd.DataFrame(rows)), "comparison.md")
+
+
+def metrics_of(artifact: Path) -> dict[str, Any]:
+    return json.loads((artifact / "metrics.json").read_text())
+
+
+@flow(name="ssl-pretraining")
+def pretraining_pipeline(config: PipelineConfig = PipelineConfig(), objectives: list[str] | None = None,
+                         modes: list[str] | None = None, launcher: str = "in-process",
+                         archive: str | None = None) -> dict[str, Any]:
+    """Pretrain the baseline's encoder with each objective and fine-tune it each way; compare on test."""
+    LAUNCHERS[launcher]  # fail before any work on an unknown launcher or a bad grid
+    grid = pretraining_grid(config, objectives, modes)
+    experiment_id, parent_run_id = open_parent_run(config)
+    status, metrics, rows = "FAILED", {}, []
+    try:
+        steps = Steps(launcher, config.resources, experiment_id, parent_run_id)
+        split, model = baseline_steps(steps, config, archive)
+        baseline_test = metrics_of(steps.run("evaluate", config.evaluate, {"split": split, "model": model}))["test_accuracy"]
+        for pretrain, fine_tune in grid:
+            name = f"{pretrain.objective} {fine_tune.mode}"
+            params = {"preset": config.preset, "pretrain": pretrain.model_dump(), "fine_tune": fine_tune.model_dump()}
+            with configuration_run(steps, name, params) as (nested, run_metrics):
+                encoder = nested.run("pretrain", pretrain, {"split": split})
+                tuned = nested.run("fine_tune", fine_tune, {"split": split, "encoder": encoder})
+                evaluation = nested.run("evaluate", config.evaluate, {"split": split, "model": tuned})
+                run_metrics.update({**metrics_of(tuned), **metrics_of(evaluation)})
+            rows.append({"objective": pretrain.objective, "mode": fine_tune.mode,
+                         "probe_accuracy": metrics_of(encoder).get("final_probe_accuracy"),
+                         "val_accuracy": run_metrics["best_val_accuracy"], "test_accuracy": run_metrics["test_accuracy"],
+                         "vs_baseline_pts": round(100 * (run_metrics["test_accuracy"] - baseline_test), 2)})
+        log_comparison(parent_run_id, rows)
+        metrics = {"baseline_test_accuracy": baseline_test,
+                   **{f"{row['objective']}_{row['mode']}_test_accuracy": row["test_accuracy"] for row in rows}}
+        status = "FINISHED"
+    finally:
+        close_parent_run(parent_run_id, metrics, status)
+    return {**metrics, "mlflow_run_id": parent_run_id, "table": rows}
