@@ -1,8 +1,12 @@
 """Encoder pretraining: the decoder, the objectives, the k-NN probe, the divergence guard, the stage."""
 
 import datetime as dt
+import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 import typing
 
 import keras
@@ -154,3 +158,16 @@ def test_an_encoder_of_another_architecture_is_refused(pretrained, smoke):
         update={"filters": (16, 32)})})
     with pytest.raises(ArtifactError, match=r"classifier.architecture.filters is \(16, 32\) but the encoder"):
         fine_tune.pretrained_config(encoder_artifact, wider)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
+def test_simclr_pretraining_runs_on_the_jax_backend(split_artifact, smoke, tmp_path):
+    config = PretrainConfig(objective="simclr", architecture=smoke.baseline.architecture, epochs=1, batch_size=64,
+                            probe_every=0)
+    (tmp_path / "config.json").write_text(config.model_dump_json())
+    subprocess.run([sys.executable, "-m", "stages.pretrain", "--config", str(tmp_path / "config.json"),
+                    "--input", f"split={split_artifact}", "--output", str(tmp_path / "out")],
+                   env={**os.environ, "KERAS_BACKEND": "jax"}, check=True, capture_output=True)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["backend"] == "jax"
+    assert np.isfinite(json.loads((tmp_path / "out" / "metrics.json").read_text())["final_contrastive_loss"])
