@@ -95,9 +95,9 @@ def run_stage(stage: str, config: BaseModel, inputs: dict[str, Path], launcher: 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient, task_run_name="track-{stage}")
 def track_stage(experiment_id: str, parent_run_id: str, stage: str, artifact: Path, cached: bool,
-                stage_task_run_id: str, tags: dict[str, str]) -> str:
+                stage_task_run_id: str, tags: dict[str, str], run_name: str) -> str:
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.task_run_id": stage_task_run_id, **tags}
-    return tracking.log_stage(experiment_id, parent_run_id, stage, artifact, cached, tags)
+    return tracking.log_stage(experiment_id, parent_run_id, stage, artifact, cached, tags, run_name)
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
@@ -125,9 +125,10 @@ class Steps:
     experiment_id: str
     parent_run_id: str  # MLflow run the stage runs nest under
     tags: dict[str, str] = field(default_factory=dict)  # on every stage run
+    label: str = ""  # the configuration, appended to stage run names: "self_train threshold=0.85 ..."
 
-    def nested_under(self, run_id: str) -> Steps:
-        return replace(self, parent_run_id=run_id)
+    def nested_under(self, run_id: str, label: str = "") -> Steps:
+        return replace(self, parent_run_id=run_id, label=label)
 
     def run(self, stage: str, config: BaseModel, inputs: dict[str, Path]) -> Path:
         """Run (or reuse) one stage, then track it under the parent run."""
@@ -152,7 +153,8 @@ class Steps:
         return artifact
 
     def track(self, stage: str, artifact: Path, cached: bool, task_run_id: str) -> None:
-        track_stage(self.experiment_id, self.parent_run_id, stage, artifact, cached, task_run_id, self.tags)
+        track_stage(self.experiment_id, self.parent_run_id, stage, artifact, cached, task_run_id, self.tags,
+                    f"{stage} {self.label}".strip())
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
@@ -171,7 +173,7 @@ def configuration_run(steps: Steps, name: str, params: dict[str, Any]) -> Iterat
     metrics: dict[str, float] = {}
     status = "FAILED"
     try:
-        yield steps.nested_under(run_id), metrics
+        yield steps.nested_under(run_id, name), metrics
         status = "FINISHED"
     finally:
         close_parent_run(run_id, metrics, status)

@@ -120,7 +120,8 @@ def find_stage_run(experiment_id: str, digest: str) -> str | None:
 
 
 def log_stage(
-    experiment_id: str, parent_run_id: str, stage: str, artifact: Path, cached: bool, tags: Mapping[str, str]
+    experiment_id: str, parent_run_id: str, stage: str, artifact: Path, cached: bool, tags: Mapping[str, str],
+    run_name: str | None = None,
 ) -> str:
     """Create the stage's nested run and log the artifact into it; returns the run id.
 
@@ -132,7 +133,7 @@ def log_stage(
                 "ssl.code_version": manifest["code_version"], "ssl.artifact_path": str(artifact), **tags}
     if cached and (original := find_stage_run(experiment_id, manifest["digest"])):
         run_tags[TAG_CACHED_FROM] = original
-    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent_run_id,
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage, parent_run_id=parent_run_id,
                           tags=run_tags) as run:
         mlflow.log_params(flatten(manifest["config"]))
         metrics_file = artifact / "metrics.json"

@@ -44,6 +44,17 @@ def prefect():
         yield
 
 
+@pytest.fixture(scope="module")
+def fresh_home(tmp_path_factory):
+    """An artifact store and MLflow store of the module's own, so no other module's run is a cache hit."""
+    with pytest.MonkeyPatch.context() as patch:
+        home = tmp_path_factory.mktemp("home")
+        patch.setenv("SSL_PIPELINE_HOME", str(home))
+        # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI too: set here, it is undone with the home
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+        yield home
+
+
 @pytest.fixture(scope="session")
 def smoke():
     return load_pipeline_config("smoke")

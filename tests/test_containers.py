@@ -28,18 +28,13 @@ def test_stage_image_lists_stages_and_runs_as_non_root(docker_client, stage_imag
 
 
 @pytest.fixture(scope="module")
-def docker_run(prefect, archive, smoke, stage_image, tmp_path_factory):
+def docker_run(prefect, archive, smoke, stage_image, fresh_home):
     """The smoke flow with every stage in a container, in a fresh store (no cache hit)."""
-    with pytest.MonkeyPatch.context() as patch:
-        home = tmp_path_factory.mktemp("docker-home")
-        patch.setenv("SSL_PIPELINE_HOME", str(home))
-        # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI too: set here, it is undone with the home
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-        result = baseline_pipeline(config=smoke, launcher="docker", archive=str(archive))
-        runs = MlflowClient().search_runs(
-            [MlflowClient().get_run(result["mlflow_run_id"]).info.experiment_id],
-            f"tags.mlflow.parentRunId = '{result['mlflow_run_id']}'",
-        )
+    result = baseline_pipeline(config=smoke, launcher="docker", archive=str(archive))
+    runs = MlflowClient().search_runs(
+        [MlflowClient().get_run(result["mlflow_run_id"]).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{result['mlflow_run_id']}'",
+    )
     return result, {run.data.tags["ssl.stage"]: run for run in runs}
 
 

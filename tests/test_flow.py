@@ -15,8 +15,11 @@ from stages import data
 from stages.artifacts import sha256_file
 
 
+pytestmark = pytest.mark.usefixtures("fresh_home")  # the first run must build every stage
+
+
 @pytest.fixture(scope="module")
-def first_run(prefect, archive, smoke):
+def first_run(fresh_home, prefect, archive, smoke):
     return baseline_pipeline(config=smoke, archive=str(archive))
 
 
