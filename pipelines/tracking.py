@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import settings
 from stages.artifacts import read_manifest
-from stages.self_train import ITERATIONS_FILE
+from stages.data import ITERATIONS_FILE
 
 TAG_STAGE = "ssl.stage"
 TAG_DIGEST = "ssl.artifact_digest"  # manifest digest of the stage's output artifact

@@ -29,6 +29,10 @@ PSEUDO_LABEL_SCHEMA = pa.schema([
     _ID, _LABEL, pa.field("confidence", pa.float32(), nullable=False), pa.field("iteration", pa.int32(), nullable=False),
 ])
 
+# one row per self-training iteration (0 = the input model), in a self_train artifact; named here
+# so that tracking can find it without importing the stage (and Keras)
+ITERATIONS_FILE = "iterations.parquet"
+
 # table name -> (file inside the split artifact, schema)
 TABLES: dict[str, tuple[str, pa.Schema]] = {
     "labeled": ("labeled.parquet", LABELED_SCHEMA),

@@ -13,7 +13,7 @@ import pandas as pd
 
 from stages import figures
 from stages.baseline import METRICS_FILE
-from stages.self_train import ITERATIONS_FILE
+from stages.data import ITERATIONS_FILE
 
 # The seed study's exercise 2 at 4 iterations (../shared/SEED.md), for the table's reference
 # columns. Its "vs baseline" figures imply two different baselines (30.80% and 29.52%).

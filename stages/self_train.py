@@ -27,7 +27,7 @@ from stages import data, figures
 from stages.artifacts import ArtifactError, parent_entry, read_manifest, staged_output, verify, write_manifest
 from stages.baseline import HISTORY_FILE, METRICS_FILE, MODEL_FILE, SAVED_MODEL_DIR, export_saved_model
 from stages.config import FineTuneConfig, SelfTrainConfig, TrainConfig
-from stages.data import ImageTable
+from stages.data import ITERATIONS_FILE, ImageTable
 from stages.models import build_classifier
 from stages.pseudo_label import audit_accuracy, pseudo_label, read_pseudo_labels, write_pseudo_labels
 from stages.stage import Stage, main
@@ -35,7 +35,6 @@ from stages.training import fit_classifier, one_hot
 
 log = logging.getLogger(__name__)
 
-ITERATIONS_FILE = "iterations.parquet"  # one row per iteration, 0 = the input model
 FIGURES_DIR = "figures"
 
 
