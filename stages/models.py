@@ -17,6 +17,7 @@ from stages.data import IMAGE_SHAPE
 from stages.registry import Registry
 
 EncoderFactory = Callable[[ArchitectureConfig, str], keras.Model]
+PIXEL_SCALE, PIXEL_OFFSET = 1 / 127.5, -1.0  # uint8 values 0..255 -> the encoder's [-1, 1]
 ARCHITECTURES: Registry[EncoderFactory] = Registry("architecture")
 
 
@@ -87,6 +88,11 @@ def build_projection_head(width: int, units: int, output_dim: int, dtype: str = 
     return keras.Model(features, projection, name="projection_head")
 
 
+def build_scaling() -> layers.Rescaling:
+    """The layer in front of every encoder: 0..255 pixel values to [-1, 1]."""
+    return layers.Rescaling(PIXEL_SCALE, offset=PIXEL_OFFSET, name="scale")
+
+
 def build_classifier(config: TrainConfig, num_classes: int = NUM_CLASSES) -> keras.Model:
     """augmentation -> scale to [-1, 1] -> encoder -> dense -> dropout -> softmax (float32)."""
     arch, dtype = config.architecture, config.precision
@@ -94,7 +100,7 @@ def build_classifier(config: TrainConfig, num_classes: int = NUM_CLASSES) -> ker
     images = keras.Input(IMAGE_SHAPE, name="image")  # uint8 values, passed as float32
     augmentation = build_augmentation(config.augment, config.seed)
     x = augmentation(images) if augmentation.layers else images
-    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(x)
+    x = build_scaling()(x)
     x = build_encoder(arch, dtype)(x)
     x = layers.Dense(arch.dense_units, activation="relu", kernel_regularizer=regularizer, dtype=dtype, name="dense")(x)
     if arch.head_dropout:

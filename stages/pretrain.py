@@ -27,6 +27,7 @@ from stages.artifacts import parent_entry, staged_output, verify, write_manifest
 from stages.baseline import HISTORY_FILE, METRICS_FILE
 from stages.config import PretrainConfig
 from stages.data import ImageTable
+from stages.models import PIXEL_OFFSET, PIXEL_SCALE
 from stages.objectives import OBJECTIVES
 from stages.stage import Stage, main
 from stages.training import EpochRecorder, FiniteGuard, cosine_schedule
@@ -73,7 +74,7 @@ class KnnProbe(keras.callbacks.Callback):
 def encode_with(encoder: keras.Model, batch_size: int = 500):
     """images (N, 32, 32, 3) 0..255 -> the encoder's features (N, C), in inference mode."""
     def encode(images: np.ndarray) -> np.ndarray:
-        scaled = images.astype("float32") / 127.5 - 1.0
+        scaled = images.astype("float32") * PIXEL_SCALE + PIXEL_OFFSET
         return np.asarray(encoder.predict(scaled, batch_size=batch_size, verbose=0), dtype="float32")
     return encode
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from keras import layers, ops
+from keras import ops
 
 from stages import figures, losses
 from stages.config import PretrainConfig
-from stages.models import build_augmentation, build_decoder, build_encoder
+from stages.models import PIXEL_OFFSET, PIXEL_SCALE, build_augmentation, build_decoder, build_encoder, build_scaling
 from stages.objectives import OBJECTIVES
 
 
@@ -27,7 +27,7 @@ class Autoencoder(keras.Model):
         super().__init__(**kwargs)
         dtype = config.precision
         self.augmentation = build_augmentation(config.augment, config.seed)
-        self.scale = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")
+        self.scale = build_scaling()
         self.encoder = encoder or build_encoder(config.architecture, dtype)  # shared when given
         self.decoder = build_decoder(config.architecture, dtype)
         self.reconstruction_loss = keras.metrics.Mean(name="reconstruction_loss")
@@ -53,6 +53,6 @@ class Autoencoder(keras.Model):
     def figures(self, images: np.ndarray, directory: Path) -> list[Path]:
         """Originals over their reconstructions (the seed's figures 7-8)."""
         out = self(images.astype("float32"), training=False)
-        reconstruction = (ops.convert_to_numpy(out["reconstruction"]).astype("float32") + 1.0) * 127.5
+        reconstruction = (ops.convert_to_numpy(out["reconstruction"]).astype("float32") - PIXEL_OFFSET) / PIXEL_SCALE
         return [figures.image_pairs(images, reconstruction, ("original", "reconstruction"),
                                     directory / "reconstructions.png")]

@@ -17,7 +17,7 @@ from keras import layers, ops
 
 from stages import figures, losses
 from stages.config import PretrainConfig, ViewAugmentConfig
-from stages.models import build_encoder, build_projection_head
+from stages.models import build_encoder, build_projection_head, build_scaling
 from stages.objectives import OBJECTIVES
 
 
@@ -50,7 +50,7 @@ class SimCLR(keras.Model):
         dtype = config.precision
         self.temperature = config.temperature
         self.views = build_views(config.views, config.seed)
-        self.scale = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")
+        self.scale = build_scaling()
         self.encoder = encoder or build_encoder(config.architecture, dtype)  # shared when given
         self.projector = build_projection_head(config.architecture.filters[-1], config.projection_units,
                                                config.projection_dim, dtype)
