@@ -22,6 +22,7 @@ from stages.artifacts import parent_entry, staged_output, verify, write_manifest
 from stages.baseline import HISTORY_FILE, METRICS_FILE, MODEL_FILE
 from stages.config import NUM_CLASSES, EvaluateConfig
 from stages.stage import Stage, main
+from stages.training import accuracy_and_cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +33,14 @@ FIGURES_DIR = "figures"
 
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     """Top-1, top-5, mean cross-entropy and the confusion matrix (true x predicted counts)."""
-    predicted = probabilities.argmax(axis=1)
     top5 = np.argsort(probabilities, axis=1)[:, -5:]
-    true_probability = probabilities[np.arange(len(labels)), labels]
     matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-    np.add.at(matrix, (labels, predicted), 1)
+    np.add.at(matrix, (labels, probabilities.argmax(axis=1)), 1)
+    accuracy, loss = accuracy_and_cross_entropy(probabilities, labels)
     metrics = {
-        "test_accuracy": float((predicted == labels).mean()),
+        "test_accuracy": accuracy,
         "test_top5_accuracy": float((top5 == labels[:, None]).any(axis=1).mean()),
-        "test_loss": float(-np.log(np.clip(true_probability, 1e-7, 1.0)).mean()),
+        "test_loss": loss,
         "test_images": int(len(labels)),
     }
     return metrics, matrix

@@ -31,7 +31,7 @@ from stages.models import build_classifier
 from stages.objectives import OBJECTIVES
 from stages.pretrain import ENCODER_FILE, OBJECTIVE_WEIGHTS
 from stages.stage import Stage, main
-from stages.training import EpochRecorder, FiniteGuard, cosine_schedule, fit_classifier, one_hot
+from stages.training import EpochRecorder, FiniteGuard, cosine_schedule, fit_classifier, one_hot, validation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,11 @@ ENCODER_FIELDS = ("name", "filters", "convs_per_block")  # what must agree for t
 
 
 def pretrained_config(encoder_artifact: Path, classifier: TrainConfig) -> PretrainConfig:
-    """The pretrain artifact's config, checked against the data and the classifier it goes under."""
+    """The pretrain artifact's config, checked against the classifier it goes under."""
     manifest = read_manifest(encoder_artifact)
     if manifest["stage"] != "pretrain":
         raise ArtifactError(f"{encoder_artifact} holds a {manifest['stage']} artifact; the encoder input must be "
                             "the pretrain stage's output")
-    encoder = keras.saving.load_model(encoder_artifact / ENCODER_FILE)
-    if tuple(encoder.input_shape[1:]) != IMAGE_SHAPE:
-        raise ArtifactError(f"{encoder_artifact / ENCODER_FILE} takes inputs of shape {encoder.input_shape[1:]}, but "
-                            f"the images are {IMAGE_SHAPE}: pretrain an encoder on this split")
     pretrained = PretrainConfig.model_validate(manifest["config"])
     for field in ENCODER_FIELDS:
         mine, theirs = getattr(classifier.architecture, field), getattr(pretrained.architecture, field)
@@ -57,11 +53,20 @@ def pretrained_config(encoder_artifact: Path, classifier: TrainConfig) -> Pretra
     return pretrained
 
 
+def load_encoder(encoder_artifact: Path) -> keras.Model:
+    """The pretrained encoder, checked against the shape of the images."""
+    encoder = keras.saving.load_model(encoder_artifact / ENCODER_FILE)
+    if tuple(encoder.input_shape[1:]) != IMAGE_SHAPE:
+        raise ArtifactError(f"{encoder_artifact / ENCODER_FILE} takes inputs of shape {encoder.input_shape[1:]}, but "
+                            f"the images are {IMAGE_SHAPE}: pretrain an encoder on this split")
+    return encoder
+
+
 def encoder_of(classifier: keras.Model, config: TrainConfig) -> keras.Model:
     return classifier.get_layer(f"{config.architecture.name}_encoder")
 
 
-def two_step(config: EncoderFineTuneConfig, encoder_artifact: Path, labeled: ImageTable, validation: ImageTable):
+def two_step(config: EncoderFineTuneConfig, pretrained: keras.Model, labeled: ImageTable, validation: ImageTable):
     """Head on the frozen encoder, then (``unfreeze_epochs``) everything.
 
     Returns the classifier, the per-epoch history of both phases and the kept epoch (counted
@@ -69,7 +74,7 @@ def two_step(config: EncoderFineTuneConfig, encoder_artifact: Path, labeled: Ima
     keras.utils.set_random_seed(config.classifier.seed)
     classifier = build_classifier(config.classifier)
     encoder = encoder_of(classifier, config.classifier)
-    encoder.set_weights(keras.saving.load_model(encoder_artifact / ENCODER_FILE).get_weights())
+    encoder.set_weights(pretrained.get_weights())
     encoder.trainable = False  # BatchNorm runs in inference mode too: the pretrained statistics stay
     head = fit_classifier(classifier, config.classifier, labeled, validation)
     if not config.unfreeze_epochs:
@@ -166,9 +171,10 @@ def run(config: EncoderFineTuneConfig, inputs: Mapping[str, Path], output: Path)
     verify(split)
     verify(encoder_artifact)
     pretrained = pretrained_config(encoder_artifact, config.classifier)
+    encoder = load_encoder(encoder_artifact)
     labeled, validation = data.read_table(split, "labeled"), data.read_table(split, "validation")
     if config.mode == "two_step":
-        classifier, history, best_epoch = two_step(config, encoder_artifact, labeled, validation)
+        classifier, history, best_epoch = two_step(config, encoder, labeled, validation)
     else:
         images = np.concatenate([labeled.images, data.read_table(split, "unlabeled").images])
         classifier, history, best_epoch = joint(config, encoder_artifact, pretrained, labeled, validation, images)
@@ -192,11 +198,10 @@ def run(config: EncoderFineTuneConfig, inputs: Mapping[str, Path], output: Path)
 
 def summary(classifier: keras.Model, validation: ImageTable, history: pd.DataFrame, best_epoch: int) -> dict[str, Any]:
     """The kept weights' validation accuracy (measured again, in inference mode) and their epoch."""
-    probabilities = classifier.predict(validation.images.astype("float32"), batch_size=500, verbose=0)
     return {
         "best_epoch": best_epoch,
         "epochs_run": len(history),
-        "best_val_accuracy": float((probabilities.argmax(axis=1) == validation.labels).mean()),
+        "best_val_accuracy": validation_metrics(classifier, validation, batch_size=500)["val_accuracy"],
         "parameters": classifier.count_params(),
         "train_seconds": round(float(history["epoch_seconds"].sum()), 2),
     }

@@ -31,7 +31,7 @@ from stages.data import ITERATIONS_FILE, ImageTable
 from stages.models import build_classifier
 from stages.pseudo_label import audit_accuracy, pseudo_label, read_pseudo_labels, write_pseudo_labels
 from stages.stage import Stage, main
-from stages.training import fit_classifier, one_hot
+from stages.training import fit_classifier, validation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -95,20 +95,6 @@ def retrain(previous: keras.Model, config: TrainConfig, train: ImageTable, valid
     return fit_classifier(model, config, train, validation, weights)
 
 
-def validate(model: keras.Model, validation: ImageTable, batch_size: int) -> dict[str, float]:
-    """Accuracy and plain cross-entropy on validation, in inference mode.
-
-    The same measure for every iteration: Keras' ``val_loss`` adds the L2 penalty and label
-    smoothing, which differ between the input model and the fine-tuned ones.
-    """
-    probabilities = model.predict(validation.images.astype("float32"), batch_size=batch_size, verbose=0)
-    truth = one_hot(validation.labels)
-    return {
-        "val_accuracy": float((probabilities.argmax(axis=1) == validation.labels).mean()),
-        "val_loss": float(keras.ops.convert_to_numpy(keras.losses.categorical_crossentropy(truth, probabilities)).mean()),
-    }
-
-
 @dataclass
 class Iteration:
     number: int
@@ -122,7 +108,7 @@ def self_train(config: SelfTrainConfig, base: TrainConfig, start: keras.Model, f
                tables: Mapping[str, ImageTable]) -> list[Iteration]:
     """Iteration 0 (the input model, validated) and ``config.iterations`` retraining rounds."""
     validation, unlabeled = tables["validation"], tables["unlabeled"]
-    done = [Iteration(0, start, {"iteration": 0, "selected": 0, **validate(start, validation, config.selection.batch_size)})]
+    done = [Iteration(0, start, {"iteration": 0, "selected": 0, **validation_metrics(start, validation, config.selection.batch_size)})]
     for number in range(1, config.iterations + 1):
         model = done[-1].model
         labels = first_labels if number == 1 else pseudo_label(model, unlabeled, config.selection, number)
@@ -135,7 +121,7 @@ def self_train(config: SelfTrainConfig, base: TrainConfig, start: keras.Model, f
             "iteration": number, "selected": len(labels),
             "pseudo_label_accuracy": audit_accuracy(labels, tables["unlabeled_audit"]),
             "mean_confidence": float(labels["confidence"].mean()),
-            **validate(result.model, validation, config.selection.batch_size),
+            **validation_metrics(result.model, validation, config.selection.batch_size),
             # weighted, augmented, regularised: as Keras reports training
             "train_accuracy": float(best["accuracy"]), "train_loss": float(best["loss"]),
             "best_epoch": result.best_epoch, "epochs_run": len(result.history), "train_seconds": result.seconds,

@@ -122,6 +122,24 @@ def one_hot(labels: np.ndarray) -> np.ndarray:
     return np.eye(NUM_CLASSES, dtype="float32")[labels]
 
 
+def accuracy_and_cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Top-1 accuracy and mean cross-entropy (no smoothing, no penalty) of predicted probabilities (N, C)."""
+    true_probability = probabilities[np.arange(len(labels)), labels]
+    return (float((probabilities.argmax(axis=1) == labels).mean()),
+            float(-np.log(np.clip(true_probability, 1e-7, 1.0)).mean()))
+
+
+def validation_metrics(model: keras.Model, validation: ImageTable, batch_size: int) -> dict[str, float]:
+    """``val_accuracy`` and ``val_loss`` (plain cross-entropy) of a model, in inference mode.
+
+    One measure for models trained differently: Keras' own ``val_loss`` adds each model's L2
+    penalty and label smoothing.
+    """
+    probabilities = model.predict(validation.images.astype("float32"), batch_size=batch_size, verbose=0)
+    accuracy, loss = accuracy_and_cross_entropy(probabilities, validation.labels)
+    return {"val_accuracy": accuracy, "val_loss": loss}
+
+
 def train_classifier(config: TrainConfig, train: ImageTable, validation: ImageTable) -> TrainingResult:
     """Train from scratch; the returned model holds the weights of the best validation epoch."""
     keras.utils.set_random_seed(config.seed)
