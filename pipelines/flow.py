@@ -163,39 +163,56 @@ def open_configuration_run(steps: Steps, name: str, params: dict[str, Any]) -> s
 
 
 @contextlib.contextmanager
-def configuration_run(steps: Steps, name: str, params: dict[str, Any]) -> Iterator[tuple[Steps, dict[str, float]]]:
-    """An MLflow run nested in the flow's for one configuration of a comparison.
-
-    Yields the steps that nest their stage runs under it and a dict to fill with its metrics; the
-    run ends FINISHED, or FAILED when the block raises.
-    """
-    run_id = open_configuration_run(steps, name, params)
+def finishing(run_id: str) -> Iterator[dict[str, float]]:
+    """Yields a dict for the run's metrics; ends the run FINISHED with them, or FAILED when the block raises."""
     metrics: dict[str, float] = {}
     status = "FAILED"
     try:
-        yield steps.nested_under(run_id, name), metrics
+        yield metrics
         status = "FINISHED"
     finally:
         close_parent_run(run_id, metrics, status)
+
+
+@contextlib.contextmanager
+def pipeline_run(config: PipelineConfig, launcher: str,
+                 tags: dict[str, str] | None = None) -> Iterator[tuple[Steps, dict[str, float]]]:
+    """This flow run's MLflow parent run (``tags`` also go on every stage run under it).
+
+    Yields the steps that run and track the stages, and a dict to fill with the flow's metrics.
+    """
+    LAUNCHERS[launcher]  # fail before any work on an unknown launcher
+    experiment_id, parent_run_id = open_parent_run(config, tags)
+    with finishing(parent_run_id) as metrics:
+        yield Steps(launcher, config.resources, experiment_id, parent_run_id, dict(tags or {})), metrics
+
+
+@contextlib.contextmanager
+def configuration_run(steps: Steps, name: str, params: dict[str, Any]) -> Iterator[tuple[Steps, dict[str, float]]]:
+    """An MLflow run nested in the flow's for one configuration of a comparison.
+
+    Yields the steps that nest their stage runs under it and a dict to fill with its metrics.
+    """
+    run_id = open_configuration_run(steps, name, params)
+    with finishing(run_id) as metrics:
+        yield steps.nested_under(run_id, name), metrics
+
+
+def metrics_of(artifact: Path) -> dict[str, Any]:
+    """A stage artifact's ``metrics.json``."""
+    return json.loads((artifact / "metrics.json").read_text())
 
 
 @flow(name="ssl-baseline")
 def baseline_pipeline(config: PipelineConfig = PipelineConfig(), launcher: str = "in-process",
                       archive: str | None = None) -> dict[str, Any]:
     """Split CIFAR-100, train the supervised baseline, evaluate it on the test set."""
-    LAUNCHERS[launcher]  # fail before any work on an unknown launcher
-    experiment_id, parent_run_id = open_parent_run(config)
-    status, metrics = "FAILED", {}
-    try:
-        steps = Steps(launcher, config.resources, experiment_id, parent_run_id)
+    with pipeline_run(config, launcher) as (steps, metrics):
         split, model = baseline_steps(steps, config, archive)
         evaluation = steps.run("evaluate", config.evaluate, {"split": split, "model": model})
-        metrics = json.loads((evaluation / "metrics.json").read_text())
-        status = "FINISHED"
-    finally:
-        close_parent_run(parent_run_id, metrics, status)
-    return {**metrics, "mlflow_run_id": parent_run_id, "artifacts": {"split": str(split), "model": str(model),
-                                                                   "evaluate": str(evaluation)}}
+        metrics.update(metrics_of(evaluation))
+    return {**metrics, "mlflow_run_id": steps.parent_run_id,
+            "artifacts": {"split": str(split), "model": str(model), "evaluate": str(evaluation)}}
 
 
 def baseline_steps(steps: Steps, config: PipelineConfig, archive: str | None,

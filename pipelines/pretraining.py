@@ -7,16 +7,13 @@ stage is cached, so the second mode of an objective reuses its encoder.
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import mlflow
 from prefect import flow, task
 
-from pipelines.flow import Steps, baseline_steps, close_parent_run, configuration_run, is_transient, open_parent_run
-from pipelines.launchers import LAUNCHERS
+from pipelines.flow import baseline_steps, configuration_run, is_transient, metrics_of, pipeline_run
 from stages.config import PipelineConfig, pretraining_grid
 from stages.reports import markdown_table
 
@@ -31,21 +28,14 @@ def log_comparison(parent_run_id: str, rows: list[dict[str, Any]]) -> None:
         mlflow.log_text(markdown_table(pd.DataFrame(rows)), "comparison.md")
 
 
-def metrics_of(artifact: Path) -> dict[str, Any]:
-    return json.loads((artifact / "metrics.json").read_text())
-
-
 @flow(name="ssl-pretraining")
 def pretraining_pipeline(config: PipelineConfig = PipelineConfig(), objectives: list[str] | None = None,
                          modes: list[str] | None = None, launcher: str = "in-process",
                          archive: str | None = None) -> dict[str, Any]:
     """Pretrain the baseline's encoder with each objective and fine-tune it each way; compare on test."""
-    LAUNCHERS[launcher]  # fail before any work on an unknown launcher or a bad grid
-    grid = pretraining_grid(config, objectives, modes)
-    experiment_id, parent_run_id = open_parent_run(config)
-    status, metrics, rows = "FAILED", {}, []
-    try:
-        steps = Steps(launcher, config.resources, experiment_id, parent_run_id)
+    grid = pretraining_grid(config, objectives, modes)  # a bad grid fails before any work
+    rows = []
+    with pipeline_run(config, launcher) as (steps, metrics):
         split, model = baseline_steps(steps, config, archive)
         baseline_test = metrics_of(steps.run("evaluate", config.evaluate, {"split": split, "model": model}))["test_accuracy"]
         for pretrain, fine_tune in grid:
@@ -60,10 +50,7 @@ def pretraining_pipeline(config: PipelineConfig = PipelineConfig(), objectives: 
                          "probe_accuracy": metrics_of(encoder).get("final_probe_accuracy"),
                          "val_accuracy": run_metrics["best_val_accuracy"], "test_accuracy": run_metrics["test_accuracy"],
                          "vs_baseline_pts": round(100 * (run_metrics["test_accuracy"] - baseline_test), 2)})
-        log_comparison(parent_run_id, rows)
-        metrics = {"baseline_test_accuracy": baseline_test,
-                   **{f"{row['objective']}_{row['mode']}_test_accuracy": row["test_accuracy"] for row in rows}}
-        status = "FINISHED"
-    finally:
-        close_parent_run(parent_run_id, metrics, status)
-    return {**metrics, "mlflow_run_id": parent_run_id, "table": rows}
+        log_comparison(steps.parent_run_id, rows)
+        metrics.update({"baseline_test_accuracy": baseline_test,
+                        **{f"{row['objective']}_{row['mode']}_test_accuracy": row["test_accuracy"] for row in rows}})
+    return {**metrics, "mlflow_run_id": steps.parent_run_id, "table": rows}

@@ -10,7 +10,6 @@ The comparison table and figures land in ``<artifact root>/sweeps/<sweep>`` and 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,7 @@ from prefect import flow, task
 from prefect.runtime import flow_run
 
 from pipelines import settings, tracking
-from pipelines.flow import Steps, baseline_steps, close_parent_run, configuration_run, is_transient, open_parent_run
-from pipelines.launchers import LAUNCHERS
+from pipelines.flow import Steps, baseline_steps, configuration_run, is_transient, metrics_of, pipeline_run
 from stages.artifacts import staged_output
 from stages.config import PipelineConfig, SelfTrainConfig, sweep_grid
 from stages.reports import write_self_training_report
@@ -44,8 +42,7 @@ def self_train_configuration(steps: Steps, config: SelfTrainConfig, pipeline: Pi
         labels = nested.run("pseudo_label", config.selection, {"split": split, "model": model})
         trained = nested.run("self_train", config, {"split": split, "model": model, "pseudo_labels": labels})
         evaluation = nested.run("evaluate", pipeline.evaluate, {"split": split, "model": trained})
-        metrics.update({**json.loads((trained / "metrics.json").read_text()),
-                        **json.loads((evaluation / "metrics.json").read_text())})
+        metrics.update({**metrics_of(trained), **metrics_of(evaluation)})
     return trained, evaluation
 
 
@@ -58,27 +55,20 @@ def self_training_pipeline(config: PipelineConfig = PipelineConfig(), thresholds
     ``start_model``: a finished baseline artifact to start from instead of training one (its split
     is the one recorded in its manifest).
     """
-    LAUNCHERS[launcher]  # fail before any work on an unknown launcher or a bad grid
-    grid = sweep_grid(config.self_training, thresholds, iterations)
+    grid = sweep_grid(config.self_training, thresholds, iterations)  # a bad grid fails before any work
     sweep = f"{flow_run.name}-{str(flow_run.id)[:8]}"
-    experiment_id, parent_run_id = open_parent_run(config, {tracking.TAG_SWEEP: sweep})
-    status, metrics = "FAILED", {}
-    try:
-        steps = Steps(launcher, config.resources, experiment_id, parent_run_id, {tracking.TAG_SWEEP: sweep})
+    report = settings.artifact_root() / "sweeps" / sweep
+    with pipeline_run(config, launcher, {tracking.TAG_SWEEP: sweep}) as (steps, metrics):
         split, model = baseline_steps(steps, config, archive, start_model)
         baseline_evaluation = steps.run("evaluate", config.evaluate, {"split": split, "model": model})
         done = [self_train_configuration(steps, point, config, split, model) for point in grid]
-        with staged_output(settings.artifact_root() / "sweeps" / sweep) as tmp:
+        with staged_output(report) as tmp:
             table = write_self_training_report(tmp, [st for st, _ in done], [ev for _, ev in done], baseline_evaluation)
-        report = settings.artifact_root() / "sweeps" / sweep
-        log_report(parent_run_id, report)
+        log_report(steps.parent_run_id, report)
         best = table.loc[table["val_accuracy"].idxmax()]  # chosen on validation, never on test
-        metrics = {"baseline_test_accuracy": json.loads((baseline_evaluation / "metrics.json").read_text())["test_accuracy"],
-                   "best_threshold": float(best["threshold"]), "best_iterations": int(best["iterations"]),
-                   "best_val_accuracy": float(best["val_accuracy"]), "test_accuracy": float(best["test_accuracy"])}
-        status = "FINISHED"
-    finally:
-        close_parent_run(parent_run_id, metrics, status)
+        metrics.update({"baseline_test_accuracy": metrics_of(baseline_evaluation)["test_accuracy"],
+                        "best_threshold": float(best["threshold"]), "best_iterations": int(best["iterations"]),
+                        "best_val_accuracy": float(best["val_accuracy"]), "test_accuracy": float(best["test_accuracy"])})
     log.info("sweep %s: comparison in %s", sweep, report)
-    return {**metrics, "sweep": sweep, "mlflow_run_id": parent_run_id, "report": str(report),
+    return {**metrics, "sweep": sweep, "mlflow_run_id": steps.parent_run_id, "report": str(report),
             "table": table.to_dict("records")}
