@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from stages import figures
+from stages.artifacts import read_manifest
 from stages.baseline import METRICS_FILE
 from stages.data import ITERATIONS_FILE
 
@@ -29,8 +30,7 @@ SEED_ITERATIONS = 4
 
 def self_training_row(self_train: Path, evaluation: Path, baseline_test_accuracy: float) -> dict:
     """One configuration's line: its selection, the kept iteration's validation numbers, test accuracy."""
-    manifest = json.loads((self_train / "manifest.json").read_text())
-    config = manifest["config"]
+    config = read_manifest(self_train)["config"]
     metrics = json.loads((self_train / METRICS_FILE).read_text())
     iterations = pd.read_parquet(self_train / ITERATIONS_FILE)
     kept = iterations.iloc[metrics["best_iteration"]]
