@@ -48,6 +48,16 @@ def export_saved_model(model: keras.Model, path: Path) -> bool:
     return True
 
 
+def save_classifier(directory: Path, model: keras.Model, history, metrics: dict[str, Any]) -> bool:
+    """A trained classifier's artifact files: model.keras, the SavedModel, the per-epoch history and
+    the metrics; True when the SavedModel was written."""
+    model.save(directory / MODEL_FILE)
+    exported = export_saved_model(model, directory / SAVED_MODEL_DIR)
+    history.to_parquet(directory / HISTORY_FILE, index=False)
+    (directory / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return exported
+
+
 def run(config: TrainConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
     started = dt.datetime.now(dt.timezone.utc)
     split = Path(inputs["split"])
@@ -70,10 +80,7 @@ def run(config: TrainConfig, inputs: Mapping[str, Path], output: Path) -> dict[s
         "images_per_second": round(result.images_per_second, 1),  # training images / epoch wall time
     }
     with staged_output(output) as tmp:
-        result.model.save(tmp / MODEL_FILE)
-        exported = export_saved_model(result.model, tmp / SAVED_MODEL_DIR)
-        result.history.to_parquet(tmp / HISTORY_FILE, index=False)
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        exported = save_classifier(tmp, result.model, result.history, metrics)
         manifest = write_manifest(
             tmp, "baseline", config.model_dump(mode="json"), {"split": parent_entry(split)}, started,
             extra={"reads": ["split/labeled.parquet", "split/validation.parquet"],

@@ -57,13 +57,17 @@ class AugmentConfig(StrictModel):
 
 
 class ArchitectureConfig(StrictModel):
-    name: Literal["vgg"] = Field("vgg", description="key in stages.models.ARCHITECTURES")
-    filters: tuple[int, ...] = Field((96, 192, 256), min_length=1, description="conv filters per block")
-    convs_per_block: int = Field(2, ge=1, description="3x3 conv + BatchNorm + ReLU layers per block")
+    """``vgg``: blocks of ``convs_per_block`` (3x3 conv, BatchNorm, ReLU) and a max-pool. ``wrn``: a
+    wide ResNet, one group of ``convs_per_block`` residual blocks per entry of ``filters``
+    (WRN-28-2: filters (32, 64, 128), 4 blocks per group)."""
+
+    name: Literal["vgg", "wrn"] = Field("vgg", description="key in stages.models.ARCHITECTURES")
+    filters: tuple[int, ...] = Field((96, 192, 256), min_length=1, description="conv filters per block (wrn: per group)")
+    convs_per_block: int = Field(2, ge=1, description="vgg: conv layers per block; wrn: residual blocks per group")
     block_dropout: tuple[float, ...] = Field(
-        (0.15, 0.2, 0.25), description="dropout after each block's max-pool"
+        (0.15, 0.2, 0.25), description="dropout after each block's max-pool (wrn: inside each residual block)"
     )
-    dense_units: int = Field(256, ge=1, description="width of the hidden dense layer of the head")
+    dense_units: int = Field(256, ge=0, description="width of the hidden dense layer of the head; 0 = none")
     head_dropout: float = Field(0.3, ge=0, lt=1, description="dropout before the output layer")
     l2: float = Field(0.003, ge=0, description="L2 penalty on conv and dense kernels")
 
@@ -94,9 +98,10 @@ class TrainConfig(Schedule):
     augment: AugmentConfig = AugmentConfig()
     batch_size: int = Field(128, ge=1)
     epochs: int = Field(100, ge=1, description="maximum epochs; the cosine decay spans all of them")
-    learning_rate: float = Field(1e-3, gt=0, description="peak AdamW learning rate")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="sgd = Nesterov momentum 0.9 (FixMatch's)")
+    learning_rate: float = Field(1e-3, gt=0, description="peak learning rate")
     warmup_epochs: int = Field(0, ge=0, description="linear warm-up to the peak learning rate")
-    weight_decay: float = Field(1e-4, ge=0, description="AdamW decoupled weight decay")
+    weight_decay: float = Field(1e-4, ge=0, description="decoupled weight decay")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     early_stopping_patience: int | None = Field(
         4, ge=1, description="epochs without val improvement before stopping; None = never stop"
@@ -197,6 +202,38 @@ class EncoderFineTuneConfig(StrictModel):
     from_scratch: bool = Field(False, description="joint: ignore the pretrained weights")
 
 
+class StrongAugmentConfig(StrictModel):
+    """FixMatch's strong view: RandAugment (ops drawn per image) then Cutout, on top of the weak one."""
+
+    num_ops: int = Field(2, ge=0, description="RandAugment operations per image")
+    magnitude: float = Field(0.5, ge=0, le=1, description="RandAugment strength, 0..1 (magnitudes drawn up to it)")
+    cutout: float = Field(0.5, ge=0, lt=1, description="largest erased square side, fraction of the image; 0 = off")
+
+
+class ConsistencyConfig(StrictModel):
+    """Consistency SSL (FixMatch family): per step a labeled batch and ``unlabeled_ratio`` times as
+    many unlabeled images; the prediction on a weak view, where the method trusts it, is the target
+    of the prediction on a strong view. Evaluated and kept with the optimizer's EMA weights.
+
+    ``classifier`` gives the network, the weak augmentation, the labeled batch size and the
+    optimizer; an epoch is ``steps_per_epoch`` steps.
+    """
+
+    method: Literal["fixmatch", "freematch"] = Field("fixmatch", description="key in stages.ssl_methods.METHODS")
+    classifier: TrainConfig = TrainConfig()
+    steps_per_epoch: int = Field(256, ge=1, description="training steps between two validations")
+    unlabeled_ratio: int = Field(7, ge=1, description="mu: unlabeled images per labeled image in a step")
+    unlabeled_weight: float = Field(1.0, ge=0, description="lambda_u: weight of the unlabeled loss")
+    threshold: float = Field(0.95, gt=0, le=1, description="fixmatch: confidence a pseudo-label needs")
+    adaptive_momentum: float = Field(0.999, gt=0, lt=1, description="freematch: EMA momentum of its thresholds")
+    ema_momentum: float = Field(0.999, gt=0, lt=1, description="EMA of the weights that are evaluated and kept")
+    strong: StrongAugmentConfig = StrongAugmentConfig()
+    time_budget_minutes: float | None = Field(
+        None, gt=0, description="stop before an epoch would overrun this; the learning rate then follows the "
+                                "budget's clock instead of the step count. None = run every epoch"
+    )
+
+
 class ResourcesConfig(StrictModel):
     """What each stage container asks of the engine; the in-process and subprocess launchers run
     with whatever their process has. Not part of any cache key: results do not depend on it."""
@@ -217,23 +254,27 @@ class PipelineConfig(StrictModel):
     self_training: SelfTrainConfig = SelfTrainConfig()
     pretrain: PretrainConfig = PretrainConfig()
     fine_tune: EncoderFineTuneConfig = EncoderFineTuneConfig()
+    consistency: ConsistencyConfig = ConsistencyConfig()
 
     @model_validator(mode="before")
     @classmethod
     def _encoder_follows_the_baseline(cls, data: Any) -> Any:
-        """Unless set, the pretrained encoder is the baseline's (architecture and augmentation) and its
-        classifier trains like it, so pretraining is compared with the network it is meant to improve."""
+        """Unless set, the pretrained encoder is the baseline's (architecture and augmentation) and the
+        fine-tuned and consistency-trained classifiers train like it, so each method is compared with
+        the network it is meant to improve."""
         if not isinstance(data, dict) or not isinstance(data.get("baseline", {}), dict):
             return data
         baseline = data.get("baseline", {})
-        pretrain, fine_tune = dict(data.get("pretrain", {})), dict(data.get("fine_tune", {}))
+        pretrain = dict(data.get("pretrain", {}))
         pretrain.setdefault("architecture", baseline.get("architecture", {}))
         pretrain.setdefault("augment", baseline.get("augment", {}))
-        classifier = deep_merge(baseline, fine_tune.get("classifier", {}))
-        return {**data, "pretrain": pretrain, "fine_tune": {**fine_tune, "classifier": classifier}}
+        followers = {name: dict(data.get(name, {})) for name in ("fine_tune", "consistency")}
+        for section in followers.values():
+            section["classifier"] = deep_merge(baseline, section.get("classifier", {}))
+        return {**data, "pretrain": pretrain, **followers}
 
 
-PRESETS = ("smoke", "quick", "seed", "gpu")
+PRESETS = ("smoke", "quick", "seed", "gpu", "ssl-gpu")
 
 
 def preset_overrides(name: str) -> dict[str, Any]:

@@ -10,9 +10,7 @@ loss on labeled batches, weighted ``(1 - a)`` and ``(1 + a)``.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import math
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,14 +22,15 @@ import pandas as pd
 
 from stages import data, losses
 from stages.artifacts import ArtifactError, parent_entry, read_manifest, staged_output, verify, write_manifest
-from stages.baseline import HISTORY_FILE, METRICS_FILE, MODEL_FILE, SAVED_MODEL_DIR, export_saved_model
+from stages.baseline import save_classifier
 from stages.config import EncoderFineTuneConfig, PretrainConfig, TrainConfig
 from stages.data import IMAGE_SHAPE, ImageTable
 from stages.models import build_classifier
 from stages.objectives import OBJECTIVES
 from stages.pretrain import ENCODER_FILE, OBJECTIVE_WEIGHTS
 from stages.stage import Stage, main
-from stages.training import EpochRecorder, FiniteGuard, cosine_schedule, fit_classifier, one_hot, validation_metrics
+from stages.training import (EpochRecorder, FiniteGuard, TwoStreamBatches, build_optimizer, cosine_schedule, fit_classifier,
+                             kept_model_summary)
 
 log = logging.getLogger(__name__)
 
@@ -87,29 +86,6 @@ def two_step(config: EncoderFineTuneConfig, pretrained: keras.Model, labeled: Im
     return classifier, history, len(head.history) + tuned.best_epoch
 
 
-class JointBatches(keras.utils.PyDataset):
-    """Per step: a labeled batch (images, one-hot labels) and a random batch of all training images."""
-
-    def __init__(self, labeled: ImageTable, images: np.ndarray, batch_size: int, unlabeled_batch_size: int, seed: int):
-        super().__init__()
-        self.labeled, self.images = labeled, images
-        self.batch_size, self.unlabeled_batch_size = batch_size, unlabeled_batch_size
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(labeled))
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.labeled) / self.batch_size)  # an epoch = one pass over the labels
-
-    def __getitem__(self, index: int):
-        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        others = self.rng.integers(0, len(self.images), self.unlabeled_batch_size)
-        inputs = (self.labeled.images[rows].astype("float32"), self.images[others].astype("float32"))
-        return inputs, one_hot(self.labeled.labels[rows])
-
-    def on_epoch_end(self) -> None:
-        self.order = self.rng.permutation(len(self.labeled))
-
-
 class JointModel(keras.Model):
     """The classifier and a pretraining objective sharing one encoder, trained on the joint loss."""
 
@@ -150,12 +126,11 @@ def joint(config: EncoderFineTuneConfig, encoder_artifact: Path, pretrained: Pre
     if not config.from_scratch:
         objective.load_weights(encoder_artifact / OBJECTIVE_WEIGHTS)
     model = JointModel(classifier, objective, config)
-    train = JointBatches(labeled, images, config.classifier.batch_size, config.unlabeled_batch_size, config.classifier.seed)
+    train = TwoStreamBatches(labeled, images, config.classifier.batch_size, config.unlabeled_batch_size, config.classifier.seed)
     # validation: classification on the validation images, the objective on those same images
-    checks = JointBatches(validation, validation.images, len(validation), min(len(validation), config.unlabeled_batch_size),
+    checks = TwoStreamBatches(validation, validation.images, len(validation), min(len(validation), config.unlabeled_batch_size),
                           config.classifier.seed + 1)
-    model.compile(optimizer=keras.optimizers.AdamW(cosine_schedule(config.classifier, len(train)),
-                                                   weight_decay=config.classifier.weight_decay))
+    model.compile(optimizer=build_optimizer(config.classifier, cosine_schedule(config.classifier, len(train))))
     recorder = EpochRecorder(config.classifier.epochs)
     selector = keras.callbacks.EarlyStopping(
         monitor="val_accuracy", mode="max", restore_best_weights=True,
@@ -179,12 +154,9 @@ def run(config: EncoderFineTuneConfig, inputs: Mapping[str, Path], output: Path)
         images = np.concatenate([labeled.images, data.read_table(split, "unlabeled").images])
         classifier, history, best_epoch = joint(config, encoder_artifact, pretrained, labeled, validation, images)
     history["epoch"] = np.arange(1, len(history) + 1)  # counted across phases
-    metrics = summary(classifier, validation, history, best_epoch)
+    metrics = kept_model_summary(classifier, validation, history, best_epoch)
     with staged_output(output) as tmp:
-        classifier.save(tmp / MODEL_FILE)
-        exported = export_saved_model(classifier, tmp / SAVED_MODEL_DIR)
-        history.to_parquet(tmp / HISTORY_FILE, index=False)
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        exported = save_classifier(tmp, classifier, history, metrics)
         reads = ["split/labeled.parquet", "split/validation.parquet"]
         manifest = write_manifest(
             tmp, "fine_tune", config.model_dump(mode="json"),
@@ -194,17 +166,6 @@ def run(config: EncoderFineTuneConfig, inputs: Mapping[str, Path], output: Path)
         )
     log.info("%s %s fine-tuning: val accuracy %.4f", pretrained.objective, config.mode, metrics["best_val_accuracy"])
     return manifest
-
-
-def summary(classifier: keras.Model, validation: ImageTable, history: pd.DataFrame, best_epoch: int) -> dict[str, Any]:
-    """The kept weights' validation accuracy (measured again, in inference mode) and their epoch."""
-    return {
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "best_val_accuracy": validation_metrics(classifier, validation, batch_size=500)["val_accuracy"],
-        "parameters": classifier.count_params(),
-        "train_seconds": round(float(history["epoch_seconds"].sum()), 2),
-    }
 
 
 STAGE = Stage(

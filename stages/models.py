@@ -12,7 +12,7 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
-from stages.config import NUM_CLASSES, ArchitectureConfig, AugmentConfig, TrainConfig
+from stages.config import NUM_CLASSES, ArchitectureConfig, AugmentConfig, StrongAugmentConfig, TrainConfig
 from stages.data import IMAGE_SHAPE
 from stages.registry import Registry
 
@@ -37,6 +37,42 @@ def build_augmentation(config: AugmentConfig, seed: int) -> keras.Sequential:
     return keras.Sequential(steps, name="augmentation")
 
 
+class PerImageRandAugment(layers.RandAugment):
+    """Keras' RandAugment draws the ``num_ops`` operations once per batch; FixMatch draws them per
+    image. Each operation is computed for the whole batch either way; each image keeps its own."""
+
+    def get_random_transformation(self, data, training=True, seed=None):
+        transformation = super().get_random_transformation(data, training, seed)
+        if transformation is not None:
+            batch = self.backend.core.shape(data)[0]
+            transformation["layer_idxes"] = self.backend.random.randint(
+                (batch, self.num_ops), 0, len(self._AUGMENT_LAYERS), seed=self._get_seed_generator(self.backend._backend))
+        return transformation
+
+    def transform_images(self, images, transformation, training=True):
+        images = self.backend.cast(images, self.compute_dtype)
+        if not training:
+            return images
+        chosen = transformation["layer_idxes"]  # (N, num_ops)
+        for op in range(self.num_ops):
+            for index, (name, values) in enumerate(transformation["transforms"].items()):
+                mask = self.backend.numpy.reshape(chosen[:, op] == index, (-1, 1, 1, 1))
+                images = self.backend.numpy.where(mask, getattr(self, name).transform_images(images, values), images)
+        return images
+
+
+def build_strong_augmentation(config: StrongAugmentConfig, seed: int) -> keras.Sequential:
+    """FixMatch's strong view of raw 0..255 images: RandAugment, then a grey Cutout square."""
+    steps: list[layers.Layer] = []
+    if config.num_ops:
+        steps.append(PerImageRandAugment(value_range=(0, 255), num_ops=config.num_ops, factor=config.magnitude, seed=seed))
+    if config.cutout:
+        # RandomErasing draws each side as sqrt(uniform(scale)) of the image's
+        steps.append(layers.RandomErasing(factor=(1.0, 1.0), scale=(0.0, config.cutout**2), fill_value=127.5,
+                                          value_range=(0, 255), seed=seed + 1))
+    return keras.Sequential(steps, name="strong_augmentation")
+
+
 @ARCHITECTURES.register("vgg")
 def build_vgg_encoder(config: ArchitectureConfig, dtype: str) -> keras.Model:
     """VGG blocks of (3x3 conv, BatchNorm, ReLU) x convs_per_block, max-pool, dropout; then GAP."""
@@ -53,6 +89,37 @@ def build_vgg_encoder(config: ArchitectureConfig, dtype: str) -> keras.Model:
         if rate:
             x = layers.Dropout(rate, dtype=dtype, name=f"block{block}_dropout")(x)
     features = layers.GlobalAveragePooling2D(dtype=dtype, name="pool")(x)  # (N, filters[-1])
+    return keras.Model(inputs, features, name=f"{config.name}_encoder")
+
+
+@ARCHITECTURES.register("wrn")
+def build_wide_resnet_encoder(config: ArchitectureConfig, dtype: str) -> keras.Model:
+    """Wide ResNet as in FixMatch and USB: 3x3 conv (16) -> per group, ``convs_per_block`` pre-activation
+    residual blocks (the first of each later group halves the side) -> BatchNorm, LeakyReLU(0.1), GAP.
+    Convolutions are He-initialised on fan-out, as in USB."""
+    init = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+    regularizer = keras.regularizers.L2(config.l2) if config.l2 else None
+
+    def conv(x, filters, size, stride, name):
+        return layers.Conv2D(filters, size, strides=stride, padding="same", use_bias=False, kernel_initializer=init,
+                             kernel_regularizer=regularizer, dtype=dtype, name=name)(x)
+
+    def activate(x, name):
+        x = layers.BatchNormalization(momentum=0.999, dtype=dtype, name=f"{name}_bn")(x)
+        return layers.LeakyReLU(0.1, dtype=dtype, name=f"{name}_relu")(x)
+
+    inputs = keras.Input(IMAGE_SHAPE, name="scaled_image")
+    x = conv(inputs, 16, 3, 1, "stem")
+    for group, (filters, rate) in enumerate(zip(config.filters, config.block_dropout), start=1):
+        for block in range(1, config.convs_per_block + 1):
+            name, stride = f"group{group}_block{block}", 2 if group > 1 and block == 1 else 1
+            h = activate(x, f"{name}_in")
+            shortcut = x if x.shape[-1] == filters and stride == 1 else conv(h, filters, 1, stride, f"{name}_shortcut")
+            h = activate(conv(h, filters, 3, stride, f"{name}_conv1"), f"{name}_mid")
+            if rate:
+                h = layers.Dropout(rate, dtype=dtype, name=f"{name}_dropout")(h)
+            x = layers.Add(dtype=dtype, name=f"{name}_add")([shortcut, conv(h, filters, 3, 1, f"{name}_conv2")])
+    features = layers.GlobalAveragePooling2D(dtype=dtype, name="pool")(activate(x, "final"))  # (N, filters[-1])
     return keras.Model(inputs, features, name=f"{config.name}_encoder")
 
 
@@ -94,7 +161,7 @@ def build_scaling() -> layers.Rescaling:
 
 
 def build_classifier(config: TrainConfig, num_classes: int = NUM_CLASSES) -> keras.Model:
-    """augmentation -> scale to [-1, 1] -> encoder -> dense -> dropout -> softmax (float32)."""
+    """augmentation -> scale to [-1, 1] -> encoder -> [dense] -> [dropout] -> softmax (float32)."""
     arch, dtype = config.architecture, config.precision
     regularizer = keras.regularizers.L2(arch.l2) if arch.l2 else None
     images = keras.Input(IMAGE_SHAPE, name="image")  # uint8 values, passed as float32
@@ -102,7 +169,8 @@ def build_classifier(config: TrainConfig, num_classes: int = NUM_CLASSES) -> ker
     x = augmentation(images) if augmentation.layers else images
     x = build_scaling()(x)
     x = build_encoder(arch, dtype)(x)
-    x = layers.Dense(arch.dense_units, activation="relu", kernel_regularizer=regularizer, dtype=dtype, name="dense")(x)
+    if arch.dense_units:
+        x = layers.Dense(arch.dense_units, activation="relu", kernel_regularizer=regularizer, dtype=dtype, name="dense")(x)
     if arch.head_dropout:
         x = layers.Dropout(arch.head_dropout, dtype=dtype, name="head_dropout")(x)
     # the output layer stays float32 so the softmax and the loss are computed at full precision

@@ -27,6 +27,7 @@ from stages.artifacts import parent_entry, staged_output, verify, write_manifest
 from stages.baseline import METRICS_FILE, MODEL_FILE
 from stages.config import PseudoLabelConfig
 from stages.data import PSEUDO_LABEL_SCHEMA, DataError, ImageTable
+from stages.ssl_methods import confident, hard_pseudo_labels
 from stages.stage import Stage, main
 
 log = logging.getLogger(__name__)
@@ -41,17 +42,14 @@ class EmptySelection(ValueError):
 def predict(model: keras.Model, unlabeled: ImageTable, batch_size: int) -> pd.DataFrame:
     """One row per unlabeled image: id, predicted label, confidence (its probability)."""
     probabilities = model.predict(unlabeled.images.astype("float32"), batch_size=batch_size, verbose=0)
-    return pd.DataFrame({
-        "id": unlabeled.ids,
-        "label": probabilities.argmax(axis=1).astype(np.int32),
-        "confidence": probabilities.max(axis=1).astype(np.float32),
-    })
+    labels, confidence = (keras.ops.convert_to_numpy(column) for column in hard_pseudo_labels(probabilities))
+    return pd.DataFrame({"id": unlabeled.ids, "label": labels.astype(np.int32), "confidence": confidence.astype(np.float32)})
 
 
 def select(predictions: pd.DataFrame, threshold: float, max_per_class: int | None = None) -> pd.DataFrame:
     """Rows with confidence >= threshold; with a cap, only the most confident ``max_per_class`` of
     each predicted label, so frequent classes cannot swamp the rest. Keeps the input order."""
-    chosen = predictions[predictions["confidence"] >= threshold]
+    chosen = predictions[confident(predictions["confidence"].to_numpy(), threshold)]
     if max_per_class is not None:
         # stable sort: among equal confidences the earlier row wins
         ranked = chosen.sort_values("confidence", ascending=False, kind="stable")

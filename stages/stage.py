@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from stages.config import ConfigError
 
-STAGE_NAMES = ("split", "baseline", "pseudo_label", "self_train", "pretrain", "fine_tune", "evaluate")  # in pipeline order
+STAGE_NAMES = ("split", "baseline", "pseudo_label", "self_train", "pretrain", "fine_tune", "consistency", "evaluate")  # in pipeline order
 
 
 @dataclass(frozen=True)

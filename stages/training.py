@@ -6,6 +6,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -106,10 +107,72 @@ class FiniteGuard(keras.callbacks.Callback):
                 )
 
 
+def build_optimizer(config: TrainConfig, learning_rate, **options) -> keras.optimizers.Optimizer:
+    """``config``'s optimizer at ``learning_rate`` (a float or a schedule); ``options`` such as
+    ``use_ema`` go to the Keras optimizer."""
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay, **options)
+    return keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay, **options)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Trains for ``seconds`` of wall time: each epoch's learning rate is the cosine of the budget spent
+    so far (a step-count schedule cannot know how many steps will fit), and training stops before an
+    epoch that would overrun the budget (judged by the last epoch's time)."""
+
+    def __init__(self, seconds: float, peak_learning_rate: float):
+        super().__init__()
+        self.seconds, self.peak = seconds, peak_learning_rate
+        self._start = self._epoch_start = 0.0
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+        spent = min((self._epoch_start - self._start) / self.seconds, 1.0)
+        self.model.optimizer.learning_rate = self.peak * 0.5 * (1 + math.cos(math.pi * spent))
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        if now - self._start + (now - self._epoch_start) > self.seconds:
+            log.info("time budget: %.1f of %.1f min spent, stopping after epoch %d",
+                     (now - self._start) / 60, self.seconds / 60, epoch + 1)
+            self.model.stop_training = True
+
+
+class TwoStreamBatches(keras.utils.PyDataset):
+    """Per step: a labeled batch (images, one-hot labels) and a random batch of ``images``.
+
+    An epoch is ``steps`` steps, one pass over the labels by default; labeled rows are drawn from
+    fresh permutations, as many as the epoch needs."""
+
+    def __init__(self, labeled: ImageTable, images: np.ndarray, batch_size: int, unlabeled_batch_size: int, seed: int,
+                 steps: int | None = None):
+        super().__init__()
+        self.labeled, self.images = labeled, images
+        self.batch_size, self.unlabeled_batch_size = batch_size, unlabeled_batch_size
+        self.steps = steps or math.ceil(len(labeled) / batch_size)
+        self.rng = np.random.default_rng(seed)
+        self.on_epoch_end()
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, index: int):
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        others = self.rng.integers(0, len(self.images), self.unlabeled_batch_size)
+        inputs = (self.labeled.images[rows].astype("float32"), self.images[others].astype("float32"))
+        return inputs, one_hot(self.labeled.labels[rows])
+
+    def on_epoch_end(self) -> None:
+        passes = math.ceil(self.steps * self.batch_size / len(self.labeled))
+        self.order = np.concatenate([self.rng.permutation(len(self.labeled)) for _ in range(passes)])
+
+
 def compile_classifier(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=cosine_schedule(config, steps_per_epoch),
-                                         weight_decay=config.weight_decay),
+        optimizer=build_optimizer(config, cosine_schedule(config, steps_per_epoch)),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[
             keras.metrics.CategoricalAccuracy(name="accuracy"),
@@ -177,3 +240,14 @@ def fit_classifier(model: keras.Model, config: TrainConfig, train: ImageTable, v
         seconds=seconds,
         images_per_second=len(train) * len(history) / float(history["epoch_seconds"].sum()),
     )
+
+
+def kept_model_summary(classifier: keras.Model, validation: ImageTable, history: pd.DataFrame, best_epoch: int) -> dict[str, Any]:
+    """The kept weights' validation accuracy (measured again, in inference mode) and their epoch."""
+    return {
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "best_val_accuracy": validation_metrics(classifier, validation, batch_size=500)["val_accuracy"],
+        "parameters": classifier.count_params(),
+        "train_seconds": round(float(history["epoch_seconds"].sum()), 2),
+    }

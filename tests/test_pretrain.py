@@ -20,7 +20,7 @@ from stages.config import EncoderFineTuneConfig, PretrainConfig, ViewAugmentConf
 from stages.models import build_classifier, build_decoder, build_encoder
 from stages.objectives import OBJECTIVES
 from stages.objectives.simclr import build_views
-from stages.training import FiniteGuard, NonFiniteValue
+from stages.training import FiniteGuard, NonFiniteValue, TwoStreamBatches
 
 
 @pytest.mark.parametrize("preset", ["smoke", "quick", "seed"])
@@ -124,7 +124,7 @@ def test_joint_loss_weights_reach_the_training_objective(pretrained, split_artif
     model = fine_tune.JointModel(classifier, OBJECTIVES[objective](pretrained_config, encoder=fine_tune.encoder_of(
         classifier, config.classifier)), config)
     labeled = data.read_table(split_artifact, "labeled")
-    batch = fine_tune.JointBatches(labeled, labeled.images, 16, 16, seed=0)[0]
+    batch = TwoStreamBatches(labeled, labeled.images, 16, 16, seed=0)[0]
     keras.utils.set_random_seed(0)
     outputs = model(batch[0], training=False)
     total = float(model.compute_loss(y=batch[1], y_pred=outputs)) - float(sum(model.losses))

@@ -1,0 +1,149 @@
+"""Consistency stage: FixMatch-family semi-supervised training of the classifier (beyond the seed).
+
+Each step takes a labeled batch and ``unlabeled_ratio`` times as many images of the whole
+training set (labeled and unlabeled, as in USB). One forward pass in training mode gives the
+predictions on the labeled images, on a weak view of the others (the classifier's own
+augmentation: flip and shift) and on a strong view (RandAugment and Cutout on top). The method
+(``stages.ssl_methods``) turns the weak-view predictions into pseudo-labels and a mask; the loss is
+the labeled cross-entropy plus ``unlabeled_weight`` times the masked cross-entropy of the strong
+view against those pseudo-labels. The optimizer keeps an EMA of the weights; validation, the kept
+epoch and the output model use the EMA weights. The output is a plain classifier, evaluated and
+served like the baseline's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+from keras import ops
+
+from stages import data, losses
+from stages.artifacts import parent_entry, staged_output, verify, write_manifest
+from stages.baseline import save_classifier
+from stages.config import ConsistencyConfig
+from stages.data import ImageTable
+from stages.models import build_classifier, build_strong_augmentation
+from stages.ssl_methods import METHODS
+from stages.stage import Stage, main
+from stages.training import (EpochRecorder, FiniteGuard, TimeBudget, TwoStreamBatches, build_optimizer, cosine_schedule,
+                             kept_model_summary, one_hot)
+
+log = logging.getLogger(__name__)
+
+
+class ConsistencyModel(keras.Model):
+    """The classifier, a strong augmentation and an SSL method, trained on the consistency loss.
+
+    Inputs are (labeled images, unlabeled images); in inference only the labeled ones are used, so
+    validation measures the classifier alone."""
+
+    def __init__(self, classifier: keras.Model, config: ConsistencyConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.classifier = classifier
+        self.strong = build_strong_augmentation(config.strong, config.classifier.seed + 100)
+        self.method = METHODS[config.method](config, name=config.method)
+        self.unlabeled_weight = config.unlabeled_weight
+        self.label_smoothing = config.classifier.label_smoothing
+        self.supervised_loss = keras.metrics.Mean(name="supervised_loss")
+        self.unsupervised_loss = keras.metrics.Mean(name="unsupervised_loss")
+        self.mask_rate = keras.metrics.Mean(name="mask_rate")  # fraction of unlabeled images with a target
+        self.accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+
+    def call(self, inputs, training=False):
+        labeled, unlabeled = inputs
+        if not training:
+            return {"labeled": self.classifier(labeled, training=False)}
+        n_labeled, n_unlabeled = ops.shape(labeled)[0], ops.shape(unlabeled)[0]
+        batch = ops.concatenate([labeled, unlabeled, self.strong(unlabeled, training=True)])
+        probabilities = self.classifier(batch, training=True)  # one pass: BatchNorm sees every view
+        weak = ops.stop_gradient(probabilities[n_labeled:n_labeled + n_unlabeled])
+        pseudo_labels, mask = self.method(weak, training=True)
+        return {"labeled": probabilities[:n_labeled], "strong": probabilities[n_labeled + n_unlabeled:],
+                "pseudo_labels": pseudo_labels, "mask": mask}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        supervised = ops.mean(keras.losses.categorical_crossentropy(y, y_pred["labeled"], label_smoothing=self.label_smoothing))
+        self.supervised_loss.update_state(supervised)
+        self.accuracy.update_state(y, y_pred["labeled"])
+        if "strong" not in y_pred:
+            return supervised
+        per_image = keras.losses.sparse_categorical_crossentropy(y_pred["pseudo_labels"], y_pred["strong"])
+        unsupervised = ops.mean(y_pred["mask"] * per_image)  # averaged over all unlabeled images, as in FixMatch
+        self.unsupervised_loss.update_state(unsupervised)
+        self.mask_rate.update_state(ops.mean(y_pred["mask"]))
+        return losses.with_regularization(supervised + self.unlabeled_weight * unsupervised, self.losses)
+
+
+def train(config: ConsistencyConfig, labeled: ImageTable, validation: ImageTable, images: np.ndarray):
+    """Returns the classifier holding the EMA weights of the best validation epoch, the per-epoch
+    history and that epoch."""
+    schedule = config.classifier
+    keras.utils.set_random_seed(schedule.seed)
+    classifier = build_classifier(schedule)
+    model = ConsistencyModel(classifier, config)
+    batches = TwoStreamBatches(labeled, images, schedule.batch_size, schedule.batch_size * config.unlabeled_ratio,
+                               schedule.seed, steps=config.steps_per_epoch)
+    budget = config.time_budget_minutes
+    learning_rate = schedule.learning_rate if budget else cosine_schedule(schedule, config.steps_per_epoch)
+    model.compile(optimizer=build_optimizer(schedule, learning_rate, use_ema=True, ema_momentum=config.ema_momentum))
+    recorder = EpochRecorder(schedule.epochs)
+    # after SwapEMAWeights, whose epoch end puts the EMA weights in the model: those are the ones kept
+    selector = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", restore_best_weights=True,
+                                             patience=schedule.early_stopping_patience or schedule.epochs)
+    callbacks = [FiniteGuard(), keras.callbacks.SwapEMAWeights(swap_on_epoch=True), recorder, selector]
+    if budget:
+        callbacks.append(TimeBudget(budget * 60, schedule.learning_rate))
+    checks = ((validation.images.astype("float32"),) * 2, one_hot(validation.labels))
+    model.fit(batches, validation_data=checks, validation_batch_size=500, epochs=schedule.epochs, verbose=0,
+              callbacks=callbacks)
+    return classifier, recorder.history(), selector.best_epoch + 1
+
+
+def run(config: ConsistencyConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
+    started = dt.datetime.now(dt.timezone.utc)
+    split = Path(inputs["split"])
+    verify(split)
+    labeled, validation = data.read_table(split, "labeled"), data.read_table(split, "validation")
+    images = np.concatenate([labeled.images, data.read_table(split, "unlabeled").images])
+    log.info("%s on %s: %d labeled, %d images for the unlabeled loss, %d steps per epoch", config.method,
+             config.classifier.architecture.name, len(labeled), len(images), config.steps_per_epoch)
+    classifier, history, best_epoch = train(config, labeled, validation, images)
+    metrics = {**kept_model_summary(classifier, validation, history, best_epoch), **throughput(config, history)}
+    with staged_output(output) as tmp:
+        exported = save_classifier(tmp, classifier, history, metrics)
+        manifest = write_manifest(
+            tmp, "consistency", config.model_dump(mode="json"), {"split": parent_entry(split)}, started,
+            extra={"reads": ["split/labeled.parquet", "split/validation.parquet", "split/unlabeled.parquet"],
+                   "backend": keras.backend.backend(), "saved_model": exported},
+        )
+    log.info("%s: val accuracy %.4f at epoch %d of %d", config.method, metrics["best_val_accuracy"], best_epoch, len(history))
+    return manifest
+
+
+def throughput(config: ConsistencyConfig, history: pd.DataFrame) -> dict[str, float]:
+    """Steps run and training images per second (a labeled image counts once, an unlabeled one once
+    though it is seen in two views); epoch times include validation."""
+    steps = len(history) * config.steps_per_epoch
+    images = steps * config.classifier.batch_size * (1 + config.unlabeled_ratio)
+    seconds = float(history["epoch_seconds"].sum())
+    return {"steps": steps, "steps_per_second": round(steps / seconds, 2), "images_per_second": round(images / seconds, 1)}
+
+
+STAGE = Stage(
+    name="consistency",
+    summary="FixMatch-family SSL: labeled loss + masked strong-view loss against weak-view pseudo-labels, EMA weights.",
+    config_type=ConsistencyConfig,
+    inputs=("split",),
+    run=run,
+)
+
+if __name__ == "__main__":
+    sys.exit(main(STAGE))

@@ -1,0 +1,143 @@
+"""Consistency SSL (issue 8): masking rules, strong augmentation, WRN-28-2, EMA weights, the stage on both backends."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages import consistency, data
+from stages.config import ConfigError, ConsistencyConfig, StrongAugmentConfig, load_pipeline_config
+from stages.models import build_classifier, build_strong_augmentation
+from stages.ssl_methods import METHODS, confident, hard_pseudo_labels
+from stages.training import validation_metrics
+
+PROBABILITIES = np.array([[0.96, 0.02, 0.02],
+                          [0.10, 0.85, 0.05],
+                          [0.20, 0.30, 0.50],
+                          [0.05, 0.00, 0.95]], dtype="float32")
+
+
+def as_numpy(*tensors):
+    return [keras.ops.convert_to_numpy(tensor) for tensor in tensors]
+
+
+def test_pseudo_labels_are_the_argmax_and_its_probability():
+    labels, confidence = as_numpy(*hard_pseudo_labels(PROBABILITIES))
+    np.testing.assert_array_equal(labels, [0, 1, 2, 2])
+    np.testing.assert_allclose(confidence, [0.96, 0.85, 0.50, 0.95])
+
+
+def test_the_threshold_is_inclusive_and_may_differ_per_row():
+    confidence = np.array([0.94, 0.95, 0.96], dtype="float32")
+    np.testing.assert_array_equal(confident(confidence, np.float32(0.95)), [False, True, True])
+    np.testing.assert_array_equal(confident(confidence, np.array([0.9, 0.99, 0.96], "float32")), [True, False, True])
+
+
+def test_fixmatch_masks_below_its_fixed_threshold():
+    method = METHODS["fixmatch"](ConsistencyConfig(threshold=0.95))
+    labels, mask = as_numpy(*method(PROBABILITIES, training=True))
+    np.testing.assert_array_equal(labels, [0, 1, 2, 2])
+    np.testing.assert_array_equal(mask, [1, 0, 0, 1])
+
+
+def test_freematch_thresholds_start_low_and_follow_the_model():
+    method = METHODS["freematch"](ConsistencyConfig(adaptive_momentum=0.5))
+    labels, mask = as_numpy(*method(PROBABILITIES, training=True))
+    # after one update: global = 0.5/3 + 0.5 * mean confidence; per class scaled by its max-normalised share
+    mean_confidence = PROBABILITIES.max(axis=1).mean()
+    global_threshold = 0.5 / 3 + 0.5 * mean_confidence
+    class_confidence = 0.5 / 3 + 0.5 * PROBABILITIES.mean(axis=0)
+    thresholds = class_confidence / class_confidence.max() * global_threshold
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(method.global_threshold), global_threshold, rtol=1e-6)
+    np.testing.assert_array_equal(mask, PROBABILITIES.max(axis=1) >= thresholds[labels])
+    assert mask.sum() == 3  # the 0.50 prediction of a rare class stays out; the bar is below FixMatch's 0.95
+    before = keras.ops.convert_to_numpy(method.global_threshold)
+    method(PROBABILITIES, training=False)  # inference never moves the thresholds
+    assert keras.ops.convert_to_numpy(method.global_threshold) == before
+
+
+def test_strong_augmentation_keeps_shape_and_range_and_differs_per_image():
+    images = np.repeat(np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3)), 16, axis=0).astype("float32")
+    strong = build_strong_augmentation(StrongAugmentConfig(num_ops=2, magnitude=0.9, cutout=0.5), seed=0)
+    views = keras.ops.convert_to_numpy(strong(images, training=True))
+    assert views.shape == images.shape
+    assert views.min() >= 0 and views.max() <= 255
+    assert len({view.tobytes() for view in views}) == 16  # the same image, 16 different strong views
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(strong(images, training=False)), images)
+
+
+def test_wrn_28_2_has_the_published_size():
+    config = load_pipeline_config("ssl-gpu").consistency.classifier
+    model = build_classifier(config)
+    assert model.count_params() == pytest.approx(1.47e6, rel=0.01)  # WRN-28-2 with 100 classes: 1.47M
+    assert model.output_shape == (None, 100)
+
+
+def test_configuration_errors_name_the_field():
+    with pytest.raises(ConfigError, match="consistency.threshold"):
+        load_pipeline_config("smoke", [{"consistency": {"threshold": 1.5}}])
+    with pytest.raises(ConfigError, match="consistency.method"):
+        load_pipeline_config("smoke", [{"consistency": {"method": "mixmatch"}}])
+
+
+def smoke_consistency(smoke, **update) -> ConsistencyConfig:
+    return smoke.consistency.model_copy(update=update)
+
+
+def trainable_weights(model):
+    return as_numpy(*model.trainable_variables)  # the EMA averages these; BatchNorm statistics are averages already
+
+
+def test_the_kept_and_validated_weights_are_the_ema_weights(split_artifact, smoke):
+    """Raw training is the same in both runs; an EMA that barely moves after its first step keeps a
+    model near the start, one that follows the raw weights does not, and in each run the history's
+    validation loss is the kept model's."""
+    labeled, validation = data.read_table(split_artifact, "labeled"), data.read_table(split_artifact, "validation")
+    images = np.concatenate([labeled.images, data.read_table(split_artifact, "unlabeled").images])
+    keras.utils.set_random_seed(smoke.consistency.classifier.seed)
+    initial = trainable_weights(build_classifier(smoke.consistency.classifier))
+    moved = {}
+    for momentum in (0.999999, 1e-6):
+        kept, history, best_epoch = consistency.train(smoke_consistency(smoke, ema_momentum=momentum), labeled, validation, images)
+        moved[momentum] = max(float(np.abs(a - b).max()) for a, b in zip(trainable_weights(kept), initial))
+        assert validation_metrics(kept, validation, 500)["val_loss"] == pytest.approx(
+            history["val_loss"].iloc[best_epoch - 1], abs=1e-4)
+    assert 0 < moved[0.999999] < moved[1e-6] / 1.5
+
+
+def test_the_stage_writes_a_classifier_with_its_evidence(split_artifact, smoke, tmp_path):
+    manifest = consistency.run(smoke.consistency, {"split": split_artifact}, tmp_path / "out")
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert manifest["stage"] == "consistency"
+    assert metrics["steps"] == smoke.consistency.steps_per_epoch * smoke.consistency.classifier.epochs
+    history = pd.read_parquet(tmp_path / "out" / "history.parquet")
+    assert {"supervised_loss", "unsupervised_loss", "mask_rate", "val_accuracy"} <= set(history.columns)
+    model = keras.saving.load_model(tmp_path / "out" / "model.keras")
+    assert model.output_shape == (None, 100)
+
+
+def test_a_time_budget_stops_training_early(split_artifact, smoke, tmp_path):
+    config = smoke_consistency(smoke, time_budget_minutes=0.05,  # 3 s: less than the first epoch
+                               classifier=smoke.consistency.classifier.model_copy(update={"epochs": 50}))
+    consistency.run(config, {"split": split_artifact}, tmp_path / "out")
+    history = pd.read_parquet(tmp_path / "out" / "history.parquet")
+    assert len(history) == 1
+    assert history["learning_rate"].iloc[0] == pytest.approx(config.classifier.learning_rate, rel=0.01)  # none spent yet
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
+def test_freematch_trains_on_the_jax_backend(split_artifact, smoke, tmp_path):
+    config = smoke_consistency(smoke, method="freematch")
+    (tmp_path / "config.json").write_text(config.model_dump_json())
+    subprocess.run([sys.executable, "-m", "stages.consistency", "--config", str(tmp_path / "config.json"),
+                    "--input", f"split={split_artifact}", "--output", str(tmp_path / "out")],
+                   env={**os.environ, "KERAS_BACKEND": "jax"}, check=True, capture_output=True)
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["backend"] == "jax"
+    history = pd.read_parquet(tmp_path / "out" / "history.parquet")
+    assert np.isfinite(history["unsupervised_loss"]).all() and (history["mask_rate"] > 0).all()
