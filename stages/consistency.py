@@ -62,7 +62,8 @@ class ConsistencyModel(keras.Model):
         if not training:
             return {"labeled": self.classifier(labeled, training=False)}
         n_labeled, n_unlabeled = ops.shape(labeled)[0], ops.shape(unlabeled)[0]
-        batch = ops.concatenate([labeled, unlabeled, self.strong(unlabeled, training=True)])
+        strong = self.strong(unlabeled, training=True) if self.strong.layers else unlabeled
+        batch = ops.concatenate([labeled, unlabeled, strong])
         probabilities = self.classifier(batch, training=True)  # one pass: BatchNorm sees every view
         weak = ops.stop_gradient(probabilities[n_labeled:n_labeled + n_unlabeled])
         pseudo_labels, mask = self.method(weak, training=True)

@@ -39,7 +39,13 @@ def build_augmentation(config: AugmentConfig, seed: int) -> keras.Sequential:
 
 class PerImageRandAugment(layers.RandAugment):
     """Keras' RandAugment draws the ``num_ops`` operations once per batch; FixMatch draws them per
-    image. Each operation is computed for the whole batch either way; each image keeps its own."""
+    image. Each operation is computed for the whole batch either way; each image keeps its own.
+
+    Without equalization: Keras' JAX version builds one histogram of the whole batch (not per image)
+    in a 256-step loop, 0.83 s per 448 images jitted on this CPU, 2/5 of the whole strong view's
+    time (``bench/results/consistency-step-time.md``)."""
+
+    _AUGMENT_LAYERS = [name for name in layers.RandAugment._AUGMENT_LAYERS if name != "equalization"]
 
     def get_random_transformation(self, data, training=True, seed=None):
         transformation = super().get_random_transformation(data, training, seed)

@@ -1,0 +1,96 @@
+"""Where a consistency training step spends its time: the strong view alone, the whole step, and the
+step without the strong view, each jitted, at a preset's batch shapes on random images.
+
+    KERAS_BACKEND=jax .venv/bin/python bench/gpu/step_time.py [--preset ssl-gpu] [--set KEY=VALUE] [--steps 5] [--out DIR]
+
+Run it first on a new accelerator (a minute or two): a slow component shows up before a long run.
+Writes ``consistency-step-time.{json,md}`` into ``--out`` (default bench/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from stages.config import ConsistencyConfig, load_pipeline_config, parse_assignment  # noqa: E402
+from stages.consistency import ConsistencyModel  # noqa: E402
+from stages.models import build_classifier, build_strong_augmentation  # noqa: E402
+from stages.training import build_optimizer, one_hot  # noqa: E402
+
+
+def timed(call, steps: int) -> dict[str, float]:
+    """Seconds of the first call (compilation included) and milliseconds per later call."""
+    started = time.perf_counter()
+    keras.ops.convert_to_numpy(call())
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(steps):
+        result = call()
+    keras.ops.convert_to_numpy(result)
+    return {"first_seconds": round(first, 2), "ms_per_call": round((time.perf_counter() - started) / steps * 1000, 1)}
+
+
+def train_step_time(config: ConsistencyConfig, labeled, unlabeled, labels, steps: int) -> dict[str, float]:
+    keras.utils.set_random_seed(0)
+    model = ConsistencyModel(build_classifier(config.classifier), config)
+    model.compile(optimizer=build_optimizer(config.classifier, config.classifier.learning_rate, use_ema=True))
+    return timed(lambda: model.train_on_batch((labeled, unlabeled), labels, return_dict=True)["loss"], steps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="ssl-gpu")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], help="config override KEY.PATH=VALUE")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    config = load_pipeline_config(args.preset, [parse_assignment(text) for text in args.assignments]).consistency
+    batch = config.classifier.batch_size
+    rng = np.random.default_rng(0)
+    labeled = rng.integers(0, 256, (batch, 32, 32, 3)).astype("float32")
+    unlabeled = rng.integers(0, 256, (batch * config.unlabeled_ratio, 32, 32, 3)).astype("float32")
+    labels = one_hot(rng.integers(0, 100, batch))
+    strong = build_strong_augmentation(config.strong, seed=0)
+    no_strong = config.model_copy(update={"strong": config.strong.model_copy(update={"num_ops": 0, "cutout": 0.0})})
+    result = {
+        "preset": args.preset, "overrides": args.assignments, "precision": config.classifier.precision, "backend": keras.backend.backend(), "device": device(), "machine": platform.processor() or platform.machine(),
+        "labeled_batch": batch, "unlabeled_batch": len(unlabeled),
+        "strong_view": timed(lambda: strong(unlabeled, training=True), args.steps),
+        "train_step": train_step_time(config, labeled, unlabeled, labels, args.steps),
+        "train_step_without_strong_view": train_step_time(no_strong, labeled, unlabeled, labels, args.steps),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "consistency-step-time" + "".join(f"-{text.rpartition('=')[2]}" for text in args.assignments)
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    rows = "\n".join(f"| {key} | {value['first_seconds']} | {value['ms_per_call']} |" for key, value in result.items()
+                     if isinstance(value, dict))
+    (args.out / f"{name}.md").write_text(
+        f"# Consistency step time: {args.preset} preset {' '.join(args.assignments)}, {result['precision']}, "
+        f"{result['backend']} on {result['device']}\n\n"
+        f"Batch: {batch} labeled + {len(unlabeled)} unlabeled images; random pixels. Command: "
+        f"`KERAS_BACKEND={result['backend']} python bench/gpu/step_time.py --preset {args.preset} "
+        f"{' '.join('--set ' + text for text in args.assignments)} --steps {args.steps}`\n\n"
+        f"| component | first call, s (compilation included) | ms per later call |\n|---|---|---|\n{rows}\n")
+    print(json.dumps(result))
+
+
+def device() -> str:
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.devices()[0].device_kind
+    return "cpu"
+
+
+if __name__ == "__main__":
+    main()
