@@ -11,7 +11,7 @@ def test_stages_lists_every_stage(capsys):
     assert main(["stages"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["split", "baseline", "pseudo_label", "self_train", "pretrain", "fine_tune",
-                                                   "evaluate"]
+                                                   "consistency", "evaluate"]
 
 
 def test_config_resolves_preset_file_and_set(capsys, tmp_path):
