@@ -42,8 +42,8 @@ class PerImageRandAugment(layers.RandAugment):
     image. Each operation is computed for the whole batch either way; each image keeps its own.
 
     Without equalization: Keras' JAX version builds one histogram of the whole batch (not per image)
-    in a 256-step loop, 0.83 s per 448 images jitted on this CPU, 2/5 of the whole strong view's
-    time (``bench/results/consistency-step-time.md``)."""
+    in a 256-step loop: 0.83 s per 448 images jitted on the 2-core CPU, 23 s to compile
+    (``bench/results/gpu-ssl-gpu.md``)."""
 
     _AUGMENT_LAYERS = [name for name in layers.RandAugment._AUGMENT_LAYERS if name != "equalization"]
 

@@ -11,7 +11,6 @@ model (iteration 0) included, so self-training can never make the kept model wor
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import sys
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ import pandas as pd
 
 from stages import data, figures
 from stages.artifacts import ArtifactError, parent_entry, read_manifest, staged_output, verify, write_manifest
-from stages.baseline import HISTORY_FILE, METRICS_FILE, MODEL_FILE, SAVED_MODEL_DIR, export_saved_model
+from stages.baseline import MODEL_FILE, save_classifier
 from stages.config import FineTuneConfig, SelfTrainConfig, TrainConfig
 from stages.data import ITERATIONS_FILE, ImageTable
 from stages.models import build_classifier
@@ -162,12 +161,9 @@ def run(config: SelfTrainConfig, inputs: Mapping[str, Path], output: Path) -> di
     history = joined_history(iterations)
     metrics = summary_metrics(table, history, kept)
     with staged_output(output) as tmp:
-        kept.model.save(tmp / MODEL_FILE)
-        exported = export_saved_model(kept.model, tmp / SAVED_MODEL_DIR)
-        history.to_parquet(tmp / HISTORY_FILE, index=False)
+        exported = save_classifier(tmp, kept.model, history, metrics)
         table.to_parquet(tmp / ITERATIONS_FILE, index=False)
         write_pseudo_labels(tmp, pd.concat([it.labels for it in iterations[1:]], ignore_index=True))
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / FIGURES_DIR).mkdir()
         figures.self_training_iterations({f"threshold {config.selection.threshold}": table}, tmp / FIGURES_DIR / "iterations.png")
         kept_config = base if kept.number == 0 else fine_tune_config(base, config.fine_tune, kept.number)
