@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from pipelines.launchers import LAUNCHERS
+from stages.artifacts import file_lock
 from stages.config import PRESETS, load_pipeline_config, parse_assignment, pretraining_grid, sweep_grid
 from stages.stage import STAGE_NAMES, get_stage
 from stages.stage import main as stage_main
@@ -88,8 +89,15 @@ def _start_embedded_prefect_server() -> threading.Thread | None:
     if PREFECT_API_URL.value():
         return None
     from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
 
-    waiting = threading.Thread(target=SubprocessASGIServer().start, daemon=True)
+    def start() -> None:
+        # Servers of flows started together would migrate the same new database at once and fail:
+        # each holds the lock until its server is up.
+        with file_lock(Path(get_current_settings().home) / ".server-start.lock"):
+            SubprocessASGIServer().start()
+
+    waiting = threading.Thread(target=start, daemon=True)
     waiting.start()
     return waiting
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from pipelines import settings, tracking
 from pipelines.launchers import LAUNCHERS
 from stages import cifar
-from stages.artifacts import code_version, read_manifest, sha256_file, sha256_json, verify
+from stages.artifacts import code_version, file_lock, read_manifest, sha256_file, sha256_json, verify
 from stages.config import PipelineConfig, ResourcesConfig
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,10 @@ def fetch_archive(path: str | None) -> Path:
 def run_stage(stage: str, config: BaseModel, inputs: dict[str, Path], launcher: str,
               resources: ResourcesConfig) -> Path:
     output = settings.artifact_root() / stage / stage_key(stage, config, inputs)[:16]
-    if not output.exists():
-        LAUNCHERS[launcher]().launch(stage, config, inputs, output, resources)
+    # a concurrent flow making the same artifact: wait for it, then use what it made
+    with file_lock(output.with_name(f".{output.name}.launch.lock")):
+        if not output.exists():
+            LAUNCHERS[launcher]().launch(stage, config, inputs, output, resources)
     verify(output)
     return output
 
@@ -102,12 +104,20 @@ def track_stage(experiment_id: str, parent_run_id: str, stage: str, artifact: Pa
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
 def open_parent_run(config: PipelineConfig, tags: dict[str, str] | None = None) -> tuple[str, str]:
-    """(experiment id, parent run id) of this flow run's MLflow parent run."""
+    """(experiment id, parent run id) of this flow run's MLflow parent run.
+
+    Runs that killed flows left RUNNING are marked FAILED first; the new run links to those of the
+    same flow and configuration (``ssl.resumes``), whose finished stages it takes from the cache.
+    """
     experiment_id = tracking.configure()
+    digest = sha256_json({"flow": flow_run.flow_name, "config": config.model_dump(mode="json")})
+    resumes = tracking.fail_abandoned_runs(experiment_id, digest)
     parent_run_id = tracking.start_parent_run(
         experiment_id, f"{config.preset}-{flow_run.name}", config.model_dump(mode="json"),
-        {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name), **(tags or {})},
+        {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),
+         tracking.TAG_FLOW_DIGEST: digest, **({tracking.TAG_RESUMES: ",".join(resumes)} if resumes else {}), **(tags or {})},
     )
+    tracking.link_resumed(resumes, parent_run_id)
     return experiment_id, parent_run_id
 
 
@@ -153,8 +163,15 @@ class Steps:
         return artifact
 
     def track(self, stage: str, artifact: Path, cached: bool, task_run_id: str) -> None:
-        track_stage(self.experiment_id, self.parent_run_id, stage, artifact, cached, task_run_id, self.tags,
-                    f"{stage} {self.label}".strip())
+        try:
+            track_stage(self.experiment_id, self.parent_run_id, stage, artifact, cached, task_run_id, self.tags,
+                        f"{stage} {self.label}".strip())
+        except Exception as error:
+            raise TrackingFailed(
+                f"stage {stage} finished and its artifact is kept at {artifact}, but logging it to MLflow "
+                f"({settings.tracking_uri()}) failed: {error}. Rerun the same command once the tracking store "
+                "works: finished stages come from the cache and are only logged"
+            ) from error
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
@@ -162,16 +179,25 @@ def open_configuration_run(steps: Steps, name: str, params: dict[str, Any]) -> s
     return tracking.start_parent_run(steps.experiment_id, name, params, steps.tags, parent_run_id=steps.parent_run_id)
 
 
+class TrackingFailed(RuntimeError):
+    """A stage's work is done and kept, but MLflow did not take its record."""
+
+
 @contextlib.contextmanager
 def finishing(run_id: str) -> Iterator[dict[str, float]]:
-    """Yields a dict for the run's metrics; ends the run FINISHED with them, or FAILED when the block raises."""
+    """Yields a dict for the run's metrics; ends the run FINISHED with them, or FAILED when the block
+    raises. A failure to close a failed run is logged, not raised: the block's error is the one to see
+    (and the next flow marks the run FAILED)."""
     metrics: dict[str, float] = {}
-    status = "FAILED"
     try:
         yield metrics
-        status = "FINISHED"
-    finally:
-        close_parent_run(run_id, metrics, status)
+    except BaseException:
+        try:
+            close_parent_run(run_id, metrics, "FAILED")
+        except Exception as error:
+            log.warning("could not mark MLflow run %s FAILED: %s", run_id, error)
+        raise
+    close_parent_run(run_id, metrics, "FINISHED")
 
 
 @contextlib.contextmanager
@@ -182,9 +208,10 @@ def pipeline_run(config: PipelineConfig, launcher: str,
     Yields the steps that run and track the stages, and a dict to fill with the flow's metrics.
     """
     LAUNCHERS[launcher]  # fail before any work on an unknown launcher
+    tags = {**(tags or {}), tracking.TAG_PROCESS: tracking.this_process()}  # on every run: see fail_abandoned_runs
     experiment_id, parent_run_id = open_parent_run(config, tags)
     with finishing(parent_run_id) as metrics:
-        yield Steps(launcher, config.resources, experiment_id, parent_run_id, dict(tags or {})), metrics
+        yield Steps(launcher, config.resources, experiment_id, parent_run_id, tags), metrics
 
 
 @contextlib.contextmanager

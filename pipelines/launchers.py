@@ -62,12 +62,12 @@ LAUNCHERS: Registry[type[Launcher]] = Registry("launcher")
 
 @LAUNCHERS.register("in-process")
 class InProcessLauncher:
-    """Calls the stage's ``run`` in this process: fastest, shares the loaded libraries."""
+    """Executes the stage in this process: fastest, shares the loaded libraries."""
 
     def launch(self, stage: str, config: BaseModel, inputs: Mapping[str, Path], output: Path,
                resources: ResourcesConfig) -> Launched:
         started = time.perf_counter()
-        get_stage(stage).run(config, inputs, output)
+        get_stage(stage).execute(config, inputs, output)
         seconds = time.perf_counter() - started
         return Launched(seconds, seconds)
 

@@ -9,21 +9,31 @@ costs a trained model.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
+import requests
+import sqlalchemy.exc
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines import settings
-from stages.artifacts import read_manifest
+from stages.artifacts import file_lock, read_manifest
 from stages.data import ITERATIONS_FILE
+
+log = logging.getLogger(__name__)
 
 TAG_STAGE = "ssl.stage"
 TAG_DIGEST = "ssl.artifact_digest"  # manifest digest of the stage's output artifact
@@ -32,21 +42,78 @@ TAG_CACHED_FROM = "ssl.cached_from_run"
 TAG_PRESET = "ssl.preset"
 TAG_SWEEP = "ssl.sweep"  # shared by every run of one self-training sweep
 TAG_ITERATION = "ssl.iteration"
+TAG_PROCESS = "ssl.process"  # the flow process that owns a run: host/boot/pid/start time
+TAG_FLOW_DIGEST = "ssl.flow_digest"  # flow name + configuration of a flow's parent run
+TAG_RESUMES = "ssl.resumes"  # on a parent run: the killed attempts of the same flow and configuration
+TAG_RESUMED_BY = "ssl.resumed_by"  # on a killed attempt: the parent run that took over
 ITERATION_METRICS = ("selected", "pseudo_label_accuracy", "mean_confidence", "val_accuracy", "val_loss",
                      "train_accuracy", "train_loss")
 MODEL_FILE = "model.keras"
 
 
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server does not answer."""
+
+
+def check_reachable(uri: str, attempts: int = 3) -> None:
+    """Raise ``TrackingUnavailable`` in seconds, before any training, when an HTTP tracking server is
+    down; MLflow's own client would retry each request for minutes."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    for attempt in range(attempts):
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
+            return
+        except requests.RequestException as error:
+            problem = error
+            time.sleep(attempt)
+    raise TrackingUnavailable(
+        f"the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI) does not answer: {problem}. Start it "
+        "(docker compose up -d mlflow), or unset MLFLOW_TRACKING_URI to track into the local store"
+    )
+
+
 def configure() -> str:
     """Point MLflow at the tracking store and make sure the experiment exists; its id."""
-    mlflow.set_tracking_uri(settings.tracking_uri())
-    name = settings.experiment_name()
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is None:
-        # the default artifact location is relative to the working directory: be explicit
-        location = settings.mlflow_artifact_location() if settings.tracking_uri().startswith("sqlite:") else None
-        return mlflow.create_experiment(name, artifact_location=location)
-    return experiment.experiment_id
+    check_reachable(settings.tracking_uri())
+    # a server that goes away mid-flow: fail within about a minute, not MLflow's default ~4 minutes per request
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    uri = settings.tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    # Flows starting together on one SQLite store would each migrate a new database and create the
+    # experiment: one at a time (the first open of the store in a process is what migrates it).
+    database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    with file_lock(database.with_name(f".{database.name}.lock")) if database else contextlib.nullcontext():
+        if database and not database.exists():
+            create_sqlite_store(database)
+        name = settings.experiment_name()
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            # the default artifact location is relative to the working directory: be explicit
+            location = settings.mlflow_artifact_location() if database else None
+            try:
+                return mlflow.create_experiment(name, artifact_location=location)
+            except MlflowException:  # a flow on another machine created it just now
+                experiment = mlflow.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+        return experiment.experiment_id
+
+
+def create_sqlite_store(database: Path) -> None:
+    """Make a new SQLite tracking store at a temporary path, then rename it into place.
+
+    Creating one runs dozens of schema migrations; a flow killed among them would leave a database
+    that MLflow refuses to open ("out-of-date database schema") and every later run would fail.
+    """
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for stale in database.parent.glob(f".{database.name}.tmp-*"):  # from creations that were killed
+        stale.unlink()
+    temporary = database.with_name(f".{database.name}.tmp-{os.getpid()}")
+    SqlAlchemyStore(f"sqlite:///{temporary}", settings.mlflow_artifact_location()).engine.dispose()
+    os.rename(temporary, database)
 
 
 def flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -72,6 +139,58 @@ def start_parent_run(experiment_id: str, run_name: str, config: Mapping[str, Any
     client.log_batch(run.info.run_id, params=params)
     client.log_dict(run.info.run_id, dict(config), "config.json")
     return run.info.run_id
+
+
+def this_process() -> str:
+    """``host/boot/pid/start`` of this process: with the boot and the start time, a reused pid is not
+    mistaken for it."""
+    return f"{socket.gethostname()}/{_boot_id()}/{os.getpid()}/{_start_ticks(os.getpid())}"
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks after boot (/proc/PID/stat field 22); "" if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_ended(process: str) -> bool:
+    """True when the process ``this_process`` described has ended; False while it runs or when it
+    ran on another host, where this one cannot tell."""
+    host, boot, pid, start = process.split("/")
+    if host != socket.gethostname():
+        return False
+    return boot != _boot_id() or _start_ticks(int(pid)) != start
+
+
+def fail_abandoned_runs(experiment_id: str, flow_digest: str) -> list[str]:
+    """Mark FAILED the runs left RUNNING by flow processes of this host that have ended (a killed
+    flow closes nothing); the ids of those that were a flow's parent run with ``flow_digest``."""
+    client = MlflowClient()
+    resumed = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000):
+        tags = run.data.tags
+        if TAG_PROCESS not in tags or not process_ended(tags[TAG_PROCESS]):
+            continue
+        client.set_tag(run.info.run_id, "ssl.failure", "its flow process ended without closing it (killed)")
+        client.set_terminated(run.info.run_id, "FAILED")
+        if tags.get(TAG_FLOW_DIGEST) == flow_digest and "mlflow.parentRunId" not in tags:
+            resumed.append(run.info.run_id)
+    return resumed
+
+
+def link_resumed(killed_run_ids: list[str], parent_run_id: str) -> None:
+    client = MlflowClient()
+    for run_id in killed_run_ids:
+        client.set_tag(run_id, TAG_RESUMED_BY, parent_run_id)
 
 
 def finish_parent_run(run_id: str, metrics: Mapping[str, float], status: str) -> None:
@@ -141,7 +260,7 @@ def log_stage(
             mlflow.log_metrics(json.loads(metrics_file.read_text()))
         mlflow.log_metric("stage_seconds", manifest["seconds"])
         for dataset, context in _datasets_read(manifest):
-            mlflow.log_input(dataset, context=context)
+            _log_input(dataset, context)
         iterations = artifact / ITERATIONS_FILE
         if iterations.is_file():
             MlflowClient().log_batch(run.info.run_id, metrics=_iteration_metrics(pd.read_parquet(iterations)))
@@ -150,6 +269,18 @@ def log_stage(
             if iterations.is_file():
                 _log_iteration_runs(experiment_id, run.info.run_id, artifact, tags)
     return run.info.run_id
+
+
+def _log_input(dataset: MetaDataset, context: str) -> None:
+    """``mlflow.log_input``, once more if it fails: MLflow inserts a dataset it has not seen without a
+    lock, so of two flows logging the same dataset at one moment the second breaks a unique
+    constraint (measured: tests/test_faults.py). By the retry the dataset exists and is linked."""
+    try:
+        mlflow.log_input(dataset, context=context)
+    except (sqlalchemy.exc.IntegrityError, MlflowException) as error:
+        log.info("logging dataset %s again after %s", dataset.name, type(error).__name__)
+        time.sleep(1)
+        mlflow.log_input(dataset, context=context)
 
 
 def _iteration_metrics(iterations: pd.DataFrame, keys: tuple[str, ...] = ITERATION_METRICS) -> list[Metric]:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -119,24 +122,93 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             f"{path} is missing: {directory} is not a finished artifact directory. "
             "Rerun the stage that writes it."
         )
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ArtifactError(f"{path} is not valid JSON ({error}): delete {directory} and rerun the stage "
+                            "that writes it") from None
 
 
 def verify(directory: Path) -> dict[str, Any]:
-    """Check every file against the manifest; returns the manifest or raises ``ArtifactError``."""
+    """Check every file against the manifest (SHA-256; for Parquet also rows and schema, which name
+    the problem more plainly); returns the manifest or raises ``ArtifactError``."""
     directory = Path(directory)
     manifest = read_manifest(directory)
+    rerun = f"delete {directory} and rerun the {manifest['stage']} stage"
     for name, expected in manifest["files"].items():
         path = directory / name
         if not path.is_file():
-            raise ArtifactError(f"{path} is listed in {directory / MANIFEST} but missing: rerun the {manifest['stage']} stage")
-        actual = sha256_file(path)
-        if actual != expected["sha256"]:
-            raise ArtifactError(
-                f"{path} has SHA-256 {actual}, but {directory / MANIFEST} records {expected['sha256']}: "
-                f"the file changed after it was written; rerun the {manifest['stage']} stage"
-            )
+            raise ArtifactError(f"{path} is listed in {directory / MANIFEST} but missing: {rerun}")
+        try:
+            actual = _describe_file(path)
+        except Exception as error:  # pyarrow raises several types for a damaged file
+            raise ArtifactError(f"{path} is not a readable Parquet file ({error}): {rerun}") from None
+        for field in ("rows", "schema", "sha256"):
+            if actual.get(field) != expected.get(field):
+                raise ArtifactError(f"{path} has {field} {actual.get(field)!r}, but {directory / MANIFEST} records "
+                                    f"{expected.get(field)!r}: the file changed after it was written; {rerun}")
     return manifest
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if needed) for the block; other processes wait.
+    The kernel releases it when the holder dies, so a killed run never leaves a stale lock."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+    except OSError as error:
+        raise OSError(f"cannot write in {path.parent} ({error.strerror}): choose an output directory "
+                      "that can be created and written to") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def refuse_existing(output: Path) -> None:
+    if output.exists():
+        raise FileExistsError(
+            f"{output} already exists: artifacts are never overwritten. "
+            "Choose another output directory or delete this one."
+        )
+
+
+# (work directory, counter of the training runs started in it) of the stage running in this context
+_work: ContextVar[tuple[Path, Iterator[int]] | None] = ContextVar("stage_work_directory", default=None)
+
+
+@contextlib.contextmanager
+def exclusive_output(output: Path) -> Iterator[Path]:
+    """Hold ``output``'s lock for the block and yield the output's work directory.
+
+    One writer per output: a second process asking for the same output waits here. Temporary
+    directories that killed writers left behind are removed first. The work directory
+    (``.<name>.work`` beside the output) holds training checkpoints; it survives a crash so that
+    the rerun resumes from them (``checkpoint_directory``), and goes once the output is in place.
+    """
+    output = Path(output)
+    with file_lock(output.with_name(f".{output.name}.lock")):
+        refuse_existing(output)
+        for stale in output.parent.glob(f".{output.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        work = output.with_name(f".{output.name}.work")
+        token = _work.set((work, itertools.count(1)))
+        try:
+            yield work
+        finally:
+            _work.reset(token)
+        if output.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def checkpoint_directory() -> Path | None:
+    """A folder for the next training run's checkpoints (``fit-1``, ``fit-2``, ... in call order, so a
+    rerun finds the same folder for the same fit), or None outside ``exclusive_output``."""
+    current = _work.get()
+    if current is None:
+        return None
+    work, counter = current
+    return work / f"fit-{next(counter)}"
 
 
 @contextlib.contextmanager
@@ -147,11 +219,7 @@ def staged_output(output: Path) -> Iterator[Path]:
     half-written artifact can be mistaken for a finished one.
     """
     output = Path(output)
-    if output.exists():
-        raise FileExistsError(
-            f"{output} already exists: artifacts are never overwritten. "
-            "Choose another output directory or delete this one."
-        )
+    refuse_existing(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
     temporary.mkdir()

@@ -14,8 +14,8 @@ from typing import Any
 import keras
 
 from stages import data
-from stages.artifacts import parent_entry, staged_output, verify, write_manifest
-from stages.config import TrainConfig
+from stages.artifacts import ArtifactError, parent_entry, staged_output, verify, write_manifest
+from stages.config import NUM_CLASSES, TrainConfig
 from stages.stage import Stage, main
 from stages.training import train_classifier
 
@@ -56,6 +56,27 @@ def save_classifier(directory: Path, model: keras.Model, history, metrics: dict[
     history.to_parquet(directory / HISTORY_FILE, index=False)
     (directory / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return exported
+
+
+def load_classifier(artifact: Path) -> keras.Model:
+    """The classifier of a model artifact (baseline, self_train, fine_tune, consistency), checked to
+    take the catalog's images and to predict the CIFAR-100 classes."""
+    path = Path(artifact) / MODEL_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: the model input must be a trained classifier's artifact "
+                            "(baseline, self_train, fine_tune or consistency stage)")
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as error:  # Keras raises several types for a damaged or foreign file
+        raise ArtifactError(f"{path} is not a loadable Keras model ({type(error).__name__}: {error}); "
+                            "retrain it with the stage that made it") from None
+    wanted = {"input shape": (tuple(model.input_shape[1:]), data.IMAGE_SHAPE),
+              "number of classes": (model.output_shape[-1], NUM_CLASSES)}
+    for what, (actual, expected) in wanted.items():
+        if actual != expected:
+            raise ArtifactError(f"{path} has {what} {actual}, but the pipeline's images need {expected}: "
+                                "use a classifier trained by this pipeline on CIFAR-100")
+    return model
 
 
 def run(config: TrainConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:

@@ -356,8 +356,10 @@ class ConfigError(ValueError):
 
     def __init__(self, source: str, error: ValidationError):
         lines = [
-            f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
+            + ("not a field here: remove it or correct its spelling" if e["type"] == "extra_forbidden" else e["msg"])
             + (f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else "")
             for e in error.errors()
         ]
-        super().__init__(f"invalid configuration in {source}:\n" + "\n".join(lines))
+        super().__init__(f"invalid configuration in {source}:\n" + "\n".join(lines)
+                         + "\n`ssl-pipeline config --preset NAME` prints every field with its valid value")

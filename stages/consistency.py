@@ -28,12 +28,12 @@ from keras import ops
 from stages import data, losses
 from stages.artifacts import parent_entry, staged_output, verify, write_manifest
 from stages.baseline import save_classifier
-from stages.config import ConsistencyConfig
+from stages.config import NUM_CLASSES, ConsistencyConfig
 from stages.data import ImageTable
 from stages.models import build_classifier, build_strong_augmentation
 from stages.ssl_methods import METHODS
 from stages.stage import Stage, main
-from stages.training import (EpochRecorder, FiniteGuard, TimeBudget, TwoStreamBatches, build_optimizer, cosine_schedule,
+from stages.training import (EpochRecorder, TimeBudget, TwoStreamBatches, build_optimizer, cosine_schedule, epoch_callbacks,
                              kept_model_summary, one_hot)
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,14 @@ class ConsistencyModel(keras.Model):
         self.unsupervised_loss = keras.metrics.Mean(name="unsupervised_loss")
         self.mask_rate = keras.metrics.Mean(name="mask_rate")  # fraction of unlabeled images with a target
         self.accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+
+    def build(self, input_shape):
+        """Every part with state: a checkpoint restores into them before the first step."""
+        images_shape = input_shape[1]
+        if self.strong.layers:
+            self.strong.build(images_shape)
+        self.method.build((None, NUM_CLASSES))
+        self.built = True
 
     def call(self, inputs, training=False):
         labeled, unlabeled = inputs
@@ -90,6 +98,7 @@ def train(config: ConsistencyConfig, labeled: ImageTable, validation: ImageTable
     keras.utils.set_random_seed(schedule.seed)
     classifier = build_classifier(schedule)
     model = ConsistencyModel(classifier, config)
+    model.build(((None, *data.IMAGE_SHAPE),) * 2)
     batches = TwoStreamBatches(labeled, images, schedule.batch_size, schedule.batch_size * config.unlabeled_ratio,
                                schedule.seed, steps=config.steps_per_epoch)
     budget = config.time_budget_minutes
@@ -99,12 +108,10 @@ def train(config: ConsistencyConfig, labeled: ImageTable, validation: ImageTable
     # after SwapEMAWeights, whose epoch end puts the EMA weights in the model: those are the ones kept
     selector = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", restore_best_weights=True,
                                              patience=schedule.early_stopping_patience or schedule.epochs)
-    callbacks = [FiniteGuard(), keras.callbacks.SwapEMAWeights(swap_on_epoch=True), recorder, selector]
-    if budget:
-        callbacks.append(TimeBudget(budget * 60, schedule.learning_rate))
+    extra = (keras.callbacks.SwapEMAWeights(swap_on_epoch=True),) + ((TimeBudget(budget * 60, schedule.learning_rate),) if budget else ())
     checks = ((validation.images.astype("float32"),) * 2, one_hot(validation.labels))
-    model.fit(batches, validation_data=checks, validation_batch_size=500, epochs=schedule.epochs, verbose=0,
-              callbacks=callbacks)
+    model.fit(batches, validation_data=checks, validation_batch_size=500, epochs=schedule.epochs, shuffle=False, verbose=0,
+              callbacks=epoch_callbacks(schedule.seed, recorder, selector, (batches,), extra))
     return classifier, recorder.history(), selector.best_epoch + 1
 
 

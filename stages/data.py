@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stages.config import NUM_CLASSES
+
 IMAGE_SHAPE = (32, 32, 3)
 IMAGE_BYTES = int(np.prod(IMAGE_SHAPE))
 
@@ -98,4 +100,19 @@ def read_table(artifact: Path, name: str) -> ImageTable:
         flat = np.frombuffer(buffer, np.uint8, count=len(column) * IMAGE_BYTES, offset=column.offset * IMAGE_BYTES)
         images = flat.reshape(-1, *IMAGE_SHAPE)
     labels = table.column("label").to_numpy() if "label" in schema.names else None
-    return ImageTable(table.column("id").to_numpy(zero_copy_only=False), images, labels)
+    ids = table.column("id").to_numpy(zero_copy_only=False)
+    _check_rows(path, ids, labels)
+    return ImageTable(ids, images, labels)
+
+
+def _check_rows(path: Path, ids: np.ndarray, labels: np.ndarray | None) -> None:
+    """What a schema cannot say: rows exist, ids are unique, labels are CIFAR-100 classes."""
+    fix = "Regenerate it with the split stage."
+    if len(ids) == 0:
+        raise DataError(f"{path} has no rows. {fix}")
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"{path}: column 'id' repeats {int((counts > 1).sum())} ids, e.g. {unique[counts > 1][0]!r}. {fix}")
+    if labels is not None and ((labels < 0) | (labels >= NUM_CLASSES)).any():
+        bad = labels[(labels < 0) | (labels >= NUM_CLASSES)]
+        raise DataError(f"{path}: column 'label' holds {len(bad)} values outside 0..{NUM_CLASSES - 1}, e.g. {int(bad[0])}. {fix}")

@@ -13,13 +13,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 import pandas as pd
 
 from stages import data, figures
 from stages.artifacts import parent_entry, staged_output, verify, write_manifest
-from stages.baseline import HISTORY_FILE, METRICS_FILE, MODEL_FILE
+from stages.baseline import HISTORY_FILE, METRICS_FILE, load_classifier
 from stages.config import NUM_CLASSES, EvaluateConfig
 from stages.stage import Stage, main
 from stages.training import accuracy_and_cross_entropy
@@ -63,7 +62,7 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Path], output: Path) -> dic
     verify(trained)
     test = data.read_table(split, "test")
     classes = json.loads((split / "classes.json").read_text())
-    model = keras.saving.load_model(trained / MODEL_FILE)
+    model = load_classifier(trained)
     probabilities = model.predict(test.images.astype("float32"), batch_size=config.batch_size, verbose=0)
     metrics, matrix = classification_metrics(probabilities, test.labels)
     history = pd.read_parquet(trained / HISTORY_FILE)

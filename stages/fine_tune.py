@@ -29,7 +29,7 @@ from stages.models import build_classifier
 from stages.objectives import OBJECTIVES
 from stages.pretrain import ENCODER_FILE, OBJECTIVE_WEIGHTS
 from stages.stage import Stage, main
-from stages.training import (EpochRecorder, FiniteGuard, TwoStreamBatches, build_optimizer, cosine_schedule, fit_classifier,
+from stages.training import (EpochRecorder, TwoStreamBatches, build_optimizer, cosine_schedule, epoch_callbacks, fit_classifier,
                              kept_model_summary)
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ def joint(config: EncoderFineTuneConfig, encoder_artifact: Path, pretrained: Pre
     if not config.from_scratch:
         objective.load_weights(encoder_artifact / OBJECTIVE_WEIGHTS)
     model = JointModel(classifier, objective, config)
+    model((images[:2].astype("float32"),) * 2)  # built, so that a checkpoint can restore into it
     train = TwoStreamBatches(labeled, images, config.classifier.batch_size, config.unlabeled_batch_size, config.classifier.seed)
     # validation: classification on the validation images, the objective on those same images
     checks = TwoStreamBatches(validation, validation.images, len(validation), min(len(validation), config.unlabeled_batch_size),
@@ -135,8 +136,8 @@ def joint(config: EncoderFineTuneConfig, encoder_artifact: Path, pretrained: Pre
     selector = keras.callbacks.EarlyStopping(
         monitor="val_accuracy", mode="max", restore_best_weights=True,
         patience=config.classifier.early_stopping_patience or config.classifier.epochs)
-    model.fit(train, validation_data=checks, epochs=config.classifier.epochs, verbose=0,
-              callbacks=[FiniteGuard(), recorder, selector])
+    model.fit(train, validation_data=checks, epochs=config.classifier.epochs, shuffle=False, verbose=0,
+              callbacks=epoch_callbacks(config.classifier.seed, recorder, selector, (train,)))
     return classifier, recorder.history().assign(phase="joint"), selector.best_epoch + 1
 
 

@@ -30,7 +30,7 @@ from stages.data import ImageTable
 from stages.models import PIXEL_OFFSET, PIXEL_SCALE
 from stages.objectives import OBJECTIVES
 from stages.stage import Stage, main
-from stages.training import EpochRecorder, FiniteGuard, cosine_schedule
+from stages.training import EpochBatches, EpochRecorder, cosine_schedule, epoch_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ def run(config: PretrainConfig, inputs: Mapping[str, Path], output: Path) -> dic
     log.info("pretraining a %s encoder (%s) on %d images", config.architecture.name, config.objective, len(images))
     keras.utils.set_random_seed(config.seed)
     model = OBJECTIVES[config.objective](config)
+    model(images[:2])  # build every part, so that a checkpoint can restore into it
     steps = math.ceil(len(images) / config.batch_size)
     model.compile(optimizer=keras.optimizers.AdamW(cosine_schedule(config, steps), weight_decay=config.weight_decay,
                                                    clipnorm=config.clipnorm))
@@ -95,8 +96,9 @@ def run(config: PretrainConfig, inputs: Mapping[str, Path], output: Path) -> dic
     recorder = EpochRecorder(config.epochs)
     untrained_probe = probe.accuracy() if config.probe_every else None  # epoch 0: a random encoder
     clock = time.perf_counter()
-    model.fit(images, batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=0,
-              callbacks=[probe, FiniteGuard(), recorder])
+    batches = EpochBatches((images,), config.batch_size, config.seed)
+    model.fit(batches, epochs=config.epochs, shuffle=False, verbose=0,
+              callbacks=epoch_callbacks(config.seed, recorder, datasets=(batches,), extra=(probe,)))
     seconds = time.perf_counter() - clock
     history = recorder.history()
     metrics = summary(history, untrained_probe, seconds, len(images), model.encoder.count_params())

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from stages import data
 from stages.artifacts import parent_entry, staged_output, verify, write_manifest
-from stages.baseline import METRICS_FILE, MODEL_FILE
+from stages.baseline import METRICS_FILE, load_classifier
 from stages.config import PseudoLabelConfig
 from stages.data import PSEUDO_LABEL_SCHEMA, DataError, ImageTable
 from stages.ssl_methods import confident, hard_pseudo_labels
@@ -122,7 +122,7 @@ def run(config: PseudoLabelConfig, inputs: Mapping[str, Path], output: Path) -> 
     verify(split)
     verify(trained)
     unlabeled = data.read_table(split, "unlabeled")
-    model = keras.saving.load_model(trained / MODEL_FILE)
+    model = load_classifier(trained)
     pseudo_labels = pseudo_label(model, unlabeled, config, iteration=1)
     metrics = selection_metrics(pseudo_labels, unlabeled, data.read_table(split, "unlabeled_audit"))
     with staged_output(output) as tmp:

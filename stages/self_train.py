@@ -24,7 +24,7 @@ import pandas as pd
 
 from stages import data, figures
 from stages.artifacts import ArtifactError, parent_entry, read_manifest, staged_output, verify, write_manifest
-from stages.baseline import MODEL_FILE, save_classifier
+from stages.baseline import load_classifier, save_classifier
 from stages.config import FineTuneConfig, SelfTrainConfig, TrainConfig
 from stages.data import ITERATIONS_FILE, ImageTable
 from stages.models import build_classifier
@@ -155,7 +155,7 @@ def run(config: SelfTrainConfig, inputs: Mapping[str, Path], output: Path) -> di
               for name in ("labeled", "validation", "unlabeled", "unlabeled_audit")}
     base = trained_with(start)
     first_labels = read_pseudo_labels(labels, tables["unlabeled"])
-    iterations = self_train(config, base, keras.saving.load_model(start / MODEL_FILE), first_labels, tables)
+    iterations = self_train(config, base, load_classifier(start), first_labels, tables)
     kept = kept_iteration(iterations, base.select_on)
     table = pd.DataFrame([it.row for it in iterations])
     history = joined_history(iterations)

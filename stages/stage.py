@@ -2,8 +2,9 @@
 
 A stage is a module in ``stages/`` that defines ``STAGE = Stage(...)``. Its ``run(config,
 inputs, output)`` reads input artifact directories, writes one output artifact directory
-(atomically, with a manifest) and returns that manifest. The same call runs in-process, as
-``python -m stages.<name>`` in a subprocess, or as a container's entrypoint.
+(atomically, with a manifest) and returns that manifest. ``Stage.execute`` is how launchers call
+it — the same in-process, as ``python -m stages.<name>`` in a subprocess, or as a container's
+entrypoint: one writer per output, and a killed run resumes its training on the next call.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from stages.artifacts import exclusive_output
 from stages.config import ConfigError
 
 STAGE_NAMES = ("split", "baseline", "pseudo_label", "self_train", "pretrain", "fine_tune", "consistency", "evaluate")  # in pipeline order
@@ -40,6 +42,13 @@ class Stage:
             return self.config_type.model_validate(data)
         except ValidationError as error:
             raise ConfigError(source, error) from None
+
+    def execute(self, config: BaseModel, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
+        """``run`` holding ``output``'s lock, with per-epoch checkpoints in the output's work
+        directory: a rerun after a crash resumes each training run from its last finished epoch."""
+        self.check_inputs(inputs)
+        with exclusive_output(output):
+            return self.run(config, inputs, output)
 
     def check_inputs(self, inputs: Mapping[str, Path]) -> None:
         missing = set(self.inputs) - set(inputs)
@@ -64,6 +73,18 @@ def _input_pair(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A stage config file (YAML, of which JSON is a subset) as a dict."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {path} is not valid YAML or JSON ({error}); correct its syntax") from None
+    if not isinstance(data, dict | None):
+        raise ValueError(f"config file {path} holds a {type(data).__name__}, not a mapping of fields; "
+                         "write it as `field: value` lines")
+    return data or {}
+
+
 def main(stage: Stage, argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m stages.{stage.name}", description=stage.summary)
     parser.add_argument("--config", type=Path, help="stage config as JSON or YAML (defaults if omitted)")
@@ -73,12 +94,9 @@ def main(stage: Stage, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     try:
-        data = yaml.safe_load(args.config.read_text()) if args.config else {}
-        config = stage.parse_config(data or {}, str(args.config or "defaults"))
-        inputs = dict(args.input)
-        stage.check_inputs(inputs)
+        config = stage.parse_config(read_config_file(args.config) if args.config else {}, str(args.config or "defaults"))
         started = time.perf_counter()
-        manifest = stage.run(config, inputs, args.output)
+        manifest = stage.execute(config, dict(args.input), args.output)
     except (ValueError, OSError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 import pandas as pd
 
+from stages.artifacts import checkpoint_directory
 from stages.config import NUM_CLASSES, Schedule, TrainConfig
 from stages.data import ImageTable
 from stages.models import build_classifier
@@ -145,7 +150,8 @@ class TwoStreamBatches(keras.utils.PyDataset):
     """Per step: a labeled batch (images, one-hot labels) and a random batch of ``images``.
 
     An epoch is ``steps`` steps, one pass over the labels by default; labeled rows are drawn from
-    fresh permutations, as many as the epoch needs."""
+    fresh permutations, as many as the epoch needs. Like ``EpochBatches``, what a step holds
+    depends on (seed, epoch, step) alone."""
 
     def __init__(self, labeled: ImageTable, images: np.ndarray, batch_size: int, unlabeled_batch_size: int, seed: int,
                  steps: int | None = None):
@@ -153,21 +159,140 @@ class TwoStreamBatches(keras.utils.PyDataset):
         self.labeled, self.images = labeled, images
         self.batch_size, self.unlabeled_batch_size = batch_size, unlabeled_batch_size
         self.steps = steps or math.ceil(len(labeled) / batch_size)
-        self.rng = np.random.default_rng(seed)
-        self.on_epoch_end()
+        self.seed = seed
+        self.set_epoch(0)
 
     def __len__(self) -> int:
         return self.steps
 
     def __getitem__(self, index: int):
         rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        others = self.rng.integers(0, len(self.images), self.unlabeled_batch_size)
+        others = np.random.default_rng([self.seed, self.epoch, index]).integers(0, len(self.images), self.unlabeled_batch_size)
         inputs = (self.labeled.images[rows].astype("float32"), self.images[others].astype("float32"))
         return inputs, one_hot(self.labeled.labels[rows])
 
-    def on_epoch_end(self) -> None:
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        rng = np.random.default_rng([self.seed, epoch])
         passes = math.ceil(self.steps * self.batch_size / len(self.labeled))
-        self.order = np.concatenate([self.rng.permutation(len(self.labeled)) for _ in range(passes)])
+        self.order = np.concatenate([rng.permutation(len(self.labeled)) for _ in range(passes)])
+
+
+class EpochBatches(keras.utils.PyDataset):
+    """Shuffled batches of in-memory arrays whose order depends on (seed, epoch) alone.
+
+    Keras' own shuffling carries its state from epoch to epoch, so a resumed fit would see other
+    batches than an uninterrupted one; ``EpochSeeds`` sets the epoch here before it starts.
+    """
+
+    def __init__(self, arrays: tuple[np.ndarray, ...], batch_size: int, seed: int):
+        super().__init__()
+        self.arrays, self.batch_size, self.seed = arrays, batch_size, seed
+        self.set_epoch(0)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.arrays[0]) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        return tuple(array[rows].astype("float32") for array in self.arrays)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.arrays[0]))
+
+
+class EpochSeeds(keras.callbacks.Callback):
+    """Keys each epoch's randomness on (seed, epoch): the data order of ``datasets`` and the state of
+    every random layer (augmentation, dropout). An epoch then depends only on the weights and
+    optimizer state it starts from, which is what makes a resumed fit equal an uninterrupted one."""
+
+    STEPS = 100_000  # room for this many draws per layer and epoch before two epochs' seeds could meet
+
+    def __init__(self, seed: int, datasets: tuple = ()):
+        super().__init__()
+        self.seed, self.datasets = seed, datasets
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for dataset in self.datasets:
+            dataset.set_epoch(epoch)
+        generators = {id(g): g for layer in self.model._flatten_layers() for g in getattr(layer, "_seed_generators", ())}
+        for index, generator in enumerate(generators.values()):
+            state = np.array([(self.seed * 7919 + index) % 2**31, epoch * self.STEPS], dtype="int64")
+            generator.state.assign(keras.ops.cast(state, generator.state.dtype))
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Like Keras' ``BackupAndRestore``, plus the state of the callbacks that span epochs.
+
+    After every epoch it saves, in ``directory``: the weights with the optimizer state, the epoch
+    history recorded so far and the selector's best epoch and weights; a fit started again with
+    the same directory resumes after the last saved epoch. Each save goes to a fresh folder and
+    only then becomes current (the ``latest`` file is replaced atomically): a kill mid-save leaves
+    the previous epoch's checkpoint intact. Place it last, after the callbacks it restores.
+    """
+
+    def __init__(self, directory: Path, recorder: EpochRecorder, selector: keras.callbacks.EarlyStopping | None = None,
+                 ema_swap: keras.callbacks.SwapEMAWeights | None = None):
+        super().__init__()
+        self.directory, self.recorder, self.selector, self.ema_swap = Path(directory), recorder, selector, ema_swap
+
+    def on_train_begin(self, logs=None):
+        pointer = self.directory / "latest"
+        self.model._initial_epoch = None  # Keras keeps it on the model across fits
+        if not pointer.is_file():
+            return
+        saved = self.directory / pointer.read_text().strip()
+        state = json.loads((saved / "state.json").read_text())
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(saved / "model.weights.h5")
+        self.recorder.rows = state["history"]
+        if self.selector is not None:
+            for name in ("wait", "best", "best_epoch", "stopped_epoch"):
+                setattr(self.selector, name, state["selector"][name])
+            with np.load(saved / "best.npz") as best:
+                self.selector.best_weights = [best[f"w{i}"] for i in range(len(best.files))] or None
+        if self.ema_swap is not None:  # the saved weights are the EMA ones if the swap had happened
+            self.ema_swap._ema_weights_in_model = state["ema_in_model"]
+        # a fit that had stopped (early stopping, time budget) stays stopped
+        self.model._initial_epoch = self.params["epochs"] if state["stopped"] else state["epoch"]
+        log.info("resuming from the checkpoint of epoch %d in %s", state["epoch"], saved)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{epoch + 1}"
+        folder = self.directory / name
+        shutil.rmtree(folder, ignore_errors=True)  # a save the last attempt did not finish
+        folder.mkdir()
+        self.model.save_weights(folder / "model.weights.h5")
+        state = {"epoch": epoch + 1, "stopped": bool(self.model.stop_training), "history": self.recorder.rows}
+        if self.ema_swap is not None:
+            state["ema_in_model"] = self.ema_swap._ema_weights_in_model
+        if self.selector is not None:
+            state["selector"] = {name: getattr(self.selector, name) for name in ("wait", "best", "best_epoch", "stopped_epoch")}
+            np.savez(folder / "best.npz", **{f"w{i}": w for i, w in enumerate(self.selector.best_weights or [])})
+        (folder / "state.json").write_text(json.dumps(state, default=float))
+        pointer = self.directory / "latest.tmp"
+        pointer.write_text(name)
+        os.replace(pointer, self.directory / "latest")
+        for old in self.directory.glob("epoch-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def on_train_end(self, logs=None):
+        self.model._initial_epoch = None
+
+
+def epoch_callbacks(seed: int, recorder: EpochRecorder, selector: keras.callbacks.EarlyStopping | None = None,
+                    datasets: tuple = (), extra: tuple[keras.callbacks.Callback, ...] = ()) -> list[keras.callbacks.Callback]:
+    """The callbacks of every fit, in the order they must run: divergence guard, ``extra`` (e.g.
+    the EMA swap, which must precede the selector), history, selector, per-epoch seeds and (inside
+    a stage's ``exclusive_output``) the resumable checkpoint, last so it saves what the others did."""
+    callbacks = [FiniteGuard(), *extra, recorder, *([selector] if selector else []), EpochSeeds(seed, datasets)]
+    if (directory := checkpoint_directory()) is not None:
+        ema_swap = next((c for c in extra if isinstance(c, keras.callbacks.SwapEMAWeights)), None)
+        callbacks.append(EpochCheckpoint(directory, recorder, selector, ema_swap))
+    return callbacks
 
 
 def compile_classifier(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
@@ -224,12 +349,13 @@ def fit_classifier(model: keras.Model, config: TrainConfig, train: ImageTable, v
         monitor=config.select_on, mode=mode, restore_best_weights=True,
         patience=config.early_stopping_patience or config.epochs,
     )
+    arrays = (train.images, one_hot(train.labels)) + (() if sample_weight is None else (sample_weight.astype("float32"),))
+    batches = EpochBatches(arrays, config.batch_size, config.seed)
     started = time.perf_counter()
     model.fit(
-        train.images.astype("float32"), one_hot(train.labels), sample_weight=sample_weight,
-        validation_data=(validation.images.astype("float32"), one_hot(validation.labels)),
-        batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=0,
-        callbacks=[FiniteGuard(), recorder, selector],
+        batches, validation_data=(validation.images.astype("float32"), one_hot(validation.labels)),
+        epochs=config.epochs, shuffle=False, verbose=0,  # the batches shuffle themselves, per epoch
+        callbacks=epoch_callbacks(config.seed, recorder, selector, (batches,)),
     )
     seconds = time.perf_counter() - started
     history = recorder.history()

@@ -232,3 +232,21 @@ def test_mlflow_compare_page_shows_both_configurations(stack, direct_run, schedu
         # the page rounds metric values to 3 decimals
         assert str(round(compared.data.metrics["test_accuracy"], 3)) in metrics
     assert "baseline.learning_rate" in parameters and "0.001" in parameters and "0.003" in parameters
+
+
+def test_concurrent_flows_lose_nothing_in_postgres_backed_mlflow(stack, archive, tmp_path):
+    """Three flows at once on one artifact store and the stack's MLflow (two meet on the same outputs)."""
+    env = stack.client_env(tmp_path / "home")
+    flows = [subprocess.Popen([*CLI, "run", "--preset", "smoke", "--archive", str(archive), "--set", f"baseline.seed={seed}"],
+                              text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for seed in (3, 3, 4)]
+    results = [(flow.communicate(timeout=900), flow.returncode) for flow in flows]
+    assert [code for _, code in results] == [0, 0, 0], [err[-2000:] for (_, err), _ in results]
+    client = MlflowClient(stack.mlflow_uri)
+    for (out, _), _ in results:
+        parent = client.get_run(out.split("MLflow run ")[1].split(";")[0])
+        assert parent.info.status == "FINISHED" and "test_accuracy" in parent.data.metrics
+        nested = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        assert {run.data.tags["ssl.stage"]: run.info.status for run in nested} == dict.fromkeys(["split", "baseline", "evaluate"],
+                                                                                                "FINISHED")
+        baseline = next(run for run in nested if run.data.tags["ssl.stage"] == "baseline")
+        assert len(client.get_metric_history(baseline.info.run_id, "val_accuracy")) == 2  # the smoke preset's epochs

@@ -1,0 +1,109 @@
+"""A training stage interrupted after an epoch resumes from its checkpoint and ends exactly where
+an uninterrupted run ends; the output lock and the left-overs of killed writers."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.artifacts import exclusive_output, staged_output
+from stages.stage import get_stage
+from stages.training import EpochCheckpoint
+
+TIMINGS = ["epoch_seconds", "timestamp_ms"]
+
+
+class Interrupted(Exception):
+    """Stands in for a kill: raised right after a checkpoint was saved."""
+
+
+def interrupt_after(monkeypatch, epochs: int) -> None:
+    save = EpochCheckpoint.on_epoch_end
+
+    def save_then_stop(self, epoch, logs=None):
+        save(self, epoch, logs)
+        if epoch + 1 == epochs:
+            raise Interrupted
+    monkeypatch.setattr(EpochCheckpoint, "on_epoch_end", save_then_stop)
+
+
+def three_epochs(smoke, stage: str):
+    if stage == "baseline":
+        return smoke.baseline.model_copy(update={"epochs": 3})
+    if stage == "consistency":
+        return smoke.consistency.model_copy(update={"classifier": smoke.consistency.classifier.model_copy(update={"epochs": 3})})
+    return smoke.pretrain.model_copy(update={"epochs": 3, "objective": "simclr"})
+
+
+def weights(path) -> list[np.ndarray]:
+    return keras.saving.load_model(path).get_weights()
+
+
+@pytest.mark.parametrize("stage, model_file", [("baseline", "model.keras"), ("consistency", "model.keras"),
+                                               ("pretrain", "encoder.keras")])
+def test_an_interrupted_stage_resumes_and_matches_an_uninterrupted_one(stage, model_file, split_artifact, smoke, tmp_path,
+                                                                       monkeypatch, caplog):
+    config = three_epochs(smoke, stage)
+    get_stage(stage).execute(config, {"split": split_artifact}, tmp_path / "clean")
+
+    output = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 2)
+        with pytest.raises(Interrupted):
+            get_stage(stage).execute(config, {"split": split_artifact}, output)
+    assert not output.exists() and (tmp_path / ".resumed.work" / "fit-1" / "latest").read_text() == "epoch-2"
+    with caplog.at_level(logging.INFO, logger="stages.training"):
+        get_stage(stage).execute(config, {"split": split_artifact}, output)
+    assert "resuming from the checkpoint of epoch 2" in caplog.text
+    assert not (tmp_path / ".resumed.work").exists()
+
+    for clean, resumed in zip(weights(tmp_path / "clean" / model_file), weights(output / model_file)):
+        np.testing.assert_array_equal(clean, resumed)
+    history = [pd.read_parquet(path / "history.parquet").drop(columns=TIMINGS) for path in (tmp_path / "clean", output)]
+    pd.testing.assert_frame_equal(*history)
+    assert len(history[1]) == 3
+
+
+def test_a_stopped_fit_stays_stopped_when_resumed(split_artifact, smoke, tmp_path, monkeypatch):
+    """Interrupted right after early stopping ended it, a fit must not train on when rerun."""
+    config = smoke.baseline.model_copy(update={"epochs": 6, "early_stopping_patience": 1, "learning_rate": 1e-9})
+    get_stage("baseline").execute(config, {"split": split_artifact}, tmp_path / "clean")
+    stopped_after = len(pd.read_parquet(tmp_path / "clean" / "history.parquet"))
+    assert stopped_after < 6  # early stopping did end it
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, stopped_after)
+        with pytest.raises(Interrupted):
+            get_stage("baseline").execute(config, {"split": split_artifact}, tmp_path / "out")
+    get_stage("baseline").execute(config, {"split": split_artifact}, tmp_path / "out")
+    assert len(pd.read_parquet(tmp_path / "out" / "history.parquet")) == stopped_after
+
+
+def test_one_writer_per_output_and_killed_writers_leave_nothing_behind(tmp_path):
+    output = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from stages.artifacts import exclusive_output\n"
+        f"with exclusive_output(Path({str(output)!r})):\n    print('locked', flush=True); time.sleep(3)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    started = time.monotonic()
+    with exclusive_output(output):  # waits for the other process
+        waited = time.monotonic() - started
+    holder.wait()
+    assert waited > 1.5
+
+    stale = tmp_path / ".out.tmp-deadbeef"  # what a killed staged_output leaves
+    stale.mkdir()
+    (stale / "half.parquet").write_bytes(b"half")
+    with exclusive_output(output) as work:
+        assert not stale.exists()
+        with staged_output(output) as temporary:
+            (temporary / "done.txt").write_text("done")
+        assert work.name == ".out.work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]

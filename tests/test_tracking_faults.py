@@ -1,0 +1,119 @@
+"""When MLflow fails: an unreachable server stops a flow before any training, a server lost mid-flow
+costs no trained artifact, and runs that killed flows left RUNNING are closed as FAILED."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from pipelines import launchers, settings, tracking
+from pipelines.flow import TrackingFailed, baseline_pipeline
+from stages.artifacts import verify
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_PIPELINE_HOME", str(tmp_path / "home"))
+    # mlflow.set_tracking_uri exports this variable: set here, it is undone after the test
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the test need not wait for MLflow's backoff
+    return tmp_path / "home"
+
+
+def test_an_unreachable_server_fails_the_flow_before_any_stage(prefect, archive, smoke, home, monkeypatch):
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    with pytest.raises(tracking.TrackingUnavailable, match=f"server at {uri} .* does not answer.*Start it"):
+        baseline_pipeline(config=smoke, archive=str(archive))
+    assert time.monotonic() - started < 30
+    assert not settings.artifact_root().exists()  # no stage started
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--default-artifact-root", str(tmp_path / "server-artifacts")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            requests.get(f"{uri}/health", timeout=2).raise_for_status()
+            break
+        except requests.RequestException:
+            assert time.monotonic() < deadline and server.poll() is None, "the MLflow server did not start"
+            time.sleep(1)
+    yield uri, server
+    stop(server)
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Kill the server with its worker processes, which would go on answering."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+
+
+def test_a_server_lost_mid_flow_keeps_the_trained_model_and_says_where(prefect, archive, smoke, home, mlflow_server,
+                                                                       monkeypatch):
+    uri, server = mlflow_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    launch = launchers.InProcessLauncher.launch
+
+    def server_dies_during_baseline(self, stage, *args):
+        if stage == "baseline":
+            stop(server)
+        return launch(self, stage, *args)
+    monkeypatch.setattr(launchers.InProcessLauncher, "launch", server_dies_during_baseline)
+
+    with pytest.raises(TrackingFailed, match=r"stage baseline finished and its artifact is kept at (\S+), but logging it "
+                                             r"to MLflow .* Rerun the same command") as failure:
+        baseline_pipeline(config=smoke, archive=str(archive))
+    kept = failure.value.args[0].split("kept at ")[1].split(",")[0]
+    assert verify(kept)["stage"] == "baseline"
+    assert not (settings.artifact_root() / "evaluate").exists()
+
+
+def process_of_this_host(pid: int, start: str) -> str:
+    return tracking.this_process().rsplit("/", 2)[0] + f"/{pid}/{start}"
+
+
+def test_runs_left_running_by_ended_flows_are_failed_and_linked(home):
+    experiment_id = tracking.configure()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    ended = process_of_this_host(int(finished.stdout), "1")
+    client = MlflowClient()
+
+    def running(process: str, digest: str = "mine", parent: str | None = None) -> str:
+        tags = {tracking.TAG_PROCESS: process, tracking.TAG_FLOW_DIGEST: digest, **({"mlflow.parentRunId": parent} if parent else {})}
+        return client.create_run(experiment_id, tags=tags).info.run_id
+
+    killed = running(ended)
+    killed_stage = running(ended, parent=killed)
+    killed_other_flow = running(ended, digest="other")
+    alive = running(tracking.this_process())
+    elsewhere = running("another-host/abc/1/1")
+
+    assert tracking.fail_abandoned_runs(experiment_id, "mine") == [killed]
+    status = {run_id: client.get_run(run_id).info.status for run_id in (killed, killed_stage, killed_other_flow, alive, elsewhere)}
+    assert status == {killed: "FAILED", killed_stage: "FAILED", killed_other_flow: "FAILED",
+                      alive: "RUNNING", elsewhere: "RUNNING"}
+    assert "killed" in client.get_run(killed).data.tags["ssl.failure"]
