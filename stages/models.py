@@ -7,17 +7,36 @@ uint8-valued images (N, 32, 32, 3) so the served model needs no preprocessing.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 
 import keras
+import numpy as np
 from keras import layers
 
 from stages.config import NUM_CLASSES, ArchitectureConfig, AugmentConfig, StrongAugmentConfig, TrainConfig
 from stages.data import IMAGE_SHAPE
 from stages.registry import Registry
 
-EncoderFactory = Callable[[ArchitectureConfig, str], keras.Model]
 PIXEL_SCALE, PIXEL_OFFSET = 1 / 127.5, -1.0  # uint8 values 0..255 -> the encoder's [-1, 1]
+
+
+class WeightSeeds:
+    """Initializers of one network, seeded from a generator of its own.
+
+    Keras seeds an initializer given no seed from Python's global ``random``, which other threads
+    of a flow process (Prefect's client) draw from too: flows running side by side then started the
+    same configuration from different weights (measured: tests/test_faults.py).
+    """
+
+    def __init__(self, seed: int, network: str):
+        self._rng = np.random.default_rng([seed, zlib.crc32(network.encode())])  # other networks, other streams
+
+    def __call__(self, kind: type = keras.initializers.GlorotUniform, **options) -> keras.initializers.Initializer:
+        return kind(seed=int(self._rng.integers(2**31)), **options)
+
+
+EncoderFactory = Callable[[ArchitectureConfig, str, WeightSeeds], keras.Model]
 ARCHITECTURES: Registry[EncoderFactory] = Registry("architecture")
 
 
@@ -80,15 +99,15 @@ def build_strong_augmentation(config: StrongAugmentConfig, seed: int) -> keras.S
 
 
 @ARCHITECTURES.register("vgg")
-def build_vgg_encoder(config: ArchitectureConfig, dtype: str) -> keras.Model:
+def build_vgg_encoder(config: ArchitectureConfig, dtype: str, seeds: WeightSeeds) -> keras.Model:
     """VGG blocks of (3x3 conv, BatchNorm, ReLU) x convs_per_block, max-pool, dropout; then GAP."""
     regularizer = keras.regularizers.L2(config.l2) if config.l2 else None
     inputs = keras.Input(IMAGE_SHAPE, name="scaled_image")
     x = inputs
     for block, (filters, rate) in enumerate(zip(config.filters, config.block_dropout), start=1):
         for conv in range(1, config.convs_per_block + 1):
-            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_regularizer=regularizer,
-                              dtype=dtype, name=f"block{block}_conv{conv}")(x)
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=seeds(),
+                              kernel_regularizer=regularizer, dtype=dtype, name=f"block{block}_conv{conv}")(x)
             x = layers.BatchNormalization(dtype=dtype, name=f"block{block}_bn{conv}")(x)
             x = layers.ReLU(dtype=dtype, name=f"block{block}_relu{conv}")(x)
         x = layers.MaxPooling2D(dtype=dtype, name=f"block{block}_pool")(x)
@@ -99,14 +118,14 @@ def build_vgg_encoder(config: ArchitectureConfig, dtype: str) -> keras.Model:
 
 
 @ARCHITECTURES.register("wrn")
-def build_wide_resnet_encoder(config: ArchitectureConfig, dtype: str) -> keras.Model:
+def build_wide_resnet_encoder(config: ArchitectureConfig, dtype: str, seeds: WeightSeeds) -> keras.Model:
     """Wide ResNet as in FixMatch and USB: 3x3 conv (16) -> per group, ``convs_per_block`` pre-activation
     residual blocks (the first of each later group halves the side) -> BatchNorm, LeakyReLU(0.1), GAP.
     Convolutions are He-initialised on fan-out, as in USB."""
-    init = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
     regularizer = keras.regularizers.L2(config.l2) if config.l2 else None
 
     def conv(x, filters, size, stride, name):
+        init = seeds(keras.initializers.VarianceScaling, scale=2.0, mode="fan_out", distribution="untruncated_normal")
         return layers.Conv2D(filters, size, strides=stride, padding="same", use_bias=False, kernel_initializer=init,
                              kernel_regularizer=regularizer, dtype=dtype, name=name)(x)
 
@@ -129,35 +148,40 @@ def build_wide_resnet_encoder(config: ArchitectureConfig, dtype: str) -> keras.M
     return keras.Model(inputs, features, name=f"{config.name}_encoder")
 
 
-def build_encoder(config: ArchitectureConfig, dtype: str = "float32") -> keras.Model:
-    return ARCHITECTURES[config.name](config, dtype)
+def build_encoder(config: ArchitectureConfig, dtype: str = "float32", seed: int = 0) -> keras.Model:
+    return ARCHITECTURES[config.name](config, dtype, WeightSeeds(seed, "encoder"))
 
 
-def build_decoder(config: ArchitectureConfig, dtype: str = "float32") -> keras.Model:
+def build_decoder(config: ArchitectureConfig, dtype: str = "float32", seed: int = 0) -> keras.Model:
     """The encoder mirrored: features (N, filters[-1]) -> dense -> (s, s, filters[-1]) -> per block,
     last first: up-sample, (3x3 conv, BatchNorm, ReLU) x convs_per_block -> 3x3 conv to an image
     in the encoder's [-1, 1] input scale (N, 32, 32, 3)."""
+    seeds = WeightSeeds(seed, "decoder")
     side = IMAGE_SHAPE[0] // 2 ** len(config.filters)  # the encoder halves the side once per block
     features = keras.Input((config.filters[-1],), name="features")
-    x = layers.Dense(side * side * config.filters[-1], activation="relu", dtype=dtype, name="expand")(features)
+    x = layers.Dense(side * side * config.filters[-1], activation="relu", kernel_initializer=seeds(), dtype=dtype,
+                     name="expand")(features)
     x = layers.Reshape((side, side, config.filters[-1]), name="to_map")(x)
     for block, filters in enumerate(reversed(config.filters), start=1):
         x = layers.UpSampling2D(dtype=dtype, name=f"up{block}")(x)
         for conv in range(1, config.convs_per_block + 1):
-            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, dtype=dtype, name=f"up{block}_conv{conv}")(x)
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=seeds(), dtype=dtype,
+                              name=f"up{block}_conv{conv}")(x)
             x = layers.BatchNormalization(dtype=dtype, name=f"up{block}_bn{conv}")(x)
             x = layers.ReLU(dtype=dtype, name=f"up{block}_relu{conv}")(x)
-    image = layers.Conv2D(3, 3, padding="same", activation="tanh", dtype="float32", name="reconstruction")(x)
+    image = layers.Conv2D(3, 3, padding="same", activation="tanh", kernel_initializer=seeds(), dtype="float32",
+                          name="reconstruction")(x)
     return keras.Model(features, image, name="decoder")
 
 
-def build_projection_head(width: int, units: int, output_dim: int, dtype: str = "float32") -> keras.Model:
+def build_projection_head(width: int, units: int, output_dim: int, dtype: str = "float32", seed: int = 0) -> keras.Model:
     """SimCLR's projection: dense -> BatchNorm -> ReLU -> dense, features (N, width) -> (N, output_dim)."""
+    seeds = WeightSeeds(seed, "projection")
     features = keras.Input((width,), name="features")
-    x = layers.Dense(units, use_bias=False, dtype=dtype, name="projection_hidden")(features)
+    x = layers.Dense(units, use_bias=False, kernel_initializer=seeds(), dtype=dtype, name="projection_hidden")(features)
     x = layers.BatchNormalization(dtype=dtype, name="projection_bn")(x)
     x = layers.ReLU(dtype=dtype, name="projection_relu")(x)
-    projection = layers.Dense(output_dim, dtype="float32", name="projection")(x)
+    projection = layers.Dense(output_dim, kernel_initializer=seeds(), dtype="float32", name="projection")(x)
     return keras.Model(features, projection, name="projection_head")
 
 
@@ -174,12 +198,14 @@ def build_classifier(config: TrainConfig, num_classes: int = NUM_CLASSES) -> ker
     augmentation = build_augmentation(config.augment, config.seed)
     x = augmentation(images) if augmentation.layers else images
     x = build_scaling()(x)
-    x = build_encoder(arch, dtype)(x)
+    x = build_encoder(arch, dtype, config.seed)(x)
+    seeds = WeightSeeds(config.seed, "head")
     if arch.dense_units:
-        x = layers.Dense(arch.dense_units, activation="relu", kernel_regularizer=regularizer, dtype=dtype, name="dense")(x)
+        x = layers.Dense(arch.dense_units, activation="relu", kernel_initializer=seeds(), kernel_regularizer=regularizer,
+                         dtype=dtype, name="dense")(x)
     if arch.head_dropout:
         x = layers.Dropout(arch.head_dropout, dtype=dtype, name="head_dropout")(x)
     # the output layer stays float32 so the softmax and the loss are computed at full precision
-    probabilities = layers.Dense(num_classes, activation="softmax", kernel_regularizer=regularizer,
+    probabilities = layers.Dense(num_classes, activation="softmax", kernel_initializer=seeds(), kernel_regularizer=regularizer,
                                  dtype="float32", name="probabilities")(x)
     return keras.Model(images, probabilities, name=f"{arch.name}_classifier")

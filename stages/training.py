@@ -231,47 +231,25 @@ class EpochCheckpoint(keras.callbacks.Callback):
     the previous epoch's checkpoint intact. Place it last, after the callbacks it restores.
     """
 
+    SELECTOR_STATE = ("wait", "best", "best_epoch", "stopped_epoch")  # EarlyStopping's, reset by its on_train_begin
+
     def __init__(self, directory: Path, recorder: EpochRecorder, selector: keras.callbacks.EarlyStopping | None = None,
                  ema_swap: keras.callbacks.SwapEMAWeights | None = None):
         super().__init__()
         self.directory, self.recorder, self.selector, self.ema_swap = Path(directory), recorder, selector, ema_swap
 
     def on_train_begin(self, logs=None):
-        pointer = self.directory / "latest"
         self.model._initial_epoch = None  # Keras keeps it on the model across fits
-        if not pointer.is_file():
-            return
-        saved = self.directory / pointer.read_text().strip()
-        state = json.loads((saved / "state.json").read_text())
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(saved / "model.weights.h5")
-        self.recorder.rows = state["history"]
-        if self.selector is not None:
-            for name in ("wait", "best", "best_epoch", "stopped_epoch"):
-                setattr(self.selector, name, state["selector"][name])
-            with np.load(saved / "best.npz") as best:
-                self.selector.best_weights = [best[f"w{i}"] for i in range(len(best.files))] or None
-        if self.ema_swap is not None:  # the saved weights are the EMA ones if the swap had happened
-            self.ema_swap._ema_weights_in_model = state["ema_in_model"]
-        # a fit that had stopped (early stopping, time budget) stays stopped
-        self.model._initial_epoch = self.params["epochs"] if state["stopped"] else state["epoch"]
-        log.info("resuming from the checkpoint of epoch %d in %s", state["epoch"], saved)
+        pointer = self.directory / "latest"
+        if pointer.is_file():
+            self._restore(self.directory / pointer.read_text().strip())
 
     def on_epoch_end(self, epoch, logs=None):
-        self.directory.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{epoch + 1}"
         folder = self.directory / name
         shutil.rmtree(folder, ignore_errors=True)  # a save the last attempt did not finish
-        folder.mkdir()
-        self.model.save_weights(folder / "model.weights.h5")
-        state = {"epoch": epoch + 1, "stopped": bool(self.model.stop_training), "history": self.recorder.rows}
-        if self.ema_swap is not None:
-            state["ema_in_model"] = self.ema_swap._ema_weights_in_model
-        if self.selector is not None:
-            state["selector"] = {name: getattr(self.selector, name) for name in ("wait", "best", "best_epoch", "stopped_epoch")}
-            np.savez(folder / "best.npz", **{f"w{i}": w for i, w in enumerate(self.selector.best_weights or [])})
-        (folder / "state.json").write_text(json.dumps(state, default=float))
+        folder.mkdir(parents=True)
+        self._save(folder, epoch + 1)
         pointer = self.directory / "latest.tmp"
         pointer.write_text(name)
         os.replace(pointer, self.directory / "latest")
@@ -281,6 +259,33 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.model._initial_epoch = None
+
+    def _save(self, folder: Path, epochs_done: int) -> None:
+        self.model.save_weights(folder / "model.weights.h5")
+        state = {"epoch": epochs_done, "stopped": bool(self.model.stop_training), "history": self.recorder.rows}
+        if self.ema_swap is not None:  # whether the weights just saved are the EMA ones
+            state["ema_in_model"] = self.ema_swap._ema_weights_in_model
+        if self.selector is not None:
+            state["selector"] = {name: getattr(self.selector, name) for name in self.SELECTOR_STATE}
+            np.savez(folder / "best.npz", *(self.selector.best_weights or []))
+        (folder / "state.json").write_text(json.dumps(state, default=float))
+
+    def _restore(self, folder: Path) -> None:
+        state = json.loads((folder / "state.json").read_text())
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(folder / "model.weights.h5")
+        self.recorder.rows = state["history"]
+        if self.ema_swap is not None:
+            self.ema_swap._ema_weights_in_model = state["ema_in_model"]
+        if self.selector is not None:
+            for name in self.SELECTOR_STATE:
+                setattr(self.selector, name, state["selector"][name])
+            with np.load(folder / "best.npz") as best:
+                self.selector.best_weights = [best[f"arr_{i}"] for i in range(len(best.files))] or None
+        # a fit that had stopped (early stopping, time budget) stays stopped
+        self.model._initial_epoch = self.params["epochs"] if state["stopped"] else state["epoch"]
+        log.info("resuming from the checkpoint of epoch %d in %s", state["epoch"], folder)
 
 
 def epoch_callbacks(seed: int, recorder: EpochRecorder, selector: keras.callbacks.EarlyStopping | None = None,

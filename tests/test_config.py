@@ -30,7 +30,7 @@ def test_overrides_apply_in_order():
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ({"baseline": {"epoch": 3}}, "baseline.epoch: Extra inputs are not permitted"),
+        ({"baseline": {"epoch": 3}}, "baseline.epoch: not a field here: remove it or correct its spelling"),
         ({"split": {"labels_per_class": 0}}, "split.labels_per_class: Input should be greater than or equal to 1"),
         ({"baseline": {"epochs": "ten"}}, "baseline.epochs: Input should be a valid integer"),
         ({"split": {"labels_per_class": 400, "val_per_class": 200}}, "CIFAR-100 has 500 training images per class"),

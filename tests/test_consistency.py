@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -77,6 +78,18 @@ def test_wrn_28_2_has_the_published_size():
     model = build_classifier(config)
     assert model.count_params() == pytest.approx(1.47e6, rel=0.01)  # WRN-28-2 with 100 classes: 1.47M
     assert model.output_shape == (None, 100)
+
+
+def test_initial_weights_follow_the_seed_alone():
+    """Equal whatever else draws from Python's global ``random`` meanwhile (other threads of a flow
+    process do); and no two WRN convolutions start from the same kernel."""
+    config = load_pipeline_config("ssl-gpu").consistency.classifier
+    first = build_classifier(config).get_weights()
+    random.random()
+    second = build_classifier(config).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    kernels = [w for w in first if w.ndim == 4]
+    assert len({w.tobytes() for w in kernels}) == len(kernels)
 
 
 def test_configuration_errors_name_the_field():

@@ -28,8 +28,8 @@ class Autoencoder(keras.Model):
         dtype = config.precision
         self.augmentation = build_augmentation(config.augment, config.seed)
         self.scale = build_scaling()
-        self.encoder = encoder or build_encoder(config.architecture, dtype)  # shared when given
-        self.decoder = build_decoder(config.architecture, dtype)
+        self.encoder = encoder or build_encoder(config.architecture, dtype, config.seed)  # shared when given
+        self.decoder = build_decoder(config.architecture, dtype, config.seed)
         self.reconstruction_loss = keras.metrics.Mean(name="reconstruction_loss")
         self.psnr = keras.metrics.Mean(name="psnr")
 

@@ -51,9 +51,9 @@ class SimCLR(keras.Model):
         self.temperature = config.temperature
         self.views = build_views(config.views, config.seed)
         self.scale = build_scaling()
-        self.encoder = encoder or build_encoder(config.architecture, dtype)  # shared when given
+        self.encoder = encoder or build_encoder(config.architecture, dtype, config.seed)  # shared when given
         self.projector = build_projection_head(config.architecture.filters[-1], config.projection_units,
-                                               config.projection_dim, dtype)
+                                               config.projection_dim, dtype, config.seed)
         self.contrastive_loss = keras.metrics.Mean(name="contrastive_loss")
         self.pair_accuracy = keras.metrics.Mean(name="pair_accuracy")  # positive found first among 2N - 1
 
