@@ -87,7 +87,8 @@ def fetch_archive(path: str | None) -> Path:
 def run_stage(stage: str, config: BaseModel, inputs: dict[str, Path], launcher: str,
               resources: ResourcesConfig) -> Path:
     output = settings.artifact_root() / stage / stage_key(stage, config, inputs)[:16]
-    # a concurrent flow making the same artifact: wait for it, then use what it made
+    # a concurrent flow making the same artifact: wait for it, then use what it made. Not the stage's
+    # own lock (Stage.execute): a stage in a container takes that one while this process waits.
     with file_lock(output.with_name(f".{output.name}.launch.lock")):
         if not output.exists():
             LAUNCHERS[launcher]().launch(stage, config, inputs, output, resources)

@@ -75,11 +75,11 @@ def check_reachable(uri: str, attempts: int = 3) -> None:
 
 def configure() -> str:
     """Point MLflow at the tracking store and make sure the experiment exists; its id."""
-    check_reachable(settings.tracking_uri())
+    uri = settings.tracking_uri()
+    check_reachable(uri)
     # a server that goes away mid-flow: fail within about a minute, not MLflow's default ~4 minutes per request
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    uri = settings.tracking_uri()
     mlflow.set_tracking_uri(uri)
     # Flows starting together on one SQLite store would each migrate a new database and create the
     # experiment: one at a time (the first open of the store in a process is what migrates it).

@@ -113,6 +113,6 @@ def _check_rows(path: Path, ids: np.ndarray, labels: np.ndarray | None) -> None:
     unique, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         raise DataError(f"{path}: column 'id' repeats {int((counts > 1).sum())} ids, e.g. {unique[counts > 1][0]!r}. {fix}")
-    if labels is not None and ((labels < 0) | (labels >= NUM_CLASSES)).any():
-        bad = labels[(labels < 0) | (labels >= NUM_CLASSES)]
+    bad = labels[(labels < 0) | (labels >= NUM_CLASSES)] if labels is not None else ()
+    if len(bad):
         raise DataError(f"{path}: column 'label' holds {len(bad)} values outside 0..{NUM_CLASSES - 1}, e.g. {int(bad[0])}. {fix}")
