@@ -15,7 +15,7 @@ import yaml
 
 from pipelines.launchers import LAUNCHERS
 from stages.artifacts import file_lock
-from stages.config import PRESETS, load_pipeline_config, parse_assignment, pretraining_grid, sweep_grid
+from stages.config import PRESETS, consistency_grid, load_pipeline_config, parse_assignment, pretraining_grid, sweep_grid
 from stages.stage import STAGE_NAMES, get_stage
 from stages.stage import main as stage_main
 
@@ -121,12 +121,25 @@ def command_pretrain(args: argparse.Namespace) -> int:
     result, minutes = _run_flow("pipelines.pretraining:pretraining_pipeline", config=config,
                                 objectives=args.objectives, modes=args.modes, launcher=args.launcher,
                                 archive=args.archive)
+    return _print_comparison(result, minutes)
+
+
+def _print_comparison(result: dict, minutes: float) -> int:
+    """A comparison flow's table and its baseline."""
     from stages.reports import markdown_table  # imports Keras: only once there is something to show
     import pandas as pd
 
     print(f"\n{markdown_table(pd.DataFrame(result['table']))}\nbaseline test top-1 "
           f"{result['baseline_test_accuracy']:.2%} ({minutes:.1f} min). MLflow run {result['mlflow_run_id']}")
     return 0
+
+
+def command_consistency(args: argparse.Namespace) -> int:
+    config = _config_from(args)
+    consistency_grid(config.consistency, args.methods)  # a bad method fails before any server starts
+    result, minutes = _run_flow("pipelines.consistency:consistency_pipeline", config=config, methods=args.methods,
+                                launcher=args.launcher, archive=args.archive, start_model=args.start_model)
+    return _print_comparison(result, minutes)
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -226,7 +239,7 @@ def _add_deploy_commands(commands) -> None:
 def command_stages(args: argparse.Namespace) -> int:
     for name in STAGE_NAMES:
         stage = get_stage(name)
-        print(f"{name:<13} inputs: {', '.join(stage.inputs):<28} {stage.summary}")
+        print(f"{name:<13} inputs: {stage.describe_inputs():<28} {stage.summary}")
     return 0
 
 
@@ -263,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     pretraining.add_argument("--objectives", nargs="+", metavar="NAME", help="autoencoder, simclr (default: pretrain.objective)")
     pretraining.add_argument("--modes", nargs="+", metavar="MODE", help="two_step, joint (default: fine_tune.mode)")
     pretraining.set_defaults(handler=command_pretrain)
+    consistency = commands.add_parser(
+        "consistency", help="FixMatch-family consistency training (from the baseline or from scratch), evaluate, compare")
+    _add_run_arguments(consistency)
+    consistency.add_argument("--methods", nargs="+", metavar="NAME", help="fixmatch, freematch (default: consistency.method)")
+    consistency.add_argument("--start-model", metavar="DIR",
+                             help="a finished baseline artifact to start from instead of training one")
+    consistency.set_defaults(handler=command_consistency)
     _add_deploy_commands(commands)
     commands.add_parser("stages", help="list the stages").set_defaults(handler=command_stages)
     commands.add_parser("stage", help="run one stage: ssl-pipeline stage NAME --help")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import requests
 import sqlalchemy.exc
 from prefect import flow, task
@@ -224,6 +225,17 @@ def configuration_run(steps: Steps, name: str, params: dict[str, Any]) -> Iterat
     run_id = open_configuration_run(steps, name, params)
     with finishing(run_id) as metrics:
         yield steps.nested_under(run_id, name), metrics
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
+def log_comparison(parent_run_id: str, rows: list[dict[str, Any]]) -> None:
+    """A comparison's table, one row per configuration, as ``comparison.md`` of the flow's run."""
+    import pandas as pd
+
+    from stages.reports import markdown_table  # imports Keras: not at start-up of every flow
+
+    with mlflow.start_run(run_id=parent_run_id):
+        mlflow.log_text(markdown_table(pd.DataFrame(rows)), "comparison.md")
 
 
 def metrics_of(artifact: Path) -> dict[str, Any]:

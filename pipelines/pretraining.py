@@ -10,22 +10,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import mlflow
-from prefect import flow, task
+from prefect import flow
 
-from pipelines.flow import baseline_steps, configuration_run, is_transient, metrics_of, pipeline_run
+from pipelines.flow import baseline_steps, configuration_run, log_comparison, metrics_of, pipeline_run
 from stages.config import PipelineConfig, pretraining_grid
-from stages.reports import markdown_table
 
 log = logging.getLogger(__name__)
-
-
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
-def log_comparison(parent_run_id: str, rows: list[dict[str, Any]]) -> None:
-    import pandas as pd
-
-    with mlflow.start_run(run_id=parent_run_id):
-        mlflow.log_text(markdown_table(pd.DataFrame(rows)), "comparison.md")
 
 
 @flow(name="ssl-pretraining")

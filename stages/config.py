@@ -216,11 +216,13 @@ class ConsistencyConfig(StrictModel):
     of the prediction on a strong view. Evaluated and kept with the optimizer's EMA weights.
 
     ``classifier`` gives the network, the weak augmentation, the labeled batch size and the
-    optimizer; an epoch is ``steps_per_epoch`` steps.
+    optimizer; an epoch is ``steps_per_epoch`` steps. ``warm_start`` continues from a trained
+    classifier of that network (the flows pass the baseline's) instead of fresh weights.
     """
 
     method: Literal["fixmatch", "freematch"] = Field("fixmatch", description="key in stages.ssl_methods.METHODS")
     classifier: TrainConfig = TrainConfig()
+    warm_start: bool = Field(False, description="start from the weights of the input model instead of fresh ones")
     steps_per_epoch: int = Field(256, ge=1, description="training steps between two validations")
     unlabeled_ratio: int = Field(7, ge=1, description="mu: unlabeled images per labeled image in a step")
     unlabeled_weight: float = Field(1.0, ge=0, description="lambda_u: weight of the unlabeled loss")
@@ -342,6 +344,12 @@ def pretraining_grid(config: PipelineConfig, objectives: list[str] | None,
         for objective in objectives or [config.pretrain.objective]
         for mode in modes or [config.fine_tune.mode]
     ]
+
+
+def consistency_grid(config: ConsistencyConfig, methods: list[str] | None) -> list[ConsistencyConfig]:
+    """One validated config per SSL method; none given keeps the config's."""
+    return [_grid_point(ConsistencyConfig, config, {"method": method}, f"the consistency methods ({method})")
+            for method in methods or [config.method]]
 
 
 def _grid_point(config_type: type[StrictModel], base: StrictModel, override: dict[str, Any], source: str):

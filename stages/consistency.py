@@ -26,8 +26,8 @@ import pandas as pd
 from keras import ops
 
 from stages import data, losses
-from stages.artifacts import parent_entry, staged_output, verify, write_manifest
-from stages.baseline import save_classifier
+from stages.artifacts import ArtifactError, parent_entry, staged_output, verify, write_manifest
+from stages.baseline import MODEL_FILE, load_classifier, save_classifier
 from stages.config import NUM_CLASSES, ConsistencyConfig
 from stages.data import ImageTable
 from stages.models import build_classifier, build_strong_augmentation
@@ -91,12 +91,20 @@ class ConsistencyModel(keras.Model):
         return losses.with_regularization(supervised + self.unlabeled_weight * unsupervised, self.losses)
 
 
-def train(config: ConsistencyConfig, labeled: ImageTable, validation: ImageTable, images: np.ndarray):
+def train(config: ConsistencyConfig, labeled: ImageTable, validation: ImageTable, images: np.ndarray,
+          start: keras.Model | None = None):
     """Returns the classifier holding the EMA weights of the best validation epoch, the per-epoch
-    history and that epoch."""
+    history and that epoch. ``start``: a trained classifier whose weights it begins with."""
     schedule = config.classifier
     keras.utils.set_random_seed(schedule.seed)
     classifier = build_classifier(schedule)
+    if start is not None:
+        try:
+            classifier.set_weights(start.get_weights())
+        except ValueError as error:
+            raise ArtifactError(f"the warm-start model is not the network consistency.classifier.architecture builds "
+                                f"({error}): start from a model of that architecture, or set the architecture to the "
+                                "model's") from None
     model = ConsistencyModel(classifier, config)
     model.build(((None, *data.IMAGE_SHAPE),) * 2)
     batches = TwoStreamBatches(labeled, images, schedule.batch_size, schedule.batch_size * config.unlabeled_ratio,
@@ -123,17 +131,34 @@ def run(config: ConsistencyConfig, inputs: Mapping[str, Path], output: Path) -> 
     images = np.concatenate([labeled.images, data.read_table(split, "unlabeled").images])
     log.info("%s on %s: %d labeled, %d images for the unlabeled loss, %d steps per epoch", config.method,
              config.classifier.architecture.name, len(labeled), len(images), config.steps_per_epoch)
-    classifier, history, best_epoch = train(config, labeled, validation, images)
+    start = warm_start_model(config, inputs)
+    classifier, history, best_epoch = train(config, labeled, validation, images, start)
     metrics = {**kept_model_summary(classifier, validation, history, best_epoch), **throughput(config, history)}
     with staged_output(output) as tmp:
         exported = save_classifier(tmp, classifier, history, metrics)
         manifest = write_manifest(
-            tmp, "consistency", config.model_dump(mode="json"), {"split": parent_entry(split)}, started,
-            extra={"reads": ["split/labeled.parquet", "split/validation.parquet", "split/unlabeled.parquet"],
+            tmp, "consistency", config.model_dump(mode="json"), {name: parent_entry(Path(path)) for name, path in inputs.items()},
+            started,
+            extra={"reads": ["split/labeled.parquet", "split/validation.parquet", "split/unlabeled.parquet",
+                             *([f"model/{MODEL_FILE}"] if start is not None else [])],
                    "backend": keras.backend.backend(), "saved_model": exported},
         )
     log.info("%s: val accuracy %.4f at epoch %d of %d", config.method, metrics["best_val_accuracy"], best_epoch, len(history))
     return manifest
+
+
+def warm_start_model(config: ConsistencyConfig, inputs: Mapping[str, Path]) -> keras.Model | None:
+    """The input classifier to start from when ``warm_start`` asks for one."""
+    if not config.warm_start:
+        if "model" in inputs:
+            raise ValueError("consistency got a model input but warm_start is false: set consistency.warm_start=true "
+                             "to start from it, or drop the input")
+        return None
+    if "model" not in inputs:
+        raise ValueError("consistency.warm_start is true but no model input was given: pass --input model=DIR "
+                         "(a baseline artifact), or set consistency.warm_start=false")
+    verify(Path(inputs["model"]))
+    return load_classifier(Path(inputs["model"]))
 
 
 def throughput(config: ConsistencyConfig, history: pd.DataFrame) -> dict[str, float]:
@@ -150,6 +175,7 @@ STAGE = Stage(
     summary="FixMatch-family SSL: labeled loss + masked strong-view loss against weak-view pseudo-labels, EMA weights.",
     config_type=ConsistencyConfig,
     inputs=("split",),
+    optional_inputs=("model",),
     run=run,
 )
 

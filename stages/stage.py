@@ -36,6 +36,7 @@ class Stage:
     config_type: type[BaseModel]
     inputs: tuple[str, ...]  # names of the input artifacts run() expects
     run: Callable[[Any, Mapping[str, Path], Path], dict[str, Any]]
+    optional_inputs: tuple[str, ...] = ()  # inputs run() takes when its config asks for them
 
     def parse_config(self, data: Mapping[str, Any], source: str) -> BaseModel:
         try:
@@ -52,12 +53,16 @@ class Stage:
 
     def check_inputs(self, inputs: Mapping[str, Path]) -> None:
         missing = set(self.inputs) - set(inputs)
-        unknown = set(inputs) - set(self.inputs)
+        unknown = set(inputs) - set(self.inputs) - set(self.optional_inputs)
         if missing or unknown:
             raise ValueError(
-                f"stage {self.name} takes inputs {', '.join(self.inputs)}; "
+                f"stage {self.name} takes inputs {self.describe_inputs()}; "
                 f"missing: {sorted(missing) or 'none'}, unknown: {sorted(unknown) or 'none'}"
             )
+
+    def describe_inputs(self) -> str:
+        """``split, [model]``: the inputs, optional ones in brackets."""
+        return ", ".join([*self.inputs, *(f"[{name}]" for name in self.optional_inputs)])
 
 
 def get_stage(name: str) -> Stage:
@@ -89,7 +94,7 @@ def main(stage: Stage, argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m stages.{stage.name}", description=stage.summary)
     parser.add_argument("--config", type=Path, help="stage config as JSON or YAML (defaults if omitted)")
     parser.add_argument("--input", type=_input_pair, action="append", default=[],
-                        help=f"input artifact NAME=PATH; needs: {', '.join(stage.inputs)}")
+                        help=f"input artifact NAME=PATH; takes: {stage.describe_inputs()}")
     parser.add_argument("--output", type=Path, required=True, help="output artifact directory (must not exist)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from stages import consistency, data
+from stages.artifacts import ArtifactError
 from stages.config import ConfigError, ConsistencyConfig, StrongAugmentConfig, load_pipeline_config
 from stages.models import build_classifier, build_strong_augmentation
 from stages.ssl_methods import METHODS, confident, hard_pseudo_labels
@@ -156,3 +157,32 @@ def test_freematch_trains_on_the_jax_backend(split_artifact, smoke, tmp_path):
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["backend"] == "jax"
     history = pd.read_parquet(tmp_path / "out" / "history.parquet")
     assert np.isfinite(history["unsupervised_loss"]).all() and (history["mask_rate"] > 0).all()
+
+
+def kernels(model):
+    return [w for w in model.get_weights() if w.ndim > 1]  # conv and dense kernels: BatchNorm statistics move in any step
+
+
+def test_a_warm_start_begins_at_the_input_models_weights(split_artifact, model_artifact, smoke, tmp_path):
+    """With a vanishing learning rate the kept (EMA) classifier is the input model; a fresh start is not."""
+    frozen = smoke.consistency.classifier.model_copy(update={"learning_rate": 1e-12})
+    start = keras.saving.load_model(model_artifact / "model.keras")
+    for warm, inputs in ((True, {"split": split_artifact, "model": model_artifact}), (False, {"split": split_artifact})):
+        manifest = consistency.run(smoke_consistency(smoke, warm_start=warm, classifier=frozen), inputs, tmp_path / str(warm))
+        kept = keras.saving.load_model(tmp_path / str(warm) / "model.keras")
+        same = [np.allclose(a, b, atol=1e-6) for a, b in zip(kernels(kept), kernels(start))]
+        assert all(same) if warm else not any(same)
+        assert set(manifest["parents"]) == set(inputs)
+        assert ("model/model.keras" in manifest["reads"]) == warm
+
+
+def test_a_warm_start_needs_a_model_of_the_configured_network(split_artifact, model_artifact, smoke, tmp_path):
+    with pytest.raises(ValueError, match=r"warm_start is true but no model input.*--input model=DIR"):
+        consistency.run(smoke_consistency(smoke, warm_start=True), {"split": split_artifact}, tmp_path / "a")
+    with pytest.raises(ValueError, match=r"got a model input but warm_start is false.*consistency.warm_start=true"):
+        consistency.run(smoke.consistency, {"split": split_artifact, "model": model_artifact}, tmp_path / "b")
+    wider = smoke.consistency.classifier.architecture.model_copy(update={"filters": (8, 32)})
+    config = smoke_consistency(smoke, warm_start=True, classifier=smoke.consistency.classifier.model_copy(update={"architecture": wider}))
+    with pytest.raises(ArtifactError, match=r"not the network consistency.classifier.architecture builds.*architecture"):
+        consistency.run(config, {"split": split_artifact, "model": model_artifact}, tmp_path / "c")
+    assert not any((tmp_path / name).exists() for name in "abc")  # nothing written

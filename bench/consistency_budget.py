@@ -1,0 +1,161 @@
+"""FixMatch against the seed study's methods on one wall-clock budget (issue 8's CPU comparison).
+
+Every arm starts from nothing but the split and spends about the same training time:
+
+- ``fixmatch``: the preset's baseline, then the consistency stage continuing from it for
+  ``consistency.time_budget_minutes`` (``ssl-pipeline consistency --start-model``).
+- ``baseline-long``: the seed's supervised baseline with ``--baseline-epochs`` epochs, sized to
+  the same total (``ssl-pipeline run``).
+- ``self-training``: the same baseline, then the seed's self-training (threshold 0.85, 4
+  iterations) with ``--fine-tune-epochs`` epochs per iteration (``ssl-pipeline self-train --start-model``).
+
+Each arm is the README's command in a subprocess against one home; the numbers are read back from
+the artifacts its MLflow stage runs point to. Budgets count the stages' own seconds (their
+manifests), not imports or tracking. Writes ``bench/results/consistency-budget-<preset>.{json,md,png}``.
+
+    CIFAR100_ARCHIVE=... .venv/bin/python bench/consistency_budget.py --home /tmp/cb --start-model DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pipelines import settings  # noqa: E402
+from stages.artifacts import read_manifest  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def run_command(args: list[str]) -> float:
+    """``ssl-pipeline ARGS`` in a subprocess against the bench's home; its seconds."""
+    env = {**os.environ, "PREFECT_HOME": str(settings.home() / "prefect")}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipelines.cli", *args], env=env, check=True)
+    return round(time.perf_counter() - started, 1)
+
+
+def latest_flow_artifacts() -> list[Path]:
+    """The artifacts of the stages of the newest finished flow run in the store (nested runs at any depth)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri())
+    experiment = client.get_experiment_by_name(settings.experiment_name()).experiment_id
+    parents = [run for run in client.search_runs([experiment], "attributes.status = 'FINISHED'",
+                                                 order_by=["attributes.start_time DESC"], max_results=50)
+               if "mlflow.parentRunId" not in run.data.tags]
+    flow_run = parents[0].data.tags["prefect.flow_run_id"]
+    runs = client.search_runs([experiment], f"tags.`prefect.flow_run_id` = '{flow_run}' and tags.`ssl.stage` != ''")
+    return [Path(run.data.tags["ssl.artifact_path"]) for run in runs]
+
+
+def made_by(stage: str, artifacts: list[Path]) -> Path:
+    return next(path for path in artifacts if read_manifest(path)["stage"] == stage)
+
+
+def evaluation_of(model: Path, artifacts: list[Path]) -> Path:
+    return next(path for path in artifacts if read_manifest(path)["stage"] == "evaluate"
+                and Path(read_manifest(path)["parents"]["model"]["path"]) == model)
+
+
+def stage_seconds(artifact: Path) -> float:
+    return float(read_manifest(artifact)["seconds"])
+
+
+def metrics(artifact: Path) -> dict:
+    return json.loads((artifact / "metrics.json").read_text())
+
+
+def curve(artifact: Path, offset_seconds: float) -> pd.DataFrame:
+    """(minutes since the arm began, val_accuracy) per epoch of a training artifact."""
+    history = pd.read_parquet(artifact / "history.parquet")
+    minutes = (offset_seconds + history["epoch_seconds"].cumsum()) / 60
+    return pd.DataFrame({"minutes": minutes, "val_accuracy": history["val_accuracy"]})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="quick")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--home", type=Path, required=True, help="SSL_PIPELINE_HOME of every arm")
+    parser.add_argument("--start-model", type=Path, help="the preset's finished baseline of this seed (else trained here)")
+    parser.add_argument("--baseline-epochs", type=int, default=120, help="baseline-long: epochs filling the budget")
+    parser.add_argument("--fine-tune-epochs", type=int, default=10, help="self-training: epochs per iteration")
+    parser.add_argument("--arms", nargs="+", default=["fixmatch", "baseline-long", "self-training"])
+    args = parser.parse_args()
+    os.environ[settings.HOME_ENV] = str(args.home.resolve())
+    common = ["--preset", args.preset, "--set", f"baseline.seed={args.seed}"]
+    if args.start_model:
+        baseline = args.start_model.resolve()
+    else:
+        run_command(["run", *common])
+        baseline = made_by("baseline", latest_flow_artifacts())
+    start = ["--start-model", str(baseline)]
+    base_seconds = stage_seconds(baseline)
+    arms = {}
+    commands = {
+        "fixmatch": ["consistency", *common, "--methods", "fixmatch", *start],
+        "baseline-long": ["run", *common, "--set", f"baseline.epochs={args.baseline_epochs}"],
+        "self-training": ["self-train", *common, "--thresholds", "0.85", "--iterations", "4",
+                          "--set", f"self_training.fine_tune.epochs={args.fine_tune_epochs}", *start],
+    }
+    trains = {"fixmatch": ("consistency",), "baseline-long": ("baseline",), "self-training": ("pseudo_label", "self_train")}
+    arms = {}
+    for arm in args.arms:
+        seconds = run_command(commands[arm])
+        artifacts = latest_flow_artifacts()
+        trained = made_by(trains[arm][-1], artifacts)
+        offset = 0.0 if arm == "baseline-long" else base_seconds  # the continuations spent the baseline's time first
+        arms[arm] = {"command_seconds": seconds, "trained": trained, "evaluate": evaluation_of(trained, artifacts),
+                     "offset": offset, "train_seconds": offset + sum(stage_seconds(made_by(s, artifacts)) for s in trains[arm])}
+    write_results(args, baseline, arms)
+
+
+def write_results(args, baseline: Path, arms: dict[str, dict]) -> None:
+    rows = [{"arm": "baseline (start of the continuations)", "train_minutes": round(stage_seconds(baseline) / 60, 1),
+             "val_accuracy": metrics(baseline)["best_val_accuracy"], "test_accuracy": None, "command_seconds": None}]
+    rows += [{"arm": name, "train_minutes": round(arm["train_seconds"] / 60, 1),
+              "val_accuracy": metrics(arm["trained"])["best_val_accuracy"],
+              "test_accuracy": metrics(arm["evaluate"])["test_accuracy"], "command_seconds": arm["command_seconds"]}
+             for name, arm in arms.items()]
+    name = f"consistency-budget-{args.preset}"
+    figure, axes = plt.subplots(figsize=(7, 4))
+    base_curve = curve(baseline, 0.0)
+    axes.plot(base_curve["minutes"], base_curve["val_accuracy"], color="grey", label="baseline")
+    for arm_name, arm in arms.items():
+        points = curve(arm["trained"], arm["offset"])
+        axes.plot(points["minutes"], points["val_accuracy"], label=arm_name)
+    axes.set(xlabel="training minutes (stage time, this machine)", ylabel="validation top-1", title=f"{args.preset} preset, seed {args.seed}")
+    axes.legend()
+    figure.tight_layout()
+    RESULTS.mkdir(exist_ok=True)
+    figure.savefig(RESULTS / f"{name}.png", dpi=120)
+    summary = {"preset": args.preset, "seed": args.seed, "command": "python bench/consistency_budget.py " + " ".join(sys.argv[1:]),
+               "machine": {"cpus": len(os.sched_getaffinity(0)), "processor": platform.processor() or platform.machine(),
+                           "python": platform.python_version()},
+               "baseline_artifact": str(baseline), "rows": rows}
+    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = [f"# FixMatch vs the seed's methods on one budget, `{args.preset}` preset, seed {args.seed}", "",
+             "| arm | training minutes | val top-1 (kept) | test top-1 | command s |", "|---|---|---|---|---|",
+             *(f"| {r['arm']} | {r['train_minutes']} | {r['val_accuracy']:.2%} | "
+               f"{'—' if r['test_accuracy'] is None else format(r['test_accuracy'], '.2%')} | {r['command_seconds'] or '—'} |"
+               for r in rows),
+             "", f"![learning curves]({name}.png)", "", f"Command: `{summary['command']}`", ""]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
