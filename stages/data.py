@@ -31,6 +31,13 @@ PSEUDO_LABEL_SCHEMA = pa.schema([
     _ID, _LABEL, pa.field("confidence", pa.float32(), nullable=False), pa.field("iteration", pa.int32(), nullable=False),
 ])
 
+# an outliers artifact's score of every unlabeled image (positive = inside the one-class boundary)
+# and whether the image is kept in its filtered unlabeled table
+OUTLIER_SCORES_FILE = "scores.parquet"
+OUTLIER_SCORE_SCHEMA = pa.schema([
+    _ID, pa.field("score", pa.float32(), nullable=False), pa.field("kept", pa.bool_(), nullable=False),
+])
+
 # one row per self-training iteration (0 = the input model), in a self_train artifact; named here
 # so that tracking can find it without importing the stage (and Keras)
 ITERATIONS_FILE = "iterations.parquet"

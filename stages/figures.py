@@ -159,3 +159,29 @@ def pretraining_curves(history: pd.DataFrame, path: Path) -> Path:
         axis.grid(alpha=0.3)
     figure.savefig(path, dpi=110)
     return path
+
+
+def score_histogram(scores: np.ndarray, path: Path) -> Path:
+    """Histogram of the unlabeled images' one-class scores, with the cut at 0 (kept: score >= 0)."""
+    figure = Figure(figsize=(6, 3.5), layout="constrained")
+    axis = figure.subplots()
+    axis.hist(scores, bins=60, color="steelblue")
+    axis.axvline(0, color="black", linestyle="--", label=f"cut: {(scores >= 0).mean():.1%} kept")
+    axis.set(xlabel="score (> 0: inside the boundary)", ylabel="unlabeled images", title="one-class scores")
+    axis.legend()
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def kept_per_class(labels: np.ndarray, kept: np.ndarray, path: Path) -> Path:
+    """Fraction of each true class's unlabeled images that were kept (audit labels, for the report only)."""
+    classes = np.arange(int(labels.max()) + 1)
+    fractions = np.array([kept[labels == c].mean() if (labels == c).any() else np.nan for c in classes])
+    figure = Figure(figsize=(12, 3.5), layout="constrained")
+    axis = figure.subplots()
+    axis.bar(classes, fractions, width=0.8)
+    axis.axhline(kept.mean(), color="black", linestyle="--", label=f"all classes {kept.mean():.1%}")
+    axis.set(xlabel="true class", ylabel="kept fraction", title="kept unlabeled images per true class", ylim=(0, 1))
+    axis.legend()
+    figure.savefig(path, dpi=110)
+    return path

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from stages.artifacts import exclusive_output
 from stages.config import ConfigError
 
-STAGE_NAMES = ("split", "baseline", "pseudo_label", "self_train", "pretrain", "fine_tune", "consistency", "evaluate")  # in pipeline order
+STAGE_NAMES = ("split", "outliers", "baseline", "pseudo_label", "self_train", "pretrain", "fine_tune", "consistency", "evaluate")  # in pipeline order
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,13 @@ def _(env):
     return baseline_on(env, hostile_split(env, "labeled", empty, data.LABELED_SCHEMA))
 
 
+@case("outliers fitted on no labeled data", data.DataError, r"labeled\.parquet has no rows", r"Regenerate it")
+def _(env):
+    empty = {name: column.slice(0, 0) for name, column in labeled_columns(env).items()}
+    split = hostile_split(env, "labeled", empty, data.LABELED_SCHEMA)
+    return lambda: get_stage("outliers").execute(env["smoke"].outliers, {"split": split}, env["tmp"] / "out")
+
+
 @case("table changed after its manifest", RuntimeError, r"labeled\.parquet has (rows|sha256)", r"rerun the split stage")
 def _(env):
     split = env["tmp"] / "split"

@@ -10,7 +10,7 @@ from pipelines.cli import main
 def test_stages_lists_every_stage(capsys):
     assert main(["stages"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == ["split", "baseline", "pseudo_label", "self_train", "pretrain", "fine_tune",
+    assert [line.split()[0] for line in lines] == ["split", "outliers", "baseline", "pseudo_label", "self_train", "pretrain", "fine_tune",
                                                    "consistency", "evaluate"]
 
 

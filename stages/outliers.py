@@ -1,0 +1,215 @@
+"""Outlier stage: score the unlabeled images against the labeled ones and drop the atypical (exercise 5).
+
+A scorer of the registry (``SCORERS``) is fitted on the labeled images and returns a score per
+image, positive inside its one-class boundary, which leaves a fraction ``nu`` of the labeled images
+outside. The output is a split artifact whose unlabeled tables hold only the kept (inside) images,
+so every later stage runs on it unchanged; the other tables are the input split's own files
+(hard-linked where possible). Beside them: ``scores.parquet`` (id, score, kept) of every
+unlabeled image, metrics, and figures (the most and least typical images, the score histogram
+with its cut, the kept fraction per true class from the audit labels, for the report only).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from keras import ops
+
+from stages import data, figures
+from stages.artifacts import parent_entry, staged_output, verify, write_manifest
+from stages.baseline import METRICS_FILE, load_classifier
+from stages.config import OutlierConfig
+from stages.data import OUTLIER_SCORE_SCHEMA, OUTLIER_SCORES_FILE, TABLES
+from stages.models import build_encoder, build_scaling
+from stages.pretrain import encode_with
+from stages.registry import Registry
+from stages.stage import Stage, main
+from stages.training import EpochBatches, EpochRecorder, cosine_schedule, epoch_callbacks
+
+log = logging.getLogger(__name__)
+
+FIGURES_DIR = "figures"
+SHOWN = 16  # images in each row of the typical / atypical figure
+# fits on labeled images (N, 32, 32, 3), scores images (M, ...): (training scores (N,), scores (M,))
+Scorer = Callable[[OutlierConfig, np.ndarray, np.ndarray, Mapping[str, Path]], tuple[np.ndarray, np.ndarray]]
+SCORERS: Registry[Scorer] = Registry("outlier scorer")
+
+
+def outside_fraction(scores: np.ndarray) -> float:
+    """Fraction of images outside the boundary (score < 0)."""
+    return float((np.asarray(scores) < 0).mean())
+
+
+class SoftBoundarySVDD(keras.Model):
+    """Soft-boundary Deep SVDD (Ruff et al., 2018): minimise R^2 + mean(max(0, |f(x) - c|^2 - R^2)) / nu.
+
+    The centre c is the mean feature of the training images before training; R^2 is re-solved after
+    every epoch as the (1 - nu) quantile of the squared distances, the optimum of the objective for
+    fixed features, so a fraction nu of the training images lies outside."""
+
+    def __init__(self, encoder: keras.Model, nu: float, **kwargs):
+        super().__init__(**kwargs)
+        self.scale, self.encoder, self.nu = build_scaling(), encoder, nu
+        width = encoder.output_shape[-1]
+        self.center = self.add_weight(shape=(width,), initializer="zeros", trainable=False, name="center")
+        self.radius_squared = self.add_weight(shape=(), initializer="zeros", trainable=False, name="radius_squared")
+        self.outside = keras.metrics.Mean(name="outside_fraction")  # of the batch, against the radius of the last epoch
+
+    def call(self, images, training=False):
+        features = self.encoder(self.scale(images), training=training)
+        return ops.sum(ops.square(features - self.center), axis=-1)  # squared distance (N,)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        beyond = ops.relu(y_pred - self.radius_squared)
+        self.outside.update_state(ops.mean(ops.cast(beyond > 0, "float32")))
+        return self.radius_squared + ops.mean(beyond) / self.nu + ops.sum(self.losses)
+
+    def solve_radius(self, distances: np.ndarray) -> None:
+        self.radius_squared.assign(float(np.quantile(distances, 1 - self.nu)))
+
+
+class RadiusUpdate(keras.callbacks.Callback):
+    """After each epoch, R^2 from the training images' distances (``SoftBoundarySVDD.solve_radius``)."""
+
+    def __init__(self, distances: Callable[[], np.ndarray]):
+        super().__init__()
+        self.distances = distances
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.solve_radius(self.distances())
+        logs["radius_squared"] = float(ops.convert_to_numpy(self.model.radius_squared))
+
+
+def one_class_encoder(config: OutlierConfig) -> keras.Model:
+    """The shared encoder with its BatchNorm layers frozen at their initial identity (Deep SVDD needs
+    a network without bias terms; a trainable BatchNorm offset would let it map every image to c)."""
+    encoder = build_encoder(config.architecture, seed=config.seed)
+    for layer in encoder.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False  # inference mode too: moving mean 0, variance 1, no offset
+    return encoder
+
+
+@SCORERS.register("one_class_nn")
+def one_class_nn(config: OutlierConfig, labeled: np.ndarray, images: np.ndarray,
+                 inputs: Mapping[str, Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Soft-boundary Deep SVDD on the shared encoder; score = R^2 - squared distance to the centre."""
+    keras.utils.set_random_seed(config.seed)
+    model = SoftBoundarySVDD(one_class_encoder(config), config.nu)
+
+    def distances(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict(batch.astype("float32"), batch_size=500, verbose=0))
+
+    model.center.assign(encode_with(model.encoder)(labeled).mean(axis=0))
+    steps = math.ceil(len(labeled) / config.batch_size)
+    model.compile(optimizer=keras.optimizers.AdamW(cosine_schedule(config, steps), weight_decay=config.weight_decay))
+    batches = EpochBatches((labeled.astype("float32"),), config.batch_size, config.seed)
+    recorder = EpochRecorder(config.epochs)
+    radius = RadiusUpdate(lambda: distances(labeled))
+    model.fit(batches, epochs=config.epochs, shuffle=False, verbose=0,
+              callbacks=epoch_callbacks(config.seed, recorder, datasets=(batches,), extra=(radius,)))
+    radius_squared = float(ops.convert_to_numpy(model.radius_squared))
+    if radius_squared <= 1e-10:
+        raise RuntimeError("the one-class network collapsed: every labeled image sits on the centre (R^2 = "
+                           f"{radius_squared:.2e}). Raise weight_decay or lower learning_rate or epochs")
+    return radius_squared - distances(labeled), radius_squared - distances(images)
+
+
+@SCORERS.register("one_class_svm")
+def one_class_svm(config: OutlierConfig, labeled: np.ndarray, images: np.ndarray,
+                  inputs: Mapping[str, Path]) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's OneClassSVM (RBF, gamma 'scale') on the input model's standardised encoder features."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import OneClassSVM
+
+    if "model" not in inputs:
+        raise ValueError("outliers.scorer one_class_svm scores frozen features of a trained classifier: pass "
+                         "--input model=DIR (a baseline artifact), or set outliers.scorer=one_class_nn")
+    verify(Path(inputs["model"]))
+    classifier = load_classifier(Path(inputs["model"]))
+    encoder = next(layer for layer in classifier.layers if layer.name.endswith("_encoder"))
+    encode = encode_with(encoder)
+    svm = make_pipeline(StandardScaler(), OneClassSVM(nu=config.nu, kernel="rbf", gamma="scale"))
+    svm.fit(encode(labeled))
+    return svm.decision_function(encode(labeled)), svm.decision_function(encode(images))
+
+
+def run(config: OutlierConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
+    started = dt.datetime.now(dt.timezone.utc)
+    split = Path(inputs["split"])
+    verify(split)
+    labeled, unlabeled = data.read_table(split, "labeled"), data.read_table(split, "unlabeled")
+    audit = data.read_table(split, "unlabeled_audit")
+    log.info("%s (nu %.2f): fitting on %d labeled images, scoring %d unlabeled", config.scorer, config.nu,
+             len(labeled), len(unlabeled))
+    train_scores, scores = SCORERS[config.scorer](config, labeled.images, unlabeled.images, inputs)
+    kept = scores >= 0
+    if not kept.any():
+        raise ValueError(f"outliers: no unlabeled image falls inside the boundary (highest score {scores.max():.3g}); "
+                         f"lower outliers.nu (now {config.nu})")
+    metrics = {"nu": config.nu, "train_outside_fraction": outside_fraction(train_scores),
+               "kept_fraction": float(kept.mean()), "kept": int(kept.sum()), "dropped": int((~kept).sum())}
+    with staged_output(output) as tmp:
+        link_tables(split, tmp, ("labeled", "validation", "test"))
+        shutil.copy2(split / "classes.json", tmp / "classes.json")
+        data.write_table(tmp, "unlabeled", unlabeled.ids[kept], unlabeled.images[kept])
+        data.write_table(tmp, "unlabeled_audit", audit.ids[kept], labels=audit.labels[kept])
+        table = pd.DataFrame({"id": unlabeled.ids, "score": scores.astype("float32"), "kept": kept})
+        pq.write_table(pa.Table.from_pandas(table, schema=OUTLIER_SCORE_SCHEMA, preserve_index=False),
+                       tmp / OUTLIER_SCORES_FILE, compression="snappy")
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        write_figures(tmp / FIGURES_DIR, unlabeled.images, scores, audit.labels)
+        manifest = write_manifest(
+            tmp, "outliers", config.model_dump(mode="json"), {name: parent_entry(Path(path)) for name, path in inputs.items()},
+            started, extra={"reads": ["split/labeled.parquet", "split/unlabeled.parquet", "split/unlabeled_audit.parquet"]},
+        )
+    log.info("outliers: kept %d of %d unlabeled images (%.1f%%); %.1f%% of the labeled ones fall outside", metrics["kept"],
+             len(unlabeled), 100 * metrics["kept_fraction"], 100 * metrics["train_outside_fraction"])
+    return manifest
+
+
+def link_tables(source: Path, target: Path, names: tuple[str, ...]) -> None:
+    """The source artifact's tables in ``target``: hard links (same bytes, no copy), else copies."""
+    for name in names:
+        filename = TABLES[name][0]
+        try:
+            os.link(source / filename, target / filename)
+        except OSError:  # another file system, or links not allowed
+            shutil.copy2(source / filename, target / filename)
+
+
+def write_figures(directory: Path, images: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> None:
+    directory.mkdir()
+    order = np.argsort(-scores)
+    figures.image_pairs(images[order[:SHOWN]], images[order[::-1][:SHOWN]], ("most typical", "least typical"),
+                        directory / "typical_and_atypical.png")
+    figures.score_histogram(scores, directory / "score_histogram.png")
+    figures.kept_per_class(labels, scores >= 0, directory / "kept_per_class.png")
+
+
+STAGE = Stage(
+    name="outliers",
+    summary="Score unlabeled images with a one-class model fitted on the labeled ones; a split without the atypical.",
+    config_type=OutlierConfig,
+    inputs=("split",),
+    optional_inputs=("model",),
+    run=run,
+)
+
+if __name__ == "__main__":
+    sys.exit(main(STAGE))
