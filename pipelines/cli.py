@@ -15,7 +15,8 @@ import yaml
 
 from pipelines.launchers import LAUNCHERS
 from stages.artifacts import file_lock
-from stages.config import PRESETS, consistency_grid, load_pipeline_config, parse_assignment, pretraining_grid, sweep_grid
+from stages.config import (EXPERIMENTS, PRESETS, consistency_grid, load_pipeline_config, parse_assignment, pretraining_grid,
+                           study_grid, sweep_grid)
 from stages.stage import STAGE_NAMES, get_stage
 from stages.stage import main as stage_main
 
@@ -140,6 +141,27 @@ def command_consistency(args: argparse.Namespace) -> int:
     result, minutes = _run_flow("pipelines.consistency:consistency_pipeline", config=config, methods=args.methods,
                                 launcher=args.launcher, archive=args.archive, start_model=args.start_model)
     return _print_comparison(result, minutes)
+
+
+def command_study(args: argparse.Namespace) -> int:
+    config = _config_from(args)
+    study_grid(config, args.seeds, args.experiments, args.unlabeled)  # bad names fail before any server starts
+    result, minutes = _run_flow("pipelines.study:study_pipeline", config=config, seeds=args.seeds,
+                                experiments=args.experiments, unlabeled=args.unlabeled, launcher=args.launcher,
+                                archive=args.archive)
+    from pipelines.report import write_report
+
+    report = write_report(result["study"], args.report)
+    print(f"\nstudy {result['study']} ({minutes:.1f} min): report in {report}. "
+          f"MLflow: tags.ssl.study = '{result['study']}'")
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from pipelines.report import write_report
+
+    print(f"report in {write_report(args.study, args.output)}")
+    return 0
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -283,6 +305,17 @@ def main(argv: list[str] | None = None) -> int:
     consistency.add_argument("--start-model", metavar="DIR",
                              help="a finished baseline artifact to start from instead of training one")
     consistency.set_defaults(handler=command_consistency)
+    study = commands.add_parser("study", help="the seed study's experiments on all and filtered unlabeled data, and its report")
+    _add_run_arguments(study)
+    study.add_argument("--seeds", type=int, nargs="+", metavar="N", help="training seeds (default: baseline.seed)")
+    study.add_argument("--experiments", nargs="+", metavar="NAME", help=f"of {', '.join(EXPERIMENTS)} (default: all)")
+    study.add_argument("--unlabeled", nargs="+", metavar="SET", help="all, filtered (default: both)")
+    study.add_argument("--report", type=Path, metavar="DIR", help="where the report goes (default: $SSL_PIPELINE_HOME/reports/STUDY)")
+    study.set_defaults(handler=command_study)
+    report = commands.add_parser("report", help="write a study's report from its MLflow runs")
+    report.add_argument("study", help="the study name (the runs' ssl.study tag)")
+    report.add_argument("--output", type=Path, metavar="DIR", help="default: $SSL_PIPELINE_HOME/reports/STUDY")
+    report.set_defaults(handler=command_report)
     _add_deploy_commands(commands)
     commands.add_parser("stages", help="list the stages").set_defaults(handler=command_stages)
     commands.add_parser("stage", help="run one stage: ssl-pipeline stage NAME --help")

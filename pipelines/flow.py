@@ -238,6 +238,17 @@ def log_comparison(parent_run_id: str, rows: list[dict[str, Any]]) -> None:
         mlflow.log_text(markdown_table(pd.DataFrame(rows)), "comparison.md")
 
 
+SHARED_STAGES = ("split", "outliers", "baseline")  # made once for many configurations: not in their time
+
+
+def train_minutes(artifact: Path) -> float:
+    """Minutes a configuration's own stages took to make ``artifact``: its stage and its parents but the
+    shared ones (a self_train's pseudo_label, a fine_tune's pretrain)."""
+    manifest = read_manifest(artifact)
+    own = [read_manifest(Path(p["path"]))["seconds"] for p in manifest["parents"].values() if p["stage"] not in SHARED_STAGES]
+    return round((manifest["seconds"] + sum(own)) / 60, 2)
+
+
 def metrics_of(artifact: Path) -> dict[str, Any]:
     """A stage artifact's ``metrics.json``."""
     return json.loads((artifact / "metrics.json").read_text())

@@ -8,14 +8,29 @@ stage is cached, so the second mode of an objective reuses its encoder.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
-from pipelines.flow import baseline_steps, configuration_run, log_comparison, metrics_of, pipeline_run
-from stages.config import PipelineConfig, pretraining_grid
+from pipelines.flow import Steps, baseline_steps, configuration_run, log_comparison, metrics_of, pipeline_run, train_minutes
+from stages.config import EncoderFineTuneConfig, PipelineConfig, PretrainConfig, pretraining_grid
 
 log = logging.getLogger(__name__)
+
+
+def pretrain_configuration(steps: Steps, pretrain: PretrainConfig, fine_tune: EncoderFineTuneConfig,
+                           pipeline: PipelineConfig, split: Path, label: str = "") -> tuple[Path, Path, dict[str, Any]]:
+    """pretrain -> fine_tune -> evaluate under one nested run; the fine_tune and evaluate artifacts and
+    the configuration's metrics, with the encoder's final probe accuracy."""
+    name = f"{label}{pretrain.objective} {fine_tune.mode}"
+    params = {"preset": pipeline.preset, "pretrain": pretrain.model_dump(), "fine_tune": fine_tune.model_dump()}
+    with configuration_run(steps, name, params) as (nested, metrics):
+        encoder = nested.run("pretrain", pretrain, {"split": split})
+        tuned = nested.run("fine_tune", fine_tune, {"split": split, "encoder": encoder})
+        evaluation = nested.run("evaluate", pipeline.evaluate, {"split": split, "model": tuned})
+        metrics.update({**metrics_of(tuned), **metrics_of(evaluation), "train_minutes": train_minutes(tuned)})
+    return tuned, evaluation, {**metrics, "probe_accuracy": metrics_of(encoder).get("final_probe_accuracy")}
 
 
 @flow(name="ssl-pretraining")
@@ -29,17 +44,10 @@ def pretraining_pipeline(config: PipelineConfig = PipelineConfig(), objectives: 
         split, model = baseline_steps(steps, config, archive)
         baseline_test = metrics_of(steps.run("evaluate", config.evaluate, {"split": split, "model": model}))["test_accuracy"]
         for pretrain, fine_tune in grid:
-            name = f"{pretrain.objective} {fine_tune.mode}"
-            params = {"preset": config.preset, "pretrain": pretrain.model_dump(), "fine_tune": fine_tune.model_dump()}
-            with configuration_run(steps, name, params) as (nested, run_metrics):
-                encoder = nested.run("pretrain", pretrain, {"split": split})
-                tuned = nested.run("fine_tune", fine_tune, {"split": split, "encoder": encoder})
-                evaluation = nested.run("evaluate", config.evaluate, {"split": split, "model": tuned})
-                run_metrics.update({**metrics_of(tuned), **metrics_of(evaluation)})
-            rows.append({"objective": pretrain.objective, "mode": fine_tune.mode,
-                         "probe_accuracy": metrics_of(encoder).get("final_probe_accuracy"),
-                         "val_accuracy": run_metrics["best_val_accuracy"], "test_accuracy": run_metrics["test_accuracy"],
-                         "vs_baseline_pts": round(100 * (run_metrics["test_accuracy"] - baseline_test), 2)})
+            _, _, result = pretrain_configuration(steps, pretrain, fine_tune, config, split)
+            rows.append({"objective": pretrain.objective, "mode": fine_tune.mode, "probe_accuracy": result["probe_accuracy"],
+                         "val_accuracy": result["best_val_accuracy"], "test_accuracy": result["test_accuracy"],
+                         "vs_baseline_pts": round(100 * (result["test_accuracy"] - baseline_test), 2)})
         log_comparison(steps.parent_run_id, rows)
         metrics.update({"baseline_test_accuracy": baseline_test,
                         **{f"{row['objective']}_{row['mode']}_test_accuracy": row["test_accuracy"] for row in rows}})

@@ -19,7 +19,7 @@ from prefect import flow, task
 from prefect.runtime import flow_run
 
 from pipelines import settings, tracking
-from pipelines.flow import Steps, baseline_steps, configuration_run, is_transient, metrics_of, pipeline_run
+from pipelines.flow import Steps, baseline_steps, configuration_run, is_transient, metrics_of, pipeline_run, train_minutes
 from stages.artifacts import staged_output
 from stages.config import PipelineConfig, SelfTrainConfig, sweep_grid
 from stages.reports import write_self_training_report
@@ -34,15 +34,15 @@ def log_report(parent_run_id: str, report: Path) -> None:
 
 
 def self_train_configuration(steps: Steps, config: SelfTrainConfig, pipeline: PipelineConfig, split: Path,
-                             model: Path) -> tuple[Path, Path]:
+                             model: Path, label: str = "") -> tuple[Path, Path]:
     """pseudo_label -> self_train -> evaluate under one nested run; (self_train, evaluate) artifacts."""
-    name = f"threshold={config.selection.threshold} iterations={config.iterations}"
+    name = f"{label}threshold={config.selection.threshold} iterations={config.iterations}"
     with configuration_run(steps, name, {"preset": pipeline.preset, "self_training": config.model_dump()}) as (
             nested, metrics):
         labels = nested.run("pseudo_label", config.selection, {"split": split, "model": model})
         trained = nested.run("self_train", config, {"split": split, "model": model, "pseudo_labels": labels})
         evaluation = nested.run("evaluate", pipeline.evaluate, {"split": split, "model": trained})
-        metrics.update({**metrics_of(trained), **metrics_of(evaluation)})
+        metrics.update({**metrics_of(trained), **metrics_of(evaluation), "train_minutes": train_minutes(trained)})
     return trained, evaluation
 
 

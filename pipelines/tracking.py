@@ -42,6 +42,9 @@ TAG_CACHED_FROM = "ssl.cached_from_run"
 TAG_PRESET = "ssl.preset"
 TAG_SWEEP = "ssl.sweep"  # shared by every run of one self-training sweep
 TAG_ITERATION = "ssl.iteration"
+TAG_STUDY = "ssl.study"  # shared by every run of one study flow run
+# on a study's configuration runs (and their stages): what the run is an instance of
+TAG_EXPERIMENT, TAG_UNLABELED, TAG_SEED = "ssl.experiment", "ssl.unlabeled", "ssl.seed"
 TAG_PROCESS = "ssl.process"  # the flow process that owns a run: host/boot/pid/start time
 TAG_FLOW_DIGEST = "ssl.flow_digest"  # flow name + configuration of a flow's parent run
 TAG_RESUMES = "ssl.resumes"  # on a parent run: the killed attempts of the same flow and configuration

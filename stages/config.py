@@ -379,6 +379,30 @@ def consistency_grid(config: ConsistencyConfig, methods: list[str] | None) -> li
             for method in methods or [config.method]]
 
 
+# the seed study's experiments (../shared/SEED.md, exercises 1-4 and 6), as the study flow names them
+EXPERIMENTS = ("baseline", "self_training", "autoencoder_two_step", "autoencoder_joint", "simclr_two_step", "simclr_joint")
+UNLABELED_SETS = ("all", "filtered")  # every unlabeled image, or those the outlier stage keeps
+
+
+def study_grid(config: PipelineConfig, seeds: list[int] | None, experiments: list[str] | None,
+               unlabeled: list[str] | None) -> tuple[list[int], list[str], list[str]]:
+    """The study's training seeds, experiments and unlabeled sets, checked; none given = the config's
+    seed, every experiment, both sets."""
+    experiments, unlabeled = experiments or list(EXPERIMENTS), unlabeled or list(UNLABELED_SETS)
+    for given, known, what in ((experiments, EXPERIMENTS, "experiment"), (unlabeled, UNLABELED_SETS, "unlabeled set")):
+        unknown = [name for name in given if name not in known]
+        if unknown:
+            raise ValueError(f"unknown {what} {', '.join(map(repr, unknown))} in the study grid; choose from {', '.join(known)}")
+    return seeds or [config.baseline.seed], experiments, unlabeled
+
+
+def with_training_seed(config: PipelineConfig, seed: int) -> PipelineConfig:
+    """``config`` with every training seed set to ``seed`` (the split's own seed stays)."""
+    return PipelineConfig.model_validate(deep_merge(config.model_dump(), {
+        "baseline": {"seed": seed}, "pretrain": {"seed": seed}, "outliers": {"seed": seed},
+        "fine_tune": {"classifier": {"seed": seed}}, "consistency": {"classifier": {"seed": seed}}}))
+
+
 def _grid_point(config_type: type[StrictModel], base: StrictModel, override: dict[str, Any], source: str):
     try:
         return config_type.model_validate(deep_merge(base.model_dump(), override))

@@ -1,6 +1,10 @@
 """The outlier stage (issue 7): the nu property of both scorers, the filtered split, bad input."""
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -73,3 +77,13 @@ def test_the_svm_scorer_needs_a_model(split_artifact, smoke, tmp_path):
     with pytest.raises(ValueError, match=r"one_class_svm.*--input model=DIR.*outliers.scorer=one_class_nn"):
         outliers.run(config, {"split": split_artifact}, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
+def test_the_one_class_network_trains_on_the_jax_backend(split_artifact, smoke, tmp_path):
+    (tmp_path / "config.json").write_text(smoke.outliers.model_dump_json())
+    subprocess.run([sys.executable, "-m", "stages.outliers", "--config", str(tmp_path / "config.json"),
+                    "--input", f"split={split_artifact}", "--output", str(tmp_path / "out")],
+                   env={**os.environ, "KERAS_BACKEND": "jax"}, check=True, capture_output=True)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["train_outside_fraction"] == pytest.approx(smoke.outliers.nu, abs=0.02)

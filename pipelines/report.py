@@ -1,0 +1,160 @@
+"""``ssl-pipeline report``: one page for a study, read back from its MLflow runs, beside the seed's numbers.
+
+The table has one line per experiment and unlabeled set: test top-1 mean ± std over the study's
+training seeds, validation top-1, training minutes, and the seed study's result for the same
+experiment. The figures are the ones the seed shows, downloaded from the stage runs that logged
+them. Written as ``report.md`` and ``report.html`` (with ``figures/``) and logged to the study's
+parent run under ``report/``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import markdown
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from pipelines import settings, tracking
+
+# The seed study's test top-1 per experiment (../shared/SEED.md); None where it reports no number.
+SEED_RESULTS: dict[str, tuple[float | None, str]] = {
+    "baseline": (0.30, "about 30%"),
+    "self_training": (0.3411, "34.11% (threshold 0.85, 4 iterations)"),
+    "autoencoder_two_step": (0.01, "under 1%"),
+    "autoencoder_joint": (0.0249, "2.49%"),
+    "simclr_two_step": (None, "did not train"),
+    "simclr_joint": (None, "did not train"),
+}
+SEED_FILTERED = "worse than unfiltered (no numbers given)"
+# (stage, experiment or None for any, file under the stage run's figures/, caption), in the seed's order
+FIGURES = (
+    ("evaluate", "baseline", "network.png", "The baseline network (the seed's figure 1)"),
+    ("evaluate", "baseline", "learning_curves.png", "Baseline learning curves (figure 2)"),
+    ("evaluate", "self_training", "learning_curves.png", "Self-training learning curves across iterations (figures 3-4)"),
+    ("self_train", "self_training", "iterations.png", "Self-training per iteration: validation, samples, pseudo-label accuracy"),
+    ("pretrain", "autoencoder_two_step", "reconstructions.png", "Autoencoder reconstructions under the originals (figures 7-8)"),
+    ("outliers", None, "typical_and_atypical.png", "Most and least typical unlabeled images (figure 9)"),
+    ("outliers", None, "score_histogram.png", "One-class scores and the cut"),
+    ("outliers", None, "kept_per_class.png", "Kept fraction per true class"),
+    ("pretrain", "simclr_two_step", "similarity_matrix.png", "SimCLR similarity matrix of a batch of view pairs (figure 10)"),
+)
+
+
+def study_runs(client: MlflowClient, study: str) -> list:
+    experiment = client.get_experiment_by_name(settings.experiment_name())
+    if experiment is None:
+        raise ValueError(f"no MLflow experiment {settings.experiment_name()!r} at {settings.tracking_uri()}")
+    runs = client.search_runs([experiment.experiment_id], f"tags.`{tracking.TAG_STUDY}` = '{study}'", max_results=5000)
+    if not runs:
+        raise ValueError(f"no runs tagged {tracking.TAG_STUDY} = {study!r} at {settings.tracking_uri()}: "
+                         "give the study name that `ssl-pipeline study` printed")
+    return runs
+
+
+def is_configuration_run(run) -> bool:
+    """A study's configuration run: it has an experiment but is neither a stage's run nor a
+    self-training iteration's (those carry the experiment too)."""
+    tags = run.data.tags
+    return tracking.TAG_EXPERIMENT in tags and tracking.TAG_STAGE not in tags and tracking.TAG_ITERATION not in tags
+
+
+def configuration_table(runs: list) -> pd.DataFrame:
+    """One row per finished configuration run: experiment, unlabeled set, seed and its metrics."""
+    rows = [{"experiment": run.data.tags[tracking.TAG_EXPERIMENT], "unlabeled": run.data.tags[tracking.TAG_UNLABELED],
+             "seed": int(run.data.tags[tracking.TAG_SEED]), "val_accuracy": run.data.metrics.get("best_val_accuracy"),
+             "test_accuracy": run.data.metrics.get("test_accuracy"), "train_minutes": run.data.metrics.get("train_minutes"),
+             "run_id": run.info.run_id}
+            for run in runs if is_configuration_run(run) and run.info.status == "FINISHED"]
+    return pd.DataFrame(rows)
+
+
+def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over seeds per (experiment, unlabeled set), in the seed's order, with its result beside."""
+    order = {name: i for i, name in enumerate(SEED_RESULTS)}
+    grouped = table.groupby(["experiment", "unlabeled"], sort=False)
+    summary = grouped.agg(seeds=("seed", "nunique"), test_mean=("test_accuracy", "mean"), test_std=("test_accuracy", "std"),
+                          val_mean=("val_accuracy", "mean"), minutes=("train_minutes", "mean")).reset_index()
+    summary["test_std"] = summary["test_std"].fillna(0.0)
+    summary["seed_study"] = [SEED_FILTERED if unlabeled == "filtered" else SEED_RESULTS[experiment][1]
+                             for experiment, unlabeled in zip(summary["experiment"], summary["unlabeled"])]
+    return summary.sort_values(["experiment", "unlabeled"], key=lambda column: column.map(order) if column.name == "experiment"
+                               else column).reset_index(drop=True)
+
+
+def filtering_effect(summary: pd.DataFrame) -> list[str]:
+    """Per experiment run on both sets: filtered minus all, in points, with whether it helped or hurt."""
+    lines = []
+    for experiment, rows in summary.groupby("experiment", sort=False):
+        by_set = rows.set_index("unlabeled")["test_mean"]
+        if {"all", "filtered"} <= set(by_set.index):
+            change = 100 * (by_set["filtered"] - by_set["all"])
+            verdict = "helped" if change > 0 else "hurt" if change < 0 else "changed nothing"
+            lines.append(f"- {experiment}: filtering {verdict} ({change:+.2f} pts on test, mean over seeds)")
+    return lines
+
+
+def collect_figures(client: MlflowClient, runs: list, directory: Path) -> list[tuple[str, str]]:
+    """(file under ``directory``, caption) of each of ``FIGURES`` that a stage run of the study logged."""
+    found = []
+    directory.mkdir(parents=True, exist_ok=True)
+    for stage, experiment, name, caption in FIGURES:
+        for run in runs:
+            tags = run.data.tags
+            if tags.get(tracking.TAG_STAGE) != stage or tags.get(tracking.TAG_CACHED) != "false":
+                continue
+            if experiment and tags.get(tracking.TAG_EXPERIMENT) != experiment:
+                continue
+            if name not in {Path(f.path).name for f in client.list_artifacts(run.info.run_id, "figures")}:
+                continue
+            local = client.download_artifacts(run.info.run_id, f"figures/{name}", tempfile.mkdtemp())
+            target = f"{stage}-{experiment or 'any'}-{name}"
+            shutil.copyfile(local, directory / target)
+            found.append((target, caption))
+            break
+    return found
+
+
+def write_report(study: str, output: Path | None = None) -> Path:
+    """The study's report in ``output`` (created; default ``<home>/reports/<study>``); also logged to its
+    parent run. Returns report.md."""
+    output = output or settings.home() / "reports" / study
+    client = MlflowClient(tracking_uri=settings.tracking_uri())
+    runs = study_runs(client, study)
+    table = configuration_table(runs)
+    if table.empty:
+        raise ValueError(f"study {study!r} has no finished configuration run yet")
+    summary = summary_table(table)
+    parent = next(run for run in runs if "mlflow.parentRunId" not in run.data.tags)
+    output.mkdir(parents=True, exist_ok=True)
+    figures = collect_figures(client, runs, output / "figures")
+    minutes = (parent.info.end_time or parent.info.start_time) - parent.info.start_time
+    lines = [
+        f"# Study {study}: the seed's experiments, ours beside theirs", "",
+        f"Preset `{parent.data.tags.get(tracking.TAG_PRESET, '?')}`, training seeds "
+        f"{', '.join(map(str, sorted(table['seed'].unique())))}; flow run {minutes / 60000:.1f} min on "
+        f"{len(os.sched_getaffinity(0))} CPUs ({platform.processor() or platform.machine()}); MLflow parent run "
+        f"`{parent.info.run_id}`.", "",
+        "| experiment | unlabeled | seeds | test top-1 (mean ± std) | val top-1 | training min | seed study |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {r.experiment} | {r.unlabeled} | {r.seeds} | {r.test_mean:.2%} ± {r.test_std:.2%} | {r.val_mean:.2%} | "
+          f"{r.minutes:.1f} | {r.seed_study} |" for r in summary.itertuples()),
+        "", "`unlabeled`: `all` = every unlabeled image, `filtered` = those the outlier stage kept, `none` = the "
+        "experiment uses none. Training minutes: the configuration's own stages (the shared split, baseline and "
+        "outlier filter excluded).", "",
+        "## Filtering", "", *(filtering_effect(summary) or ["- no experiment ran on both unlabeled sets"]), "",
+        "## Figures", "", *(f"![{caption}](figures/{name})\n\n{caption}\n" for name, caption in figures),
+    ]
+    text = "\n".join(lines)
+    (output / "report.md").write_text(text)
+    (output / "report.html").write_text(f"<!doctype html><meta charset='utf-8'><title>Study {study}</title>\n"
+                                        + markdown.markdown(text, extensions=["tables"]))
+    table.to_parquet(output / "runs.parquet", index=False)
+    with mlflow.start_run(run_id=parent.info.run_id):
+        mlflow.log_artifacts(str(output), "report")
+    return output / "report.md"

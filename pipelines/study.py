@@ -1,0 +1,87 @@
+"""The seed study as one flow: every experiment of ``../shared/SEED.md``, on all and on filtered unlabeled data.
+
+One split; per training seed a baseline (labeled data only, so both unlabeled sets share it) and,
+when asked, the outlier stage's filtered split. Then per unlabeled set and experiment one MLflow
+configuration run: self-training (pseudo_label -> self_train -> evaluate) or an encoder objective
+fine-tuned one way (pretrain -> fine_tune -> evaluate). Every stage is cached, so a rerun with one
+more seed or experiment trains only that. Every run of one study carries ``ssl.study``;
+configuration runs also carry ``ssl.experiment``, ``ssl.unlabeled`` and ``ssl.seed`` and the
+metrics ``best_val_accuracy``, ``test_accuracy`` and ``train_minutes``: ``ssl-pipeline report``
+reads them back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from pipelines import tracking
+from pipelines.flow import Steps, configuration_run, fetch_archive, log_comparison, metrics_of, pipeline_run, train_minutes
+from pipelines.pretraining import pretrain_configuration
+from pipelines.self_training import self_train_configuration
+from stages.config import PipelineConfig, pretraining_grid, study_grid, with_training_seed
+
+def tagged(steps: Steps, seed: int, unlabeled: str, experiment: str) -> Steps:
+    return replace(steps, tags={**steps.tags, tracking.TAG_SEED: str(seed), tracking.TAG_UNLABELED: unlabeled,
+                                tracking.TAG_EXPERIMENT: experiment})
+
+
+def run_experiment(steps: Steps, config: PipelineConfig, experiment: str, split: Path, model: Path,
+                   label: str) -> tuple[Path, Path]:
+    """(trained model, its evaluation) of one experiment on one split, under its configuration run."""
+    if experiment == "self_training":
+        return self_train_configuration(steps, config.self_training, config, split, model, label)
+    objective, mode = experiment.split("_", 1)
+    [(pretrain, fine_tune)] = pretraining_grid(config, [objective], [mode])
+    tuned, evaluation, _ = pretrain_configuration(steps, pretrain, fine_tune, config, split, label)
+    return tuned, evaluation
+
+
+def baseline_experiment(steps: Steps, config: PipelineConfig, split: Path) -> tuple[Path, Path]:
+    """The supervised baseline and its evaluation under a configuration run of their own."""
+    with configuration_run(steps, f"baseline seed={config.baseline.seed}", {"preset": config.preset,
+                                                                           "baseline": config.baseline.model_dump()}) as (nested, metrics):
+        model = nested.run("baseline", config.baseline, {"split": split})
+        evaluation = nested.run("evaluate", config.evaluate, {"split": split, "model": model})
+        metrics.update({**metrics_of(model), **metrics_of(evaluation), "train_minutes": train_minutes(model)})
+    return model, evaluation
+
+
+@flow(name="ssl-study")
+def study_pipeline(config: PipelineConfig = PipelineConfig(), seeds: list[int] | None = None,
+                   experiments: list[str] | None = None, unlabeled: list[str] | None = None,
+                   launcher: str = "in-process", archive: str | None = None) -> dict[str, Any]:
+    """The seed study's experiments x unlabeled sets (``all``, ``filtered``) x training seeds."""
+    seeds, experiments, unlabeled = study_grid(config, seeds, experiments, unlabeled)  # bad names fail before any work
+    study = f"{flow_run.name}-{str(flow_run.id)[:8]}"
+    rows = []
+    with pipeline_run(config, launcher, {tracking.TAG_STUDY: study}) as (steps, metrics):
+        split = steps.run("split", config.split, {"archive": fetch_archive(archive)})
+        for seed in seeds:
+            seeded = with_training_seed(config, seed)
+            model, evaluation = baseline_experiment(tagged(steps, seed, "none", "baseline"), seeded, split)
+            rows.append(study_row(seed, "none", "baseline", model, evaluation))
+            splits = {"all": split}
+            if "filtered" in unlabeled:
+                needs_model = seeded.outliers.scorer == "one_class_svm"
+                splits["filtered"] = steps.run("outliers", seeded.outliers, {"split": split, **({"model": model} if needs_model else {})})
+            for variant in unlabeled:
+                for experiment in (e for e in experiments if e != "baseline"):
+                    trained, evaluation = run_experiment(tagged(steps, seed, variant, experiment), seeded, experiment,
+                                                         splits[variant], model, f"{variant} seed={seed} ")
+                    rows.append(study_row(seed, variant, experiment, trained, evaluation))
+        log_comparison(steps.parent_run_id, rows)
+        metrics.update({f"{row['unlabeled']}_{row['experiment']}_seed{row['seed']}_test_accuracy": row["test_accuracy"]
+                        for row in rows})
+    return {**metrics, "study": study, "mlflow_run_id": steps.parent_run_id, "table": rows}
+
+
+def study_row(seed: int, unlabeled: str, experiment: str, trained: Path, evaluation: Path) -> dict[str, Any]:
+    return {"experiment": experiment, "unlabeled": unlabeled, "seed": seed,
+            "val_accuracy": metrics_of(trained)["best_val_accuracy"], "test_accuracy": metrics_of(evaluation)["test_accuracy"],
+            "train_minutes": train_minutes(trained)}
+

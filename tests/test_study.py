@@ -1,0 +1,77 @@
+"""The study flow on the smoke preset (baseline and self-training, all and filtered unlabeled data) and its report."""
+
+import re
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.report import is_configuration_run, write_report
+from pipelines.study import study_pipeline
+from stages.config import study_grid
+
+
+@pytest.fixture(scope="module")
+def study(prefect, fresh_home, archive, smoke):
+    return study_pipeline(config=smoke, seeds=[0, 1], experiments=["baseline", "self_training"], archive=str(archive))
+
+
+@pytest.fixture(scope="module")
+def report(study, tmp_path_factory):
+    return write_report(study["study"], tmp_path_factory.mktemp("report"))
+
+
+def test_one_configuration_run_per_seed_experiment_and_unlabeled_set(study):
+    client = MlflowClient()
+    parent = client.get_run(study["mlflow_run_id"])
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`ssl.study` = '{study['study']}'")
+    configurations = {(r.data.tags["ssl.experiment"], r.data.tags["ssl.unlabeled"], r.data.tags["ssl.seed"])
+                      for r in runs if is_configuration_run(r)}
+    assert configurations == {("baseline", "none", "0"), ("baseline", "none", "1"),
+                              *((("self_training", u, s) for u in ("all", "filtered") for s in ("0", "1")))}
+    stages = {r.data.tags["ssl.stage"] for r in runs if "ssl.stage" in r.data.tags}
+    assert {"split", "outliers", "baseline", "pseudo_label", "self_train", "evaluate"} <= stages
+    assert len(study["table"]) == 6
+
+
+def test_the_filtered_runs_train_on_the_kept_images_only(study):
+    client = MlflowClient()
+    parent = client.get_run(study["mlflow_run_id"])
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`ssl.study` = '{study['study']}' and "
+                              "tags.`ssl.stage` = 'pseudo_label'")
+    rows = {r.data.tags["ssl.unlabeled"]: r for r in runs if r.data.tags["ssl.seed"] == "0"}
+    outliers = next(r for r in client.search_runs([parent.info.experiment_id], f"tags.`ssl.study` = '{study['study']}' and "
+                                                  "tags.`ssl.stage` = 'outliers'"))
+    kept = outliers.data.metrics["kept"]
+    assert 0 < kept < 200  # smoke: 200 unlabeled images, nu = 0.1
+    # smoke's threshold (0.01) selects every image it is given
+    assert rows["all"].data.metrics["selected"] == 200
+    assert rows["filtered"].data.metrics["selected"] == kept
+
+
+def test_the_report_holds_the_numbers_mlflow_holds(study, report):
+    client = MlflowClient()
+    parent = client.get_run(study["mlflow_run_id"])
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`ssl.study` = '{study['study']}'")
+    tests = pd.DataFrame([{"experiment": r.data.tags["ssl.experiment"], "unlabeled": r.data.tags["ssl.unlabeled"],
+                           "test": r.data.metrics["test_accuracy"]}
+                          for r in runs if is_configuration_run(r)])
+    text = report.read_text()
+    for (experiment, unlabeled), values in tests.groupby(["experiment", "unlabeled"])["test"]:
+        line = next(line for line in text.splitlines() if line.startswith(f"| {experiment} | {unlabeled} |"))
+        assert f"{values.mean():.2%} ± {values.std():.2%}" in line
+    assert "| self_training | all | 2 |" in text and "34.11%" in text  # the seed's number beside ours
+    assert re.search(r"- self_training: filtering (helped|hurt|changed nothing) \([+-]\d+\.\d\d pts", text)
+    assert (report.parent / "report.html").read_text().count("<tr>") == 4  # header + 3 rows
+    images = re.findall(r"!\[[^]]*\]\(figures/([^)]+)\)", text)
+    assert {"evaluate-baseline-network.png", "outliers-any-typical_and_atypical.png"} <= set(images)
+    assert all((report.parent / "figures" / name).is_file() for name in images)
+    logged = {f.path for f in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/report.html"} <= logged
+
+
+def test_unknown_experiments_and_sets_fail_before_any_work(smoke):
+    with pytest.raises(ValueError, match=r"unknown experiment 'mixmatch'.*choose from baseline"):
+        study_grid(smoke, None, ["mixmatch"], None)
+    with pytest.raises(ValueError, match=r"unknown unlabeled set 'some'"):
+        study_grid(smoke, None, None, ["some"])
