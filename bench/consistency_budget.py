@@ -33,8 +33,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipelines import settings  # noqa: E402
+from pipelines import settings, tracking  # noqa: E402
 from stages.artifacts import read_manifest  # noqa: E402
+from stages.config import load_pipeline_config, parse_assignment  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -47,18 +48,27 @@ def run_command(args: list[str]) -> float:
     return round(time.perf_counter() - started, 1)
 
 
-def latest_flow_artifacts() -> list[Path]:
-    """The artifacts of the stages of the newest finished flow run in the store (nested runs at any depth)."""
+def finished_flow_artifacts(config, stage: str) -> list[Path] | None:
+    """The stage artifacts of the newest finished flow run in the store that ran ``stage`` with ``config``
+    (every parameter of its parent run equal to the config's; sections added to the config since are
+    ignored), nested runs at any depth; None when there is none."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=settings.tracking_uri())
-    experiment = client.get_experiment_by_name(settings.experiment_name()).experiment_id
-    parents = [run for run in client.search_runs([experiment], "attributes.status = 'FINISHED'",
-                                                 order_by=["attributes.start_time DESC"], max_results=50)
-               if "mlflow.parentRunId" not in run.data.tags]
-    flow_run = parents[0].data.tags["prefect.flow_run_id"]
-    runs = client.search_runs([experiment], f"tags.`prefect.flow_run_id` = '{flow_run}' and tags.`ssl.stage` != ''")
-    return [Path(run.data.tags["ssl.artifact_path"]) for run in runs]
+    experiment = client.get_experiment_by_name(settings.experiment_name())
+    if experiment is None:
+        return None
+    wanted = {key: str(value) for key, value in tracking.flatten(config.model_dump(mode="json")).items()}
+    for parent in client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'",
+                                     order_by=["attributes.start_time DESC"], max_results=200):
+        if "mlflow.parentRunId" in parent.data.tags or any(wanted.get(k) != v for k, v in parent.data.params.items()):
+            continue
+        flow_run = parent.data.tags["prefect.flow_run_id"]
+        runs = client.search_runs([experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run}' and tags.`ssl.stage` != ''")
+        artifacts = [Path(run.data.tags["ssl.artifact_path"]) for run in runs]
+        if any(read_manifest(path)["stage"] == stage for path in artifacts):
+            return artifacts
+    return None
 
 
 def made_by(stage: str, artifacts: list[Path]) -> Path:
@@ -68,6 +78,16 @@ def made_by(stage: str, artifacts: list[Path]) -> Path:
 def evaluation_of(model: Path, artifacts: list[Path]) -> Path:
     return next(path for path in artifacts if read_manifest(path)["stage"] == "evaluate"
                 and Path(read_manifest(path)["parents"]["model"]["path"]) == model)
+
+
+def run_arm(args, command: list[str], sets: list[str], stage: str) -> tuple[list[Path], float | None]:
+    """The artifacts of the arm's flow run and its command's seconds: run now, or with ``--reuse`` the
+    finished run of the same configuration in the store that ran ``stage`` (seconds then None)."""
+    config = load_pipeline_config(args.preset, [parse_assignment(text) for text in sets])
+    if args.reuse and (artifacts := finished_flow_artifacts(config, stage)):
+        return artifacts, None
+    seconds = run_command([*command, "--preset", args.preset, *(f"--set={text}" for text in sets)])
+    return finished_flow_artifacts(config, stage), seconds
 
 
 def stage_seconds(artifact: Path) -> float:
@@ -94,32 +114,37 @@ def main() -> None:
     parser.add_argument("--baseline-epochs", type=int, default=120, help="baseline-long: epochs filling the budget")
     parser.add_argument("--fine-tune-epochs", type=int, default=10, help="self-training: epochs per iteration")
     parser.add_argument("--arms", nargs="+", default=["fixmatch", "baseline-long", "self-training"])
+    parser.add_argument("--fixmatch-variant", nargs="+", metavar="KEY=VALUE",
+                        help="one more FixMatch arm with these overrides, e.g. consistency.threshold=0.7")
+    parser.add_argument("--reuse", action="store_true", help="take arms already finished in --home from the store")
     args = parser.parse_args()
     os.environ[settings.HOME_ENV] = str(args.home.resolve())
-    common = ["--preset", args.preset, "--set", f"baseline.seed={args.seed}"]
+    common = [f"baseline.seed={args.seed}"]
     if args.start_model:
         baseline = args.start_model.resolve()
     else:
-        run_command(["run", *common])
-        baseline = made_by("baseline", latest_flow_artifacts())
+        baseline = made_by("baseline", run_arm(args, ["run"], common, "baseline")[0])
     start = ["--start-model", str(baseline)]
     base_seconds = stage_seconds(baseline)
-    arms = {}
-    commands = {
-        "fixmatch": ["consistency", *common, "--methods", "fixmatch", *start],
-        "baseline-long": ["run", *common, "--set", f"baseline.epochs={args.baseline_epochs}"],
-        "self-training": ["self-train", *common, "--thresholds", "0.85", "--iterations", "4",
-                          "--set", f"self_training.fine_tune.epochs={args.fine_tune_epochs}", *start],
+    # arm -> (command, its --set overrides, the stages whose time it spends, the last one its model's)
+    plans = {
+        "fixmatch": (["consistency", "--methods", "fixmatch", *start], common, ("consistency",)),
+        "baseline-long": (["run"], [*common, f"baseline.epochs={args.baseline_epochs}"], ("baseline",)),
+        "self-training": (["self-train", "--thresholds", "0.85", "--iterations", "4", *start],
+                          [*common, f"self_training.fine_tune.epochs={args.fine_tune_epochs}"], ("pseudo_label", "self_train")),
     }
-    trains = {"fixmatch": ("consistency",), "baseline-long": ("baseline",), "self-training": ("pseudo_label", "self_train")}
+    if args.fixmatch_variant:
+        variant = f"fixmatch ({', '.join(args.fixmatch_variant)})"
+        plans[variant] = (["consistency", "--methods", "fixmatch", *start], [*common, *args.fixmatch_variant], ("consistency",))
+        args.arms.append(variant)
     arms = {}
     for arm in args.arms:
-        seconds = run_command(commands[arm])
-        artifacts = latest_flow_artifacts()
-        trained = made_by(trains[arm][-1], artifacts)
+        command, sets, trains = plans[arm]
+        artifacts, seconds = run_arm(args, command, sets, trains[-1])
+        trained = made_by(trains[-1], artifacts)
         offset = 0.0 if arm == "baseline-long" else base_seconds  # the continuations spent the baseline's time first
         arms[arm] = {"command_seconds": seconds, "trained": trained, "evaluate": evaluation_of(trained, artifacts),
-                     "offset": offset, "train_seconds": offset + sum(stage_seconds(made_by(s, artifacts)) for s in trains[arm])}
+                     "offset": offset, "train_seconds": offset + sum(stage_seconds(made_by(s, artifacts)) for s in trains)}
     write_results(args, baseline, arms)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow
 
-from pipelines.flow import baseline_steps, configuration_run, log_comparison, metrics_of, pipeline_run
+from pipelines.flow import baseline_steps, configuration_run, log_comparison, metrics_of, pipeline_run, train_minutes
 from stages.config import PipelineConfig, consistency_grid
 
 
@@ -37,7 +37,7 @@ def consistency_pipeline(config: PipelineConfig = PipelineConfig(), methods: lis
                     nested, run_metrics):
                 trained = nested.run("consistency", method, inputs)
                 evaluation = nested.run("evaluate", config.evaluate, {"split": split, "model": trained})
-                run_metrics.update({**metrics_of(trained), **metrics_of(evaluation)})
+                run_metrics.update({**metrics_of(trained), **metrics_of(evaluation), "train_minutes": train_minutes(trained)})
             rows.append({"method": method.method, "warm_start": method.warm_start, "steps": run_metrics["steps"],
                          "images_per_second": run_metrics["images_per_second"],
                          "val_accuracy": run_metrics["best_val_accuracy"], "test_accuracy": run_metrics["test_accuracy"],
