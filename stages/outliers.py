@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from keras import ops
 
-from stages import data, figures
+from stages import data, figures, losses
 from stages.artifacts import parent_entry, staged_output, verify, write_manifest
 from stages.baseline import METRICS_FILE, load_classifier
 from stages.config import OutlierConfig
@@ -76,7 +76,7 @@ class SoftBoundarySVDD(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         beyond = ops.relu(y_pred - self.radius_squared)
         self.outside.update_state(ops.mean(ops.cast(beyond > 0, "float32")))
-        return self.radius_squared + ops.mean(beyond) / self.nu + ops.sum(self.losses)
+        return losses.with_regularization(self.radius_squared + ops.mean(beyond) / self.nu, self.losses)
 
     def solve_radius(self, distances: np.ndarray) -> None:
         self.radius_squared.assign(float(np.quantile(distances, 1 - self.nu)))
