@@ -125,7 +125,7 @@ def one_class_nn(config: OutlierConfig, labeled: np.ndarray, images: np.ndarray,
     radius_squared = float(ops.convert_to_numpy(model.radius_squared))
     if radius_squared <= 1e-10:
         raise RuntimeError("the one-class network collapsed: every labeled image sits on the centre (R^2 = "
-                           f"{radius_squared:.2e}). Raise weight_decay or lower learning_rate or epochs")
+                           f"{radius_squared:.2e}). Lower weight_decay, learning_rate or epochs")
     return radius_squared - distances(labeled), radius_squared - distances(images)
 
 
