@@ -25,6 +25,7 @@ from pipelines.pretraining import pretrain_configuration
 from pipelines.self_training import self_train_configuration
 from stages.config import PipelineConfig, pretraining_grid, study_grid, with_training_seed
 
+
 def tagged(steps: Steps, seed: int, unlabeled: str, experiment: str) -> Steps:
     return replace(steps, tags={**steps.tags, tracking.TAG_SEED: str(seed), tracking.TAG_UNLABELED: unlabeled,
                                 tracking.TAG_EXPERIMENT: experiment})
@@ -55,7 +56,8 @@ def baseline_experiment(steps: Steps, config: PipelineConfig, split: Path) -> tu
 def study_pipeline(config: PipelineConfig = PipelineConfig(), seeds: list[int] | None = None,
                    experiments: list[str] | None = None, unlabeled: list[str] | None = None,
                    launcher: str = "in-process", archive: str | None = None) -> dict[str, Any]:
-    """The seed study's experiments x unlabeled sets (``all``, ``filtered``) x training seeds."""
+    """The seed study's experiments x unlabeled sets (``all``, ``filtered``) x training seeds. The
+    baseline runs for every seed whatever ``experiments`` holds: self-training starts from it."""
     seeds, experiments, unlabeled = study_grid(config, seeds, experiments, unlabeled)  # bad names fail before any work
     study = f"{flow_run.name}-{str(flow_run.id)[:8]}"
     rows = []
