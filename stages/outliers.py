@@ -31,7 +31,7 @@ from keras import ops
 
 from stages import data, figures, losses
 from stages.artifacts import parent_entry, staged_output, verify, write_manifest
-from stages.baseline import METRICS_FILE, load_classifier
+from stages.baseline import HISTORY_FILE, METRICS_FILE, load_classifier
 from stages.config import OutlierConfig
 from stages.data import OUTLIER_SCORE_SCHEMA, OUTLIER_SCORES_FILE, TABLES
 from stages.models import build_encoder, build_scaling
@@ -44,8 +44,10 @@ log = logging.getLogger(__name__)
 
 FIGURES_DIR = "figures"
 SHOWN = 16  # images in each row of the typical / atypical figure
-# fits on labeled images (N, 32, 32, 3), scores images (M, ...): (training scores (N,), scores (M,))
-Scorer = Callable[[OutlierConfig, np.ndarray, np.ndarray, Mapping[str, Path]], tuple[np.ndarray, np.ndarray]]
+# fits on labeled images (N, 32, 32, 3), scores images (M, ...): training scores (N,), scores (M,) and
+# the per-epoch history of a trained scorer (None for one fitted in one go)
+Scorer = Callable[[OutlierConfig, np.ndarray, np.ndarray, Mapping[str, Path]],
+                  tuple[np.ndarray, np.ndarray, pd.DataFrame | None]]
 SCORERS: Registry[Scorer] = Registry("outlier scorer")
 
 
@@ -106,7 +108,7 @@ def one_class_encoder(config: OutlierConfig) -> keras.Model:
 
 @SCORERS.register("one_class_nn")
 def one_class_nn(config: OutlierConfig, labeled: np.ndarray, images: np.ndarray,
-                 inputs: Mapping[str, Path]) -> tuple[np.ndarray, np.ndarray]:
+                 inputs: Mapping[str, Path]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Soft-boundary Deep SVDD on the shared encoder; score = R^2 - squared distance to the centre."""
     keras.utils.set_random_seed(config.seed)
     model = SoftBoundarySVDD(one_class_encoder(config), config.nu)
@@ -126,12 +128,12 @@ def one_class_nn(config: OutlierConfig, labeled: np.ndarray, images: np.ndarray,
     if radius_squared <= 1e-10:
         raise RuntimeError("the one-class network collapsed: every labeled image sits on the centre (R^2 = "
                            f"{radius_squared:.2e}). Lower weight_decay, learning_rate or epochs")
-    return radius_squared - distances(labeled), radius_squared - distances(images)
+    return radius_squared - distances(labeled), radius_squared - distances(images), recorder.history()
 
 
 @SCORERS.register("one_class_svm")
 def one_class_svm(config: OutlierConfig, labeled: np.ndarray, images: np.ndarray,
-                  inputs: Mapping[str, Path]) -> tuple[np.ndarray, np.ndarray]:
+                  inputs: Mapping[str, Path]) -> tuple[np.ndarray, np.ndarray, None]:
     """scikit-learn's OneClassSVM (RBF, gamma 'scale') on the input model's standardised encoder features."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -146,7 +148,7 @@ def one_class_svm(config: OutlierConfig, labeled: np.ndarray, images: np.ndarray
     encode = encode_with(encoder)
     svm = make_pipeline(StandardScaler(), OneClassSVM(nu=config.nu, kernel="rbf", gamma="scale"))
     svm.fit(encode(labeled))
-    return svm.decision_function(encode(labeled)), svm.decision_function(encode(images))
+    return svm.decision_function(encode(labeled)), svm.decision_function(encode(images)), None
 
 
 def run(config: OutlierConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
@@ -157,7 +159,7 @@ def run(config: OutlierConfig, inputs: Mapping[str, Path], output: Path) -> dict
     audit = data.read_table(split, "unlabeled_audit")
     log.info("%s (nu %.2f): fitting on %d labeled images, scoring %d unlabeled", config.scorer, config.nu,
              len(labeled), len(unlabeled))
-    train_scores, scores = SCORERS[config.scorer](config, labeled.images, unlabeled.images, inputs)
+    train_scores, scores, history = SCORERS[config.scorer](config, labeled.images, unlabeled.images, inputs)
     kept = scores >= 0
     if not kept.any():
         raise ValueError(f"outliers: no unlabeled image falls inside the boundary (highest score {scores.max():.3g}); "
@@ -173,6 +175,8 @@ def run(config: OutlierConfig, inputs: Mapping[str, Path], output: Path) -> dict
         pq.write_table(pa.Table.from_pandas(table, schema=OUTLIER_SCORE_SCHEMA, preserve_index=False),
                        tmp / OUTLIER_SCORES_FILE, compression="snappy")
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        if history is not None:  # per epoch: loss, outside_fraction of the batches, radius_squared
+            history.to_parquet(tmp / HISTORY_FILE, index=False)
         write_figures(tmp / FIGURES_DIR, unlabeled.images, scores, audit.labels)
         manifest = write_manifest(
             tmp, "outliers", config.model_dump(mode="json"), {name: parent_entry(Path(path)) for name, path in inputs.items()},

@@ -30,7 +30,8 @@ def test_one_class_network_leaves_about_nu_of_its_training_images_outside(smoke,
     config = smoke.outliers.model_copy(update={"nu": nu, "epochs": 3})
     train, held_out, odd = (synthetic_images(400, "flat", 0), synthetic_images(400, "flat", 1),
                             synthetic_images(100, "noise", 2))
-    train_scores, scores = outliers.SCORERS["one_class_nn"](config, train, np.concatenate([held_out, odd]), {})
+    train_scores, scores, history = outliers.SCORERS["one_class_nn"](config, train, np.concatenate([held_out, odd]), {})
+    assert history["radius_squared"].iloc[-1] < history["radius_squared"].iloc[0]  # the sphere shrinks as it trains
     assert outliers.outside_fraction(train_scores) == pytest.approx(nu, abs=0.02)
     assert outliers.outside_fraction(scores[:400]) == pytest.approx(nu, abs=0.1)  # new images of the same kind
     assert outliers.outside_fraction(scores[400:]) == 1.0  # every noise image is atypical
@@ -39,7 +40,7 @@ def test_one_class_network_leaves_about_nu_of_its_training_images_outside(smoke,
 def test_one_class_svm_on_frozen_features_keeps_the_nu_property(split_artifact, model_artifact, smoke):
     labeled = data.read_table(split_artifact, "labeled").images
     config = smoke.outliers.model_copy(update={"scorer": "one_class_svm", "nu": 0.3})
-    train_scores, scores = outliers.SCORERS["one_class_svm"](config, labeled, synthetic_images(50, "noise", 3),
+    train_scores, scores, _ = outliers.SCORERS["one_class_svm"](config, labeled, synthetic_images(50, "noise", 3),
                                                              {"model": model_artifact})
     assert outliers.outside_fraction(train_scores) == pytest.approx(0.3, abs=0.05)
     assert len(scores) == 50
@@ -64,6 +65,8 @@ def test_the_stage_writes_a_split_without_the_atypical_images(split_artifact, sm
     assert metrics["train_outside_fraction"] == pytest.approx(0.5, abs=0.05)
     assert {p.name for p in (out / "figures").iterdir()} == {"typical_and_atypical.png", "score_histogram.png",
                                                               "kept_per_class.png"}
+    history = pd.read_parquet(out / "history.parquet")
+    assert list(history["epoch"]) == [1, 2] and {"loss", "outside_fraction", "radius_squared"} <= set(history.columns)
 
 
 @pytest.mark.parametrize("nu", [0, 1.5, -0.1])
