@@ -25,7 +25,7 @@ from stages.artifacts import ArtifactError, parent_entry, read_manifest, staged_
 from stages.baseline import save_classifier
 from stages.config import EncoderFineTuneConfig, PretrainConfig, TrainConfig
 from stages.data import IMAGE_SHAPE, ImageTable
-from stages.models import build_classifier
+from stages.models import build_classifier, encoder_of
 from stages.objectives import OBJECTIVES
 from stages.pretrain import ENCODER_FILE, OBJECTIVE_WEIGHTS
 from stages.stage import Stage, main
@@ -61,10 +61,6 @@ def load_encoder(encoder_artifact: Path) -> keras.Model:
     return encoder
 
 
-def encoder_of(classifier: keras.Model, config: TrainConfig) -> keras.Model:
-    return classifier.get_layer(f"{config.architecture.name}_encoder")
-
-
 def two_step(config: EncoderFineTuneConfig, pretrained: keras.Model, labeled: ImageTable, validation: ImageTable):
     """Head on the frozen encoder, then (``unfreeze_epochs``) everything.
 
@@ -72,7 +68,7 @@ def two_step(config: EncoderFineTuneConfig, pretrained: keras.Model, labeled: Im
     across phases: the best of the last phase)."""
     keras.utils.set_random_seed(config.classifier.seed)
     classifier = build_classifier(config.classifier)
-    encoder = encoder_of(classifier, config.classifier)
+    encoder = encoder_of(classifier)
     encoder.set_weights(pretrained.get_weights())
     encoder.trainable = False  # BatchNorm runs in inference mode too: the pretrained statistics stay
     head = fit_classifier(classifier, config.classifier, labeled, validation)
@@ -121,7 +117,7 @@ def joint(config: EncoderFineTuneConfig, encoder_artifact: Path, pretrained: Pre
           validation: ImageTable, images: np.ndarray):
     keras.utils.set_random_seed(config.classifier.seed)
     classifier = build_classifier(config.classifier)
-    objective = OBJECTIVES[pretrained.objective](pretrained, encoder=encoder_of(classifier, config.classifier))
+    objective = OBJECTIVES[pretrained.objective](pretrained, encoder=encoder_of(classifier))
     objective(images[:2].astype("float32"))  # build it, so the pretrained weights have somewhere to go
     if not config.from_scratch:
         objective.load_weights(encoder_artifact / OBJECTIVE_WEIGHTS)

@@ -190,6 +190,11 @@ def build_scaling() -> layers.Rescaling:
     return layers.Rescaling(PIXEL_SCALE, offset=PIXEL_OFFSET, name="scale")
 
 
+def encoder_of(classifier: keras.Model) -> keras.Model:
+    """The encoder inside a classifier ``build_classifier`` made: ``<arch>_classifier`` holds ``<arch>_encoder``."""
+    return classifier.get_layer(classifier.name.removesuffix("_classifier") + "_encoder")
+
+
 def build_classifier(config: TrainConfig, num_classes: int = NUM_CLASSES) -> keras.Model:
     """augmentation -> scale to [-1, 1] -> encoder -> [dense] -> [dropout] -> softmax (float32)."""
     arch, dtype = config.architecture, config.precision

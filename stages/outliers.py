@@ -34,7 +34,7 @@ from stages.artifacts import parent_entry, staged_output, verify, write_manifest
 from stages.baseline import HISTORY_FILE, METRICS_FILE, load_classifier
 from stages.config import OutlierConfig
 from stages.data import OUTLIER_SCORE_SCHEMA, OUTLIER_SCORES_FILE, TABLES
-from stages.models import build_encoder, build_scaling
+from stages.models import build_encoder, build_scaling, encoder_of
 from stages.pretrain import encode_with
 from stages.registry import Registry
 from stages.stage import Stage, main
@@ -144,8 +144,7 @@ def one_class_svm(config: OutlierConfig, labeled: np.ndarray, images: np.ndarray
                          "--input model=DIR (a baseline artifact), or set outliers.scorer=one_class_nn")
     verify(Path(inputs["model"]))
     classifier = load_classifier(Path(inputs["model"]))
-    encoder = next(layer for layer in classifier.layers if layer.name.endswith("_encoder"))
-    encode = encode_with(encoder)
+    encode = encode_with(encoder_of(classifier))
     svm = make_pipeline(StandardScaler(), OneClassSVM(nu=config.nu, kernel="rbf", gamma="scale"))
     svm.fit(encode(labeled))
     return svm.decision_function(encode(labeled)), svm.decision_function(encode(images)), None

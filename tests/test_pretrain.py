@@ -17,7 +17,7 @@ import pytest
 from stages import data, fine_tune, pretrain
 from stages.artifacts import ArtifactError, write_manifest
 from stages.config import EncoderFineTuneConfig, PretrainConfig, ViewAugmentConfig, load_pipeline_config
-from stages.models import build_classifier, build_decoder, build_encoder
+from stages.models import build_classifier, build_decoder, build_encoder, encoder_of
 from stages.objectives import OBJECTIVES
 from stages.objectives.simclr import build_views
 from stages.training import FiniteGuard, NonFiniteValue, TwoStreamBatches
@@ -121,8 +121,7 @@ def test_joint_loss_weights_reach_the_training_objective(pretrained, split_artif
     config = EncoderFineTuneConfig(mode="joint", classifier=smoke.baseline, joint_weight=1.0, unlabeled_batch_size=32)
     pretrained_config = fine_tune.pretrained_config(encoder_artifact, config.classifier)
     classifier = build_classifier(config.classifier)
-    model = fine_tune.JointModel(classifier, OBJECTIVES[objective](pretrained_config, encoder=fine_tune.encoder_of(
-        classifier, config.classifier)), config)
+    model = fine_tune.JointModel(classifier, OBJECTIVES[objective](pretrained_config, encoder=encoder_of(classifier)), config)
     labeled = data.read_table(split_artifact, "labeled")
     batch = TwoStreamBatches(labeled, labeled.images, 16, 16, seed=0)[0]
     keras.utils.set_random_seed(0)
