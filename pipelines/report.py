@@ -39,10 +39,13 @@ FIGURES = (
     ("evaluate", "self_training", "learning_curves.png", "Self-training learning curves across iterations (figures 3-4)"),
     ("self_train", "self_training", "iterations.png", "Self-training per iteration: validation, samples, pseudo-label accuracy"),
     ("pretrain", "autoencoder_two_step", "reconstructions.png", "Autoencoder reconstructions under the originals (figures 7-8)"),
+    ("pretrain", "autoencoder_two_step", "pretraining_curves.png", "Autoencoder pretraining per epoch: loss, PSNR, k-NN probe"),
     ("outliers", None, "typical_and_atypical.png", "Most and least typical unlabeled images (figure 9)"),
     ("outliers", None, "score_histogram.png", "One-class scores and the cut"),
     ("outliers", None, "kept_per_class.png", "Kept fraction per true class"),
     ("pretrain", "simclr_two_step", "similarity_matrix.png", "SimCLR similarity matrix of a batch of view pairs (figure 10)"),
+    ("pretrain", "simclr_two_step", "pretraining_curves.png",
+     "SimCLR pretraining per epoch: contrastive loss, positive-pair accuracy, k-NN probe"),
 )
 
 
@@ -112,9 +115,9 @@ def collect_figures(client: MlflowClient, runs: list, directory: Path) -> list[t
                 continue
             if name not in {Path(f.path).name for f in client.list_artifacts(run.info.run_id, "figures")}:
                 continue
-            local = client.download_artifacts(run.info.run_id, f"figures/{name}", tempfile.mkdtemp())
             target = f"{stage}-{experiment or 'any'}-{name}"
-            shutil.copyfile(local, directory / target)
+            with tempfile.TemporaryDirectory() as download:
+                shutil.copyfile(client.download_artifacts(run.info.run_id, f"figures/{name}", download), directory / target)
             found.append((target, caption))
             break
     return found
