@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 import markdown
-import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
@@ -158,6 +157,5 @@ def write_report(study: str, output: Path | None = None) -> Path:
     (output / "report.html").write_text(f"<!doctype html><meta charset='utf-8'><title>Study {study}</title>\n"
                                         + markdown.markdown(text, extensions=["tables"]))
     table.to_parquet(output / "runs.parquet", index=False)
-    with mlflow.start_run(run_id=parent.info.run_id):
-        mlflow.log_artifacts(str(output), "report")
+    client.log_artifacts(parent.info.run_id, str(output), "report")
     return output / "report.md"

@@ -1,12 +1,15 @@
 """The study flow on the smoke preset (baseline and self-training, all and filtered unlabeled data) and its report."""
 
+import os
 import re
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.report import is_configuration_run, write_report
+from pipelines.report import is_configuration_run
 from pipelines.study import study_pipeline
 from stages.config import study_grid
 
@@ -17,8 +20,14 @@ def study(prefect, fresh_home, archive, smoke):
 
 
 @pytest.fixture(scope="module")
-def report(study, tmp_path_factory):
-    return write_report(study["study"], tmp_path_factory.mktemp("report"))
+def report(study, fresh_home, tmp_path_factory):
+    """``ssl-pipeline report`` as a user runs it after the flow: a new process that finds the store from
+    the home alone (no ``MLFLOW_TRACKING_URI``)."""
+    output = tmp_path_factory.mktemp("report")
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    subprocess.run([sys.executable, "-m", "pipelines.cli", "report", study["study"], "--output", str(output)],
+                   env=env, check=True)
+    return output / "report.md"
 
 
 def test_one_configuration_run_per_seed_experiment_and_unlabeled_set(study):
