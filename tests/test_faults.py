@@ -128,19 +128,19 @@ def test_killed_flows_resume_and_end_as_a_clean_run(clean_run, flow_env, tmp_pat
         check_store(home)
         runs = runs_of(home)
         assert not [run.info.run_id for run in runs if run.info.status == "RUNNING"]
-        killed_runs = [run for run in runs if tracking.TAG_FLOW_DIGEST in run.data.tags and run.info.run_id != rerun]
+        killed_runs = [run for run in flow_runs(runs) if run.info.run_id != rerun]
         assert len(killed_runs) <= 1, f"kill at {moment / 10:.1f} s"
+        killed_phase = phase(killed.log.read_text())
         # a kill in the seconds a flow process takes to exit after closing its run leaves that run FINISHED
         abandoned = [run for run in killed_runs if run.info.status != "FINISHED"]
         if len(abandoned) < len(killed_runs):
-            assert phase(killed.log.read_text()) == "evaluate built", f"kill at {moment / 10:.1f} s"
+            assert killed_phase == "evaluate built", f"kill at {moment / 10:.1f} s"
         assert all(run.info.status == "FAILED" and run.data.tags.get(tracking.TAG_RESUMED_BY) == rerun
                    for run in abandoned), f"kill at {moment / 10:.1f} s: {[run.info.status for run in abandoned]}"
         resumes = {run.info.run_id: run for run in runs}[rerun].data.tags.get(tracking.TAG_RESUMES, "")
         assert sorted(filter(None, resumes.split(","))) == sorted(run.info.run_id for run in abandoned)
-        survived.append(f"{moment / 10:.1f} s: {phase(killed.log.read_text())}, rerun {resumption(output)}")
+        survived.append(f"{moment / 10:.1f} s: {killed_phase}, rerun {resumption(output)}")
     print(f"kill points survived: {len(survived)}/{KILL_POINTS} of a {clean_seconds:.1f} s run:", *survived, sep="\n  ")
-
 
 
 def test_a_flow_killed_after_closing_its_run_stays_finished(clean_run, flow_env, tmp_path):
@@ -159,15 +159,20 @@ def test_a_flow_killed_after_closing_its_run_stays_finished(clean_run, flow_env,
 
     runs = {run.info.run_id: run for run in runs_of(home)}
     rerun = runs.pop(parent_run_id(output))
-    (first,) = [run for run in runs.values() if tracking.TAG_FLOW_DIGEST in run.data.tags]
+    (first,) = flow_runs(runs.values())
     assert first.info.status == "FINISHED" and tracking.TAG_RESUMED_BY not in first.data.tags
     assert tracking.TAG_RESUMES not in rerun.data.tags
     assert resumption(output) == "reused ['split', 'baseline', 'evaluate']"
     assert final_metrics(home) == clean_metrics
 
 
+def flow_runs(runs) -> list:
+    """The flows' parent runs among ``runs`` (not their stage runs)."""
+    return [run for run in runs if tracking.TAG_FLOW_DIGEST in run.data.tags]
+
+
 def parent_closed(home: Path) -> bool:
-    return any(run.info.status == "FINISHED" and tracking.TAG_FLOW_DIGEST in run.data.tags for run in runs_of(home))
+    return any(run.info.status == "FINISHED" for run in flow_runs(runs_of(home)))
 
 
 def phase(output: str) -> str:

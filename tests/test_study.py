@@ -20,7 +20,7 @@ def study(prefect, fresh_home, archive, smoke):
 
 
 @pytest.fixture(scope="module")
-def report(study, fresh_home, tmp_path_factory):
+def report(study, tmp_path_factory):
     """``ssl-pipeline report`` as a user runs it after the flow: a new process that finds the store from
     the home alone (no ``MLFLOW_TRACKING_URI``)."""
     output = tmp_path_factory.mktemp("report")
