@@ -102,21 +102,22 @@ def filtering_effect(summary: pd.DataFrame) -> list[str]:
 
 
 def collect_figures(client: MlflowClient, runs: list, directory: Path) -> list[tuple[str, str]]:
-    """(file under ``directory``, caption) of each of ``FIGURES`` that a stage run of the study logged."""
+    """(file under ``directory``, caption) of each of ``FIGURES`` that a stage run of the study logged,
+    or, for a stage the study took from the cache, the run that made its artifact."""
     found = []
     directory.mkdir(parents=True, exist_ok=True)
     for stage, experiment, name, caption in FIGURES:
         for run in runs:
             tags = run.data.tags
-            if tags.get(tracking.TAG_STAGE) != stage or tags.get(tracking.TAG_CACHED) != "false":
+            if tags.get(tracking.TAG_STAGE) != stage or (experiment and tags.get(tracking.TAG_EXPERIMENT) != experiment):
                 continue
-            if experiment and tags.get(tracking.TAG_EXPERIMENT) != experiment:
-                continue
-            if name not in {Path(f.path).name for f in client.list_artifacts(run.info.run_id, "figures")}:
+            # a cached stage's light run holds no figures; the run it names does (none named: made elsewhere)
+            source = tags.get(tracking.TAG_CACHED_FROM) if tags.get(tracking.TAG_CACHED) == "true" else run.info.run_id
+            if source is None or name not in {Path(f.path).name for f in client.list_artifacts(source, "figures")}:
                 continue
             target = f"{stage}-{experiment or 'any'}-{name}"
             with tempfile.TemporaryDirectory() as download:
-                shutil.copyfile(client.download_artifacts(run.info.run_id, f"figures/{name}", download), directory / target)
+                shutil.copyfile(client.download_artifacts(source, f"figures/{name}", download), directory / target)
             found.append((target, caption))
             break
     return found

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.report import is_configuration_run
+from pipelines.report import is_configuration_run, write_report
 from pipelines.study import study_pipeline
 from stages.config import study_grid
 
@@ -77,6 +77,17 @@ def test_the_report_holds_the_numbers_mlflow_holds(study, report):
     assert all((report.parent / "figures" / name).is_file() for name in images)
     logged = {f.path for f in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/report.html"} <= logged
+
+
+def test_a_study_served_from_the_cache_reports_the_same_figures(study, report, smoke, archive, tmp_path):
+    again = study_pipeline(config=smoke, seeds=[0, 1], experiments=["baseline", "self_training"], archive=str(archive))
+    client = MlflowClient()
+    parent = client.get_run(again["mlflow_run_id"])
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`ssl.study` = '{again['study']}'")
+    assert {r.data.tags["ssl.cached"] for r in runs if "ssl.stage" in r.data.tags} == {"true"}
+    rerun_report = write_report(again["study"], tmp_path)
+    figures = re.compile(r"!\[[^]]*\]\(figures/([^)]+)\)")
+    assert figures.findall(rerun_report.read_text()) == figures.findall(report.read_text())
 
 
 def test_unknown_experiments_and_sets_fail_before_any_work(smoke):
