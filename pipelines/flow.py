@@ -60,7 +60,7 @@ def stage_key(stage: str, config: BaseModel, inputs: dict[str, Path]) -> str:
         "stage": stage,
         "config": config.model_dump(mode="json"),
         "inputs": {name: input_digest(path) for name, path in sorted(inputs.items())},
-        "code_version": code_version(),
+        "code_version": code_version(stage),
     })
 
 

@@ -7,6 +7,7 @@ hash of all of that except timings, so equal digests mean equal content and prov
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import datetime as dt
 import fcntl
@@ -47,18 +48,59 @@ def sha256_json(value: Any) -> str:
 
 
 @cache
-def code_version() -> str:
-    """``<package version>+<hash of the stages/ Python sources>``: changes whenever stage code does.
+def code_version(stage: str) -> str:
+    """``<package version>+<hash of the sources stage runs>``: the stage's module and every module of
+    stages/ it imports, directly or not, so a change to another stage leaves this one's artifacts and
+    cache keys valid.
 
     Presets are left out: what they set reaches every manifest and cache key as config.
     """
     root = Path(stages.__file__).parent
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        if "__pycache__" not in path.parts:
-            digest.update(path.relative_to(root).as_posix().encode())
-            digest.update(path.read_bytes())
+    for path in sorted(source_closure(root, f"{root.name}.{stage}")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
     return f"{stages.__version__}+{digest.hexdigest()[:12]}"
+
+
+def source_closure(root: Path, module: str) -> set[Path]:
+    """The files of ``module`` (dotted, in the package whose directory is ``root``) and of every module
+    of that package it imports, transitively, parent packages' ``__init__.py`` included. Read from
+    the sources, not by importing them."""
+    package, found, pending = root.name, set(), [module]
+    while pending:
+        name = pending.pop()
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__, then c
+            path = _module_file(root, parts[1:depth])
+            if path is not None and path not in found:
+                found.add(path)
+                pending.extend(_imported_modules(path, ".".join(parts[:depth]), package))
+    return found
+
+
+def _module_file(root: Path, parts: list[str]) -> Path | None:
+    """The module's file, or None where the name is not a module (a function imported from one)."""
+    base = root.joinpath(*parts)
+    for path in (base / "__init__.py", base.with_suffix(".py")):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported_modules(path: Path, name: str, package: str) -> list[str]:
+    """Dotted names in ``package`` that the module ``name`` imports; ``from m import x`` also names
+    ``m.x``, which is a module when x is one (``from stages import data``)."""
+    here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    names = []
+    for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = here.rsplit(".", node.level - 1)[0] if node.level else ""  # from . / from .. import
+            source = ".".join(filter(None, (base, node.module)))
+            names += [source, *(f"{source}.{alias.name}" for alias in node.names)]
+    return [n for n in names if n == package or n.startswith(f"{package}.")]
 
 
 def _describe_file(path: Path) -> dict[str, Any]:
@@ -96,7 +138,7 @@ def write_manifest(
     identity = {
         "stage": stage,
         "config": dict(config),
-        "code_version": code_version(),
+        "code_version": code_version(stage),
         "parents": {name: parent["digest"] for name, parent in parents.items()},
         "files": {name: entry["sha256"] for name, entry in files.items()},
     }
