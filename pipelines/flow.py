@@ -119,7 +119,8 @@ def open_parent_run(config: PipelineConfig, tags: dict[str, str] | None = None) 
         {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),
          tracking.TAG_FLOW_DIGEST: digest, **({tracking.TAG_RESUMES: ",".join(resumes)} if resumes else {}), **(tags or {})},
     )
-    tracking.link_resumed(resumes, parent_run_id)
+    with tracking.failed_if_raises(parent_run_id):
+        tracking.link_resumed(resumes, parent_run_id)
     return experiment_id, parent_run_id
 
 

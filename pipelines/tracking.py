@@ -138,10 +138,23 @@ def start_parent_run(experiment_id: str, run_name: str, config: Mapping[str, Any
     nesting = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
     run = client.create_run(experiment_id, run_name=run_name,
                             tags={TAG_PRESET: config.get("preset", ""), **nesting, **tags})
-    params = [Param(key, str(value)) for key, value in flatten(config).items()]
-    client.log_batch(run.info.run_id, params=params)
-    client.log_dict(run.info.run_id, dict(config), "config.json")
+    with failed_if_raises(run.info.run_id):
+        params = [Param(key, str(value)) for key, value in flatten(config).items()]
+        client.log_batch(run.info.run_id, params=params)
+        client.log_dict(run.info.run_id, dict(config), "config.json")
     return run.info.run_id
+
+
+@contextlib.contextmanager
+def failed_if_raises(run_id: str):
+    """Mark the just-created run FAILED if the block raises: the task that made it is retried and
+    makes another, and this live process's runs are not ones ``fail_abandoned_runs`` closes."""
+    try:
+        yield
+    except Exception:
+        with contextlib.suppress(Exception):  # the store may be what failed; its error is the one to see
+            MlflowClient().set_terminated(run_id, "FAILED")
+        raise
 
 
 def this_process() -> str:

@@ -117,3 +117,22 @@ def test_runs_left_running_by_ended_flows_are_failed_and_linked(home):
     assert status == {killed: "FAILED", killed_stage: "FAILED", killed_other_flow: "FAILED",
                       alive: "RUNNING", elsewhere: "RUNNING"}
     assert "killed" in client.get_run(killed).data.tags["ssl.failure"]
+
+
+def test_a_retried_parent_run_leaves_no_run_running(prefect, archive, smoke, home, monkeypatch):
+    log_dict, calls = MlflowClient.log_dict, []
+
+    def fails_once(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise requests.ConnectionError("the store went away for a moment")
+        return log_dict(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_dict", fails_once)
+    result = baseline_pipeline(config=smoke, archive=str(archive))
+    client = MlflowClient()
+    experiment_id = client.get_run(result["mlflow_run_id"]).info.experiment_id
+    parents = {run.info.run_id: run.info.status for run in client.search_runs([experiment_id])
+               if "mlflow.parentRunId" not in run.data.tags}
+    assert len(parents) == 2 and parents.pop(result["mlflow_run_id"]) == "FINISHED"
+    assert list(parents.values()) == ["FAILED"]  # the first attempt's run, closed when its logging failed
