@@ -14,9 +14,16 @@ from pipelines.study import study_pipeline
 from stages.config import study_grid
 
 
+FIGURE_LINK = re.compile(r"!\[[^]]*\]\(figures/([^)]+)\)")  # the file of each figure a report.md shows
+
+
+def smoke_study(smoke, archive) -> dict:
+    return study_pipeline(config=smoke, seeds=[0, 1], experiments=["baseline", "self_training"], archive=str(archive))
+
+
 @pytest.fixture(scope="module")
 def study(prefect, fresh_home, archive, smoke):
-    return study_pipeline(config=smoke, seeds=[0, 1], experiments=["baseline", "self_training"], archive=str(archive))
+    return smoke_study(smoke, archive)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +79,7 @@ def test_the_report_holds_the_numbers_mlflow_holds(study, report):
     assert "| self_training | all | 2 |" in text and "34.11%" in text  # the seed's number beside ours
     assert re.search(r"- self_training: filtering (helped|hurt|changed nothing) \([+-]\d+\.\d\d pts", text)
     assert (report.parent / "report.html").read_text().count("<tr>") == 4  # header + 3 rows
-    images = re.findall(r"!\[[^]]*\]\(figures/([^)]+)\)", text)
+    images = FIGURE_LINK.findall(text)
     assert {"evaluate-baseline-network.png", "outliers-any-typical_and_atypical.png"} <= set(images)
     assert all((report.parent / "figures" / name).is_file() for name in images)
     logged = {f.path for f in client.list_artifacts(parent.info.run_id, "report")}
@@ -80,14 +87,13 @@ def test_the_report_holds_the_numbers_mlflow_holds(study, report):
 
 
 def test_a_study_served_from_the_cache_reports_the_same_figures(study, report, smoke, archive, tmp_path):
-    again = study_pipeline(config=smoke, seeds=[0, 1], experiments=["baseline", "self_training"], archive=str(archive))
+    again = smoke_study(smoke, archive)
     client = MlflowClient()
     parent = client.get_run(again["mlflow_run_id"])
     runs = client.search_runs([parent.info.experiment_id], f"tags.`ssl.study` = '{again['study']}'")
     assert {r.data.tags["ssl.cached"] for r in runs if "ssl.stage" in r.data.tags} == {"true"}
     rerun_report = write_report(again["study"], tmp_path)
-    figures = re.compile(r"!\[[^]]*\]\(figures/([^)]+)\)")
-    assert figures.findall(rerun_report.read_text()) == figures.findall(report.read_text())
+    assert FIGURE_LINK.findall(rerun_report.read_text()) == FIGURE_LINK.findall(report.read_text())
 
 
 def test_unknown_experiments_and_sets_fail_before_any_work(smoke):
