@@ -200,6 +200,9 @@ class EncoderFineTuneConfig(StrictModel):
     joint_weight: float = Field(0.5, ge=-1, le=1, description="joint: a; the seed used 0.5")
     unlabeled_batch_size: int = Field(256, ge=2, description="joint: images per step for the unsupervised term")
     from_scratch: bool = Field(False, description="joint: ignore the pretrained weights")
+    recalibrate_batchnorm: bool = Field(
+        True, description="joint: before each validation, re-estimate BatchNorm's statistics on the labeled images "
+                          "(the moving ones also average the objective's augmented views)")
 
 
 class StrongAugmentConfig(StrictModel):

@@ -4,7 +4,8 @@ The classifier is the baseline's (``build_classifier``) with the pretrained enco
 its encoder, so the output ``model.keras`` is evaluated and served like any baseline model.
 Two-step trains the head on the frozen encoder, then optionally everything at a lower rate.
 Joint adds the pretraining objective on batches of all training images to the classification
-loss on labeled batches, weighted ``(1 - a)`` and ``(1 + a)``.
+loss on labeled batches, weighted ``(1 - a)`` and ``(1 + a)``; its classifier is validated and
+kept with BatchNorm statistics re-estimated on the labeled images.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from stages.models import build_classifier, encoder_of
 from stages.objectives import OBJECTIVES
 from stages.pretrain import ENCODER_FILE, OBJECTIVE_WEIGHTS
 from stages.stage import Stage, main
-from stages.training import (EpochRecorder, TwoStreamBatches, build_optimizer, cosine_schedule, epoch_callbacks, fit_classifier,
-                             kept_model_summary)
+from stages.training import (BatchNormRecalibration, EpochRecorder, TwoStreamBatches, build_optimizer, cosine_schedule,
+                             epoch_callbacks, fit_classifier, kept_model_summary)
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,10 @@ def joint(config: EncoderFineTuneConfig, encoder_artifact: Path, pretrained: Pre
     selector = keras.callbacks.EarlyStopping(
         monitor="val_accuracy", mode="max", restore_best_weights=True,
         patience=config.classifier.early_stopping_patience or config.classifier.epochs)
+    statistics = BatchNormRecalibration(classifier, labeled.images, config.classifier.batch_size, config.classifier.seed)
     model.fit(train, validation_data=checks, epochs=config.classifier.epochs, shuffle=False, verbose=0,
-              callbacks=epoch_callbacks(config.classifier.seed, recorder, selector, (train,)))
+              callbacks=epoch_callbacks(config.classifier.seed, recorder, selector, (train,),
+                                        (statistics,) if config.recalibrate_batchnorm else ()))
     return classifier, recorder.history().assign(phase="joint"), selector.best_epoch + 1
 
 

@@ -221,6 +221,44 @@ class EpochSeeds(keras.callbacks.Callback):
             generator.state.assign(keras.ops.cast(state, generator.state.dtype))
 
 
+def recalibrate_batchnorm(network: keras.Model, images: np.ndarray, batch_size: int) -> None:
+    """Replaces the moving statistics of ``network``'s BatchNorm layers by the mean of their batch
+    statistics over ``images`` (N, 32, 32, 3) in whole batches (precise BatchNorm); weights unchanged.
+
+    A forward pass in training mode, with each layer's momentum k/(k+1) at batch k: the moving
+    value is then the running mean of the batches seen so far. The momenta are put back after.
+    """
+    norms = [layer for layer in network._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    try:
+        for k in range(max(1, len(images) // batch_size)):
+            for layer in norms:
+                layer.momentum = k / (k + 1)
+            network(images[k * batch_size:(k + 1) * batch_size].astype("float32"), training=True)
+    finally:
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
+
+
+class BatchNormRecalibration(keras.callbacks.Callback):
+    """Before each validation, ``recalibrate_batchnorm`` of ``network`` on ``images`` in a fixed
+    shuffled order, so what is validated, selected and kept carries statistics of those images.
+
+    For a network trained inside a larger model whose other inputs pass through its BatchNorm
+    layers too (joint fine-tuning: the objective's augmented views), whose moving statistics then
+    fit neither stream. The random layers' draws it uses are reset by ``EpochSeeds`` at the next
+    epoch, so a resumed fit still equals an uninterrupted one.
+    """
+
+    def __init__(self, network: keras.Model, images: np.ndarray, batch_size: int, seed: int):
+        super().__init__()
+        self.network, self.batch_size = network, batch_size
+        self.images = images[np.random.default_rng(seed).permutation(len(images))]
+
+    def on_test_begin(self, logs=None):
+        recalibrate_batchnorm(self.network, self.images, self.batch_size)
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """Like Keras' ``BackupAndRestore``, plus the state of the callbacks that span epochs.
 

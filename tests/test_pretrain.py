@@ -20,6 +20,7 @@ from stages.config import EncoderFineTuneConfig, PretrainConfig, ViewAugmentConf
 from stages.models import build_classifier, build_decoder, build_encoder, encoder_of
 from stages.objectives import OBJECTIVES
 from stages.objectives.simclr import build_views
+from stages import training
 from stages.training import FiniteGuard, NonFiniteValue, TwoStreamBatches
 
 
@@ -103,6 +104,75 @@ def test_fine_tune_puts_a_classifier_on_the_pretrained_encoder(pretrained, mode,
         assert {"classification_loss", evidence, "val_accuracy"} <= set(history.columns)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert 1 <= metrics["best_epoch"] <= len(phases) and 0 <= metrics["best_val_accuracy"] <= 1
+
+
+# Fits a network that is BatchNorm then a dense layer on one stream of images while the callback
+# re-estimates its statistics on another; prints the kept moving mean and variance and the batch
+# statistics of the other stream. Run in-process (TensorFlow) and in a subprocess (JAX).
+RECALIBRATED_FIT = """
+import json, keras, numpy as np
+from stages.training import BatchNormRecalibration, EpochRecorder, epoch_callbacks
+rng = np.random.default_rng(0)
+train = rng.normal(50.0, 10.0, size=(64, 2, 2, 3)).astype("float32")  # far from the images below
+images = rng.normal(-3.0, 2.0, size=(35, 2, 2, 3)).astype("float32")  # 4 batches of 8; 3 left over
+inputs = keras.Input((2, 2, 3))
+network = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(keras.layers.BatchNormalization()(inputs))))
+network.compile(optimizer="sgd", loss="mse")
+selector = keras.callbacks.EarlyStopping(monitor="val_loss", restore_best_weights=True, patience=3)
+callbacks = epoch_callbacks(0, EpochRecorder(3), selector, extra=(BatchNormRecalibration(network, images, 8, seed=0),))
+network.fit(train, np.zeros((64, 2)), validation_data=(images, np.zeros((35, 2))), epochs=3, batch_size=16, verbose=0,
+            callbacks=callbacks)
+norm = network.layers[1]
+order = np.random.default_rng(0).permutation(35)[:32].reshape(4, 8)
+batches = images[order].reshape(4, -1, 3)  # (batch, pixels, channel)
+print(json.dumps({"mean": keras.ops.convert_to_numpy(norm.moving_mean).tolist(),
+                  "variance": keras.ops.convert_to_numpy(norm.moving_variance).tolist(),
+                  "expected_mean": batches.mean(axis=1).mean(axis=0).tolist(),
+                  "expected_variance": batches.var(axis=1).mean(axis=0).tolist(), "momentum": norm.momentum}))
+"""
+
+
+def assert_recalibrated(printed: str) -> None:
+    result = json.loads(printed.strip().splitlines()[-1])
+    np.testing.assert_allclose(result["mean"], result["expected_mean"], rtol=1e-5)
+    np.testing.assert_allclose(result["variance"], result["expected_variance"], rtol=1e-4)
+    assert result["momentum"] == 0.99  # put back
+
+
+def test_recalibrated_batchnorm_keeps_the_batch_statistics_of_the_given_images(capsys):
+    """Validated and kept: the mean of the batch statistics of the given images' whole batches,
+    not the moving average of the training stream (mean 50 against -3)."""
+    exec(RECALIBRATED_FIT, {})
+    assert_recalibrated(capsys.readouterr().out)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
+def test_recalibrated_batchnorm_on_the_jax_backend():
+    """JAX's fit holds the variables in a state of its own: the callback's values must reach it."""
+    out = subprocess.run([sys.executable, "-c", RECALIBRATED_FIT], env={**os.environ, "KERAS_BACKEND": "jax"},
+                         capture_output=True, text=True, check=True).stdout
+    assert_recalibrated(out)
+
+
+@pytest.mark.parametrize("recalibrate", [True, False])
+def test_joint_fine_tuning_recalibrates_the_classifier_before_each_validation(recalibrate, pretrained, split_artifact,
+                                                                              smoke, tmp_path, monkeypatch):
+    calls = []
+    original = training.recalibrate_batchnorm
+
+    def recorded(network, images, batch_size):
+        calls.append((network.name, len(images), batch_size))
+        original(network, images, batch_size)
+
+    monkeypatch.setattr(training, "recalibrate_batchnorm", recorded)
+    _, encoder_artifact = pretrained
+    config = EncoderFineTuneConfig(mode="joint", classifier=smoke.baseline, unlabeled_batch_size=32,
+                                   recalibrate_batchnorm=recalibrate)
+    fine_tune.run(config, {"split": split_artifact, "encoder": encoder_artifact}, tmp_path / "out")
+    labeled = len(data.read_table(split_artifact, "labeled"))
+    epochs = len(pd.read_parquet(tmp_path / "out" / "history.parquet"))
+    expected = [("vgg_classifier", labeled, smoke.baseline.batch_size)] * epochs
+    assert calls == (expected if recalibrate else [])
 
 
 def test_two_step_starts_from_the_pretrained_encoder_and_keeps_it_frozen(pretrained, split_artifact, smoke, tmp_path):

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from stages.artifacts import exclusive_output, staged_output
+from stages.config import EncoderFineTuneConfig
 from stages.stage import get_stage
 from stages.training import EpochCheckpoint
 
@@ -39,7 +40,19 @@ def three_epochs(smoke, stage: str):
         return smoke.baseline.model_copy(update={"epochs": 3})
     if stage == "consistency":
         return smoke.consistency.model_copy(update={"classifier": smoke.consistency.classifier.model_copy(update={"epochs": 3})})
+    if stage == "fine_tune":  # joint: two streams through one encoder, BatchNorm re-estimated before each validation
+        return EncoderFineTuneConfig(mode="joint", classifier=smoke.baseline.model_copy(update={"epochs": 3}),
+                                     unlabeled_batch_size=32)
     return smoke.pretrain.model_copy(update={"epochs": 3, "objective": "simclr"})
+
+
+def inputs_of(stage: str, split_artifact, smoke, tmp_path) -> dict:
+    if stage != "fine_tune":
+        return {"split": split_artifact}
+    encoder = tmp_path / "encoder"
+    get_stage("pretrain").execute(smoke.pretrain.model_copy(update={"epochs": 1, "objective": "simclr"}),
+                                  {"split": split_artifact}, encoder)
+    return {"split": split_artifact, "encoder": encoder}
 
 
 def weights(path) -> list[np.ndarray]:
@@ -47,20 +60,20 @@ def weights(path) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("stage, model_file", [("baseline", "model.keras"), ("consistency", "model.keras"),
-                                               ("pretrain", "encoder.keras")])
+                                               ("pretrain", "encoder.keras"), ("fine_tune", "model.keras")])
 def test_an_interrupted_stage_resumes_and_matches_an_uninterrupted_one(stage, model_file, split_artifact, smoke, tmp_path,
                                                                        monkeypatch, caplog):
-    config = three_epochs(smoke, stage)
-    get_stage(stage).execute(config, {"split": split_artifact}, tmp_path / "clean")
+    config, inputs = three_epochs(smoke, stage), inputs_of(stage, split_artifact, smoke, tmp_path)
+    get_stage(stage).execute(config, inputs, tmp_path / "clean")
 
     output = tmp_path / "resumed"
     with monkeypatch.context() as patch:
         interrupt_after(patch, 2)
         with pytest.raises(Interrupted):
-            get_stage(stage).execute(config, {"split": split_artifact}, output)
+            get_stage(stage).execute(config, inputs, output)
     assert not output.exists() and (tmp_path / ".resumed.work" / "fit-1" / "latest").read_text() == "epoch-2"
     with caplog.at_level(logging.INFO, logger="stages.training"):
-        get_stage(stage).execute(config, {"split": split_artifact}, output)
+        get_stage(stage).execute(config, inputs, output)
     assert "resuming from the checkpoint of epoch 2" in caplog.text
     assert not (tmp_path / ".resumed.work").exists()
 
