@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import markdown
@@ -123,6 +124,14 @@ def collect_figures(client: MlflowClient, runs: list, directory: Path) -> list[t
     return found
 
 
+def flow_duration(info, now_ms: float | None = None) -> str:
+    """How long the study's parent run took, or has run so far when it has not ended (a report asked for mid-study)."""
+    if info.end_time:
+        return f"flow run {(info.end_time - info.start_time) / 60000:.1f} min"
+    now_ms = time.time() * 1000 if now_ms is None else now_ms
+    return f"flow run still running, {(now_ms - info.start_time) / 60000:.1f} min so far"
+
+
 def write_report(study: str, output: Path | None = None) -> Path:
     """The study's report in ``output`` (created; default ``<home>/reports/<study>``); also logged to its
     parent run. Returns report.md."""
@@ -136,11 +145,10 @@ def write_report(study: str, output: Path | None = None) -> Path:
     parent = next(run for run in runs if "mlflow.parentRunId" not in run.data.tags)
     output.mkdir(parents=True, exist_ok=True)
     figures = collect_figures(client, runs, output / "figures")
-    minutes = (parent.info.end_time or parent.info.start_time) - parent.info.start_time
     lines = [
         f"# Study {study}: the seed's experiments, ours beside theirs", "",
         f"Preset `{parent.data.tags.get(tracking.TAG_PRESET, '?')}`, training seeds "
-        f"{', '.join(map(str, sorted(table['seed'].unique())))}; flow run {minutes / 60000:.1f} min on "
+        f"{', '.join(map(str, sorted(table['seed'].unique())))}; {flow_duration(parent.info)} on "
         f"{len(os.sched_getaffinity(0))} CPUs ({platform.processor() or platform.machine()}); MLflow parent run "
         f"`{parent.info.run_id}`.", "",
         "| experiment | unlabeled | seeds | test top-1 (mean ± std) | val top-1 | training min | seed study |",

@@ -7,9 +7,10 @@ import sys
 
 import pandas as pd
 import pytest
+from mlflow.entities import RunInfo
 from mlflow.tracking import MlflowClient
 
-from pipelines.report import is_configuration_run, write_report
+from pipelines.report import flow_duration, is_configuration_run, write_report
 from pipelines.study import study_pipeline
 from stages.config import study_grid
 
@@ -101,3 +102,12 @@ def test_unknown_experiments_and_sets_fail_before_any_work(smoke):
         study_grid(smoke, None, ["mixmatch"], None)
     with pytest.raises(ValueError, match=r"unknown unlabeled set 'some'"):
         study_grid(smoke, None, None, ["some"])
+
+
+def test_the_report_gives_a_running_study_its_time_so_far():
+    def info(end_time):
+        return RunInfo(run_id="r", experiment_id="0", user_id="u", status="RUNNING" if end_time is None else "FINISHED",
+                       start_time=1_000_000, end_time=end_time, lifecycle_stage="active")
+
+    assert flow_duration(info(1_000_000 + 90 * 60_000)) == "flow run 90.0 min"
+    assert flow_duration(info(None), now_ms=1_000_000 + 12.5 * 60_000) == "flow run still running, 12.5 min so far"
