@@ -9,6 +9,7 @@ parent run under ``report/``.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shutil
@@ -83,11 +84,15 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     grouped = table.groupby(["experiment", "unlabeled"], sort=False)
     summary = grouped.agg(seeds=("seed", "nunique"), test_mean=("test_accuracy", "mean"), test_std=("test_accuracy", "std"),
                           val_mean=("val_accuracy", "mean"), minutes=("train_minutes", "mean")).reset_index()
-    summary["test_std"] = summary["test_std"].fillna(0.0)
     summary["seed_study"] = [SEED_FILTERED if unlabeled == "filtered" else SEED_RESULTS[experiment][1]
                              for experiment, unlabeled in zip(summary["experiment"], summary["unlabeled"])]
     return summary.sort_values(["experiment", "unlabeled"], key=lambda column: column.map(order) if column.name == "experiment"
                                else column).reset_index(drop=True)
+
+
+def mean_and_std(mean: float, std: float) -> str:
+    """``mean ± std`` as percentages; one seed has no standard deviation (NaN), so none is shown."""
+    return f"{mean:.2%} (one seed)" if math.isnan(std) else f"{mean:.2%} ± {std:.2%}"
 
 
 def filtering_effect(summary: pd.DataFrame) -> list[str]:
@@ -153,7 +158,7 @@ def write_report(study: str, output: Path | None = None) -> Path:
         f"`{parent.info.run_id}`.", "",
         "| experiment | unlabeled | seeds | test top-1 (mean ± std) | val top-1 | training min | seed study |",
         "|---|---|---|---|---|---|---|",
-        *(f"| {r.experiment} | {r.unlabeled} | {r.seeds} | {r.test_mean:.2%} ± {r.test_std:.2%} | {r.val_mean:.2%} | "
+        *(f"| {r.experiment} | {r.unlabeled} | {r.seeds} | {mean_and_std(r.test_mean, r.test_std)} | {r.val_mean:.2%} | "
           f"{r.minutes:.1f} | {r.seed_study} |" for r in summary.itertuples()),
         "", "`unlabeled`: `all` = every unlabeled image, `filtered` = those the outlier stage kept, `none` = the "
         "experiment uses none. Training minutes: the configuration's own stages (the shared split, baseline and "

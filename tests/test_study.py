@@ -10,7 +10,7 @@ import pytest
 from mlflow.entities import RunInfo
 from mlflow.tracking import MlflowClient
 
-from pipelines.report import flow_duration, is_configuration_run, write_report
+from pipelines.report import flow_duration, is_configuration_run, mean_and_std, summary_table, write_report
 from pipelines.study import study_pipeline
 from stages.config import study_grid
 
@@ -111,3 +111,11 @@ def test_the_report_gives_a_running_study_its_time_so_far():
 
     assert flow_duration(info(1_000_000 + 90 * 60_000)) == "flow run 90.0 min"
     assert flow_duration(info(None), now_ms=1_000_000 + 12.5 * 60_000) == "flow run still running, 12.5 min so far"
+
+
+def test_the_report_gives_one_seed_no_standard_deviation():
+    table = pd.DataFrame({"experiment": ["baseline", "baseline", "simclr_joint"], "unlabeled": ["none", "none", "all"],
+                          "seed": [0, 1, 0], "test_accuracy": [0.40, 0.42, 0.3653], "val_accuracy": [0.4, 0.4, 0.36],
+                          "train_minutes": [10.0, 10.0, 88.6]})
+    cells = {r.experiment: mean_and_std(r.test_mean, r.test_std) for r in summary_table(table).itertuples()}
+    assert cells == {"baseline": "41.00% ± 1.41%", "simclr_joint": "36.53% (one seed)"}
