@@ -33,19 +33,22 @@ SEED_RESULTS: dict[str, tuple[float | None, str]] = {
     "simclr_joint": (None, "did not train"),
 }
 SEED_FILTERED = "worse than unfiltered (no numbers given)"
-# (stage, experiment or None for any, file under the stage run's figures/, caption), in the seed's order
+# An objective's two modes share one pretrain stage: its figures are in the runs of either.
+AUTOENCODER, SIMCLR = ("autoencoder_two_step", "autoencoder_joint"), ("simclr_two_step", "simclr_joint")
+# (stage, experiments whose runs may hold it or None for any, file under the stage run's figures/, caption),
+# in the seed's order
 FIGURES = (
-    ("evaluate", "baseline", "network.png", "The baseline network (the seed's figure 1)"),
-    ("evaluate", "baseline", "learning_curves.png", "Baseline learning curves (figure 2)"),
-    ("evaluate", "self_training", "learning_curves.png", "Self-training learning curves across iterations (figures 3-4)"),
-    ("self_train", "self_training", "iterations.png", "Self-training per iteration: validation, samples, pseudo-label accuracy"),
-    ("pretrain", "autoencoder_two_step", "reconstructions.png", "Autoencoder reconstructions under the originals (figures 7-8)"),
-    ("pretrain", "autoencoder_two_step", "pretraining_curves.png", "Autoencoder pretraining per epoch: loss, PSNR, k-NN probe"),
+    ("evaluate", ("baseline",), "network.png", "The baseline network (the seed's figure 1)"),
+    ("evaluate", ("baseline",), "learning_curves.png", "Baseline learning curves (figure 2)"),
+    ("evaluate", ("self_training",), "learning_curves.png", "Self-training learning curves across iterations (figures 3-4)"),
+    ("self_train", ("self_training",), "iterations.png", "Self-training per iteration: validation, samples, pseudo-label accuracy"),
+    ("pretrain", AUTOENCODER, "reconstructions.png", "Autoencoder reconstructions under the originals (figures 7-8)"),
+    ("pretrain", AUTOENCODER, "pretraining_curves.png", "Autoencoder pretraining per epoch: loss, PSNR, k-NN probe"),
     ("outliers", None, "typical_and_atypical.png", "Most and least typical unlabeled images (figure 9)"),
     ("outliers", None, "score_histogram.png", "One-class scores and the cut"),
     ("outliers", None, "kept_per_class.png", "Kept fraction per true class"),
-    ("pretrain", "simclr_two_step", "similarity_matrix.png", "SimCLR similarity matrix of a batch of view pairs (figure 10)"),
-    ("pretrain", "simclr_two_step", "pretraining_curves.png",
+    ("pretrain", SIMCLR, "similarity_matrix.png", "SimCLR similarity matrix of a batch of view pairs (figure 10)"),
+    ("pretrain", SIMCLR, "pretraining_curves.png",
      "SimCLR pretraining per epoch: contrastive loss, positive-pair accuracy, k-NN probe"),
 )
 
@@ -112,16 +115,16 @@ def collect_figures(client: MlflowClient, runs: list, directory: Path) -> list[t
     or, for a stage the study took from the cache, the run that made its artifact."""
     found = []
     directory.mkdir(parents=True, exist_ok=True)
-    for stage, experiment, name, caption in FIGURES:
+    for stage, experiments, name, caption in FIGURES:
         for run in runs:
             tags = run.data.tags
-            if tags.get(tracking.TAG_STAGE) != stage or (experiment and tags.get(tracking.TAG_EXPERIMENT) != experiment):
+            if tags.get(tracking.TAG_STAGE) != stage or (experiments and tags.get(tracking.TAG_EXPERIMENT) not in experiments):
                 continue
             # a cached stage's light run holds no figures; the run it names does (none named: made elsewhere)
             source = tags.get(tracking.TAG_CACHED_FROM) if tags.get(tracking.TAG_CACHED) == "true" else run.info.run_id
             if source is None or name not in {Path(f.path).name for f in client.list_artifacts(source, "figures")}:
                 continue
-            target = f"{stage}-{experiment or 'any'}-{name}"
+            target = f"{stage}-{tags.get(tracking.TAG_EXPERIMENT) if experiments else 'any'}-{name}"
             with tempfile.TemporaryDirectory() as download:
                 shutil.copyfile(client.download_artifacts(source, f"figures/{name}", download), directory / target)
             found.append((target, caption))

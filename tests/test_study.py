@@ -4,13 +4,16 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 from mlflow.entities import RunInfo
 from mlflow.tracking import MlflowClient
 
-from pipelines.report import flow_duration, is_configuration_run, mean_and_std, summary_table, write_report
+from pipelines.report import (collect_figures, flow_duration, is_configuration_run, mean_and_std, summary_table,
+                              write_report)
 from pipelines.study import study_pipeline
 from stages.config import study_grid
 
@@ -119,3 +122,24 @@ def test_the_report_gives_one_seed_no_standard_deviation():
                           "train_minutes": [10.0, 10.0, 88.6]})
     cells = {r.experiment: mean_and_std(r.test_mean, r.test_std) for r in summary_table(table).itertuples()}
     assert cells == {"baseline": "41.00% ± 1.41%", "simclr_joint": "36.53% (one seed)"}
+
+
+def test_a_study_of_a_joint_mode_alone_shows_its_objective_s_pretraining_figures(tmp_path):
+    """Both modes of an objective share one pretrain stage: its figures come from whichever ran."""
+    class Client:  # the two calls collect_figures makes, over figures/ of each run in `logged`
+        def list_artifacts(self, run_id, path):
+            return [SimpleNamespace(path=f"figures/{name}") for name in logged[run_id]]
+
+        def download_artifacts(self, run_id, path, directory):
+            (Path(directory) / Path(path).name).write_bytes(run_id.encode())
+            return str(Path(directory) / Path(path).name)
+
+    logged = {"pretrain": ["similarity_matrix.png", "pretraining_curves.png"], "baseline": ["learning_curves.png"]}
+    runs = [SimpleNamespace(info=SimpleNamespace(run_id="pretrain"),
+                            data=SimpleNamespace(tags={"ssl.stage": "pretrain", "ssl.experiment": "simclr_joint"})),
+            SimpleNamespace(info=SimpleNamespace(run_id="baseline"),
+                            data=SimpleNamespace(tags={"ssl.stage": "evaluate", "ssl.experiment": "baseline"}))]
+    found = dict(collect_figures(Client(), runs, tmp_path))
+    assert set(found) == {"pretrain-simclr_joint-similarity_matrix.png", "pretrain-simclr_joint-pretraining_curves.png",
+                          "evaluate-baseline-learning_curves.png"}
+    assert (tmp_path / "pretrain-simclr_joint-similarity_matrix.png").read_bytes() == b"pretrain"
