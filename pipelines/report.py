@@ -22,6 +22,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from pipelines import settings, tracking
+from stages.config import EXPERIMENTS
 
 # The seed study's test top-1 per experiment (../shared/SEED.md); None where it reports no number.
 SEED_RESULTS: dict[str, tuple[float | None, str]] = {
@@ -33,8 +34,14 @@ SEED_RESULTS: dict[str, tuple[float | None, str]] = {
     "simclr_joint": (None, "did not train"),
 }
 SEED_FILTERED = "worse than unfiltered (no numbers given)"
-# An objective's two modes share one pretrain stage: its figures are in the runs of either.
-AUTOENCODER, SIMCLR = ("autoencoder_two_step", "autoencoder_joint"), ("simclr_two_step", "simclr_joint")
+
+
+def experiments_of(objective: str) -> tuple[str, ...]:
+    """The study's experiments on one pretraining objective (``<objective>_<mode>``, as the study flow
+    splits them): its modes share one pretrain stage, so its figures are in the runs of any of them."""
+    return tuple(name for name in EXPERIMENTS if name.split("_", 1)[0] == objective)
+
+
 # (stage, experiments whose runs may hold it or None for any, file under the stage run's figures/, caption),
 # in the seed's order
 FIGURES = (
@@ -42,13 +49,13 @@ FIGURES = (
     ("evaluate", ("baseline",), "learning_curves.png", "Baseline learning curves (figure 2)"),
     ("evaluate", ("self_training",), "learning_curves.png", "Self-training learning curves across iterations (figures 3-4)"),
     ("self_train", ("self_training",), "iterations.png", "Self-training per iteration: validation, samples, pseudo-label accuracy"),
-    ("pretrain", AUTOENCODER, "reconstructions.png", "Autoencoder reconstructions under the originals (figures 7-8)"),
-    ("pretrain", AUTOENCODER, "pretraining_curves.png", "Autoencoder pretraining per epoch: loss, PSNR, k-NN probe"),
+    ("pretrain", experiments_of("autoencoder"), "reconstructions.png", "Autoencoder reconstructions under the originals (figures 7-8)"),
+    ("pretrain", experiments_of("autoencoder"), "pretraining_curves.png", "Autoencoder pretraining per epoch: loss, PSNR, k-NN probe"),
     ("outliers", None, "typical_and_atypical.png", "Most and least typical unlabeled images (figure 9)"),
     ("outliers", None, "score_histogram.png", "One-class scores and the cut"),
     ("outliers", None, "kept_per_class.png", "Kept fraction per true class"),
-    ("pretrain", SIMCLR, "similarity_matrix.png", "SimCLR similarity matrix of a batch of view pairs (figure 10)"),
-    ("pretrain", SIMCLR, "pretraining_curves.png",
+    ("pretrain", experiments_of("simclr"), "similarity_matrix.png", "SimCLR similarity matrix of a batch of view pairs (figure 10)"),
+    ("pretrain", experiments_of("simclr"), "pretraining_curves.png",
      "SimCLR pretraining per epoch: contrastive loss, positive-pair accuracy, k-NN probe"),
 )
 

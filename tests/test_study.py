@@ -131,8 +131,9 @@ def test_a_study_of_a_joint_mode_alone_shows_its_objective_s_pretraining_figures
             return [SimpleNamespace(path=f"figures/{name}") for name in logged[run_id]]
 
         def download_artifacts(self, run_id, path, directory):
-            (Path(directory) / Path(path).name).write_bytes(run_id.encode())
-            return str(Path(directory) / Path(path).name)
+            target = Path(directory) / Path(path).name
+            target.write_bytes(run_id.encode())
+            return str(target)
 
     logged = {"pretrain": ["similarity_matrix.png", "pretraining_curves.png"], "baseline": ["learning_curves.png"]}
     runs = [SimpleNamespace(info=SimpleNamespace(run_id="pretrain"),
