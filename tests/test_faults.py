@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import tracking
 from stages.artifacts import verify
 
-KILL_POINTS = 10
+KILL_POINTS = 5  # each costs a kill and a rerun: about 1.5 clean runs (20-50 s each, by machine)
 SMOKE = ["--preset", "smoke", "--set", "baseline.epochs=4"]  # 4 epochs: kills also land between epochs
 # what a resumed run must reproduce exactly (timings are left out: they differ by nature)
 COMPARED = {"evaluate": ("test_accuracy", "test_top5_accuracy", "test_loss"),
@@ -110,10 +110,13 @@ def clean_run(tmp_path_factory, flow_env):
 
 def test_killed_flows_resume_and_end_as_a_clean_run(clean_run, flow_env, tmp_path):
     clean_home, clean_seconds, clean_metrics = clean_run
-    # tenths of a second; up to 85% of the clean run, so a trial that runs faster is still killed
-    moments = random.Random(9).sample(range(int(clean_seconds * 10 * 0.85)), KILL_POINTS)
+    # tenths of a second, one at random in each of KILL_POINTS equal slices of the first 85% of the
+    # clean run (so a trial that runs faster is still killed, and the kills spread over its phases)
+    slice_length = clean_seconds * 10 * 0.85 / KILL_POINTS
+    randomness = random.Random(9)
+    moments = [int((number + randomness.random()) * slice_length) for number in range(KILL_POINTS)]
     survived = []
-    for number, moment in enumerate(sorted(moments)):
+    for number, moment in enumerate(moments):
         home = tmp_path / f"trial-{number}" / "home"
         seed_split(clean_home, home)
         killed = start_flow(home, flow_env)
