@@ -33,9 +33,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipelines import settings, tracking  # noqa: E402
+from pipelines import settings  # noqa: E402
 from stages.artifacts import read_manifest  # noqa: E402
-from stages.config import load_pipeline_config, parse_assignment  # noqa: E402
+from stages.config import flat_fields, load_pipeline_config, parse_assignment  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -58,7 +58,7 @@ def finished_flow_artifacts(config, stage: str) -> list[Path] | None:
     experiment = client.get_experiment_by_name(settings.experiment_name())
     if experiment is None:
         return None
-    wanted = {key: str(value) for key, value in tracking.flatten(config.model_dump(mode="json")).items()}
+    wanted = {key: str(value) for key, value in flat_fields(config.model_dump(mode="json")).items()}
     for parent in client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'",
                                      order_by=["attributes.start_time DESC"], max_results=200):
         if "mlflow.parentRunId" in parent.data.tags or any(wanted.get(k) != v for k, v in parent.data.params.items()):

@@ -31,7 +31,7 @@ from pipelines import settings, tracking
 from pipelines.launchers import LAUNCHERS
 from stages import cifar
 from stages.artifacts import code_version, file_lock, read_manifest, sha256_file, sha256_json, verify
-from stages.config import PipelineConfig, ResourcesConfig
+from stages.config import PipelineConfig, ResourcesConfig, preset_differences
 
 log = logging.getLogger(__name__)
 # Stage progress (epochs, container logs) is INFO: with PREFECT_LOGGING_EXTRA_LOGGERS=stages,pipelines
@@ -110,6 +110,7 @@ def open_parent_run(config: PipelineConfig, tags: dict[str, str] | None = None) 
 
     Runs that killed flows left RUNNING are marked FAILED first; the new run links to those of the
     same flow and configuration (``ssl.resumes``), whose finished stages it takes from the cache.
+    ``ssl.overrides`` names what the config changed from its preset, so runs compare by it.
     """
     experiment_id = tracking.configure()
     digest = sha256_json({"flow": flow_run.flow_name, "config": config.model_dump(mode="json")})
@@ -117,7 +118,8 @@ def open_parent_run(config: PipelineConfig, tags: dict[str, str] | None = None) 
     parent_run_id = tracking.start_parent_run(
         experiment_id, f"{config.preset}-{flow_run.name}", config.model_dump(mode="json"),
         {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),
-         tracking.TAG_FLOW_DIGEST: digest, **({tracking.TAG_RESUMES: ",".join(resumes)} if resumes else {}), **(tags or {})},
+         tracking.TAG_FLOW_DIGEST: digest, tracking.TAG_OVERRIDES: tracking.overrides_tag(preset_differences(config)),
+         **({tracking.TAG_RESUMES: ",".join(resumes)} if resumes else {}), **(tags or {})},
     )
     with tracking.failed_if_raises(parent_run_id):
         tracking.link_resumed(resumes, parent_run_id)

@@ -2,9 +2,11 @@
 
 The table has one line per experiment and unlabeled set: test top-1 mean ± std over the study's
 training seeds, validation top-1, training minutes, and the seed study's result for the same
-experiment. The figures are the ones the seed shows, downloaded from the stage runs that logged
-them. Written as ``report.md`` and ``report.html`` (with ``figures/``) and logged to the study's
-parent run under ``report/``.
+experiment; above it, the preset and what the study changed of it (``ssl.overrides``). The figures
+are the ones the seed shows, downloaded from the stage runs that logged them. Written as
+``report.md`` and ``report.html`` (with ``figures/``) and logged to the study's parent run under
+``report/``, with ``runs.parquet``: one row per configuration run, preset and overrides included,
+so rows of several studies can be put side by side.
 """
 
 from __future__ import annotations
@@ -158,11 +160,13 @@ def write_report(study: str, output: Path | None = None) -> Path:
         raise ValueError(f"study {study!r} has no finished configuration run yet")
     summary = summary_table(table)
     parent = next(run for run in runs if "mlflow.parentRunId" not in run.data.tags)
+    preset = parent.data.tags.get(tracking.TAG_PRESET, "?")
+    overrides = parent.data.tags.get(tracking.TAG_OVERRIDES, "not recorded")  # studies before the tag existed
     output.mkdir(parents=True, exist_ok=True)
     figures = collect_figures(client, runs, output / "figures")
     lines = [
         f"# Study {study}: the seed's experiments, ours beside theirs", "",
-        f"Preset `{parent.data.tags.get(tracking.TAG_PRESET, '?')}`, training seeds "
+        f"Preset `{preset}` (changed: `{overrides}`), training seeds "
         f"{', '.join(map(str, sorted(table['seed'].unique())))}; {flow_duration(parent.info)} on "
         f"{len(os.sched_getaffinity(0))} CPUs ({platform.processor() or platform.machine()}); MLflow parent run "
         f"`{parent.info.run_id}`.", "",
@@ -180,6 +184,6 @@ def write_report(study: str, output: Path | None = None) -> Path:
     (output / "report.md").write_text(text)
     (output / "report.html").write_text(f"<!doctype html><meta charset='utf-8'><title>Study {study}</title>\n"
                                         + markdown.markdown(text, extensions=["tables"]))
-    table.to_parquet(output / "runs.parquet", index=False)
+    table.assign(preset=preset, overrides=overrides).to_parquet(output / "runs.parquet", index=False)
     client.log_artifacts(parent.info.run_id, str(output), "report")
     return output / "report.md"

@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import settings
 from stages.artifacts import file_lock, read_manifest
+from stages.config import flat_fields
 from stages.data import ITERATIONS_FILE
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ TAG_PROCESS = "ssl.process"  # the flow process that owns a run: host/boot/pid/s
 TAG_FLOW_DIGEST = "ssl.flow_digest"  # flow name + configuration of a flow's parent run
 TAG_RESUMES = "ssl.resumes"  # on a parent run: the killed attempts of the same flow and configuration
 TAG_RESUMED_BY = "ssl.resumed_by"  # on a killed attempt: the parent run that took over
+TAG_OVERRIDES = "ssl.overrides"  # on a parent run: "key=value; ..." of the fields its config changed from the preset
 ITERATION_METRICS = ("selected", "pseudo_label_accuracy", "mean_confidence", "val_accuracy", "val_loss",
                      "train_accuracy", "train_loss")
 MODEL_FILE = "model.keras"
@@ -119,15 +121,10 @@ def create_sqlite_store(database: Path) -> None:
     os.rename(temporary, database)
 
 
-def flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, item in value.items():
-        name = f"{prefix}{key}"
-        if isinstance(item, Mapping):
-            flat.update(flatten(item, f"{name}."))
-        else:
-            flat[name] = item
-    return flat
+def overrides_tag(differences: Mapping[str, Any], limit: int = 5000) -> str:
+    """``preset_differences`` as one tag value (MLflow caps a tag's length; a longer one is cut with "...")."""
+    text = "; ".join(f"{key}={json.dumps(value)}" for key, value in sorted(differences.items())) or "none"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def start_parent_run(experiment_id: str, run_name: str, config: Mapping[str, Any], tags: Mapping[str, str],
@@ -139,7 +136,7 @@ def start_parent_run(experiment_id: str, run_name: str, config: Mapping[str, Any
     run = client.create_run(experiment_id, run_name=run_name,
                             tags={TAG_PRESET: config.get("preset", ""), **nesting, **tags})
     with failed_if_raises(run.info.run_id):
-        params = [Param(key, str(value)) for key, value in flatten(config).items()]
+        params = [Param(key, str(value)) for key, value in flat_fields(config).items()]
         client.log_batch(run.info.run_id, params=params)
         client.log_dict(run.info.run_id, dict(config), "config.json")
     return run.info.run_id
@@ -270,7 +267,7 @@ def log_stage(
         run_tags[TAG_CACHED_FROM] = original
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage, parent_run_id=parent_run_id,
                           tags=run_tags) as run:
-        mlflow.log_params(flatten(manifest["config"]))
+        mlflow.log_params(flat_fields(manifest["config"]))
         metrics_file = artifact / "metrics.json"
         if metrics_file.is_file():
             mlflow.log_metrics(json.loads(metrics_file.read_text()))

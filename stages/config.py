@@ -10,6 +10,7 @@ says so.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any, Literal
 
@@ -315,6 +316,24 @@ def preset_overrides(name: str) -> dict[str, Any]:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     text = resources.files("stages.presets").joinpath(f"{name}.yaml").read_text()
     return yaml.safe_load(text) or {}
+
+
+def flat_fields(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: a nested config by dotted field name (as ``--set`` and MLflow params name them)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_fields(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def preset_differences(config: PipelineConfig) -> dict[str, Any]:
+    """The fields whose values ``config`` changed from its preset's (what ``--config`` and ``--set`` did),
+    by dotted name, with this config's values."""
+    preset = flat_fields(load_pipeline_config(config.preset).model_dump(mode="json"))
+    return {key: value for key, value in flat_fields(config.model_dump(mode="json")).items() if preset.get(key) != value}
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,8 @@ import pytest
 from pydantic import ValidationError
 
 from stages.config import (
-    PRESETS, ConfigError, PipelineConfig, SplitConfig, load_pipeline_config, parse_assignment,
+    PRESETS, ConfigError, PipelineConfig, SplitConfig, flat_fields, load_pipeline_config, parse_assignment,
+    preset_differences,
 )
 
 
@@ -60,3 +61,17 @@ def test_parse_assignment():
     assert parse_assignment("baseline.architecture.filters=[8, 16]") == {"baseline": {"architecture": {"filters": [8, 16]}}}
     with pytest.raises(ValueError, match="expected KEY.PATH=VALUE"):
         parse_assignment("baseline.seed")
+
+
+def test_flat_fields_names_every_leaf_by_its_dotted_path():
+    assert flat_fields({"a": {"b": 1, "c": {"d": [2, 3]}}, "e": None}) == {"a.b": 1, "a.c.d": [2, 3], "e": None}
+
+
+def test_preset_differences_are_what_the_overrides_changed():
+    assert preset_differences(load_pipeline_config("quick")) == {}
+    changed = load_pipeline_config("quick", [parse_assignment("fine_tune.joint_weight=0.5"),
+                                             parse_assignment("baseline.epochs=7")])
+    # the followers of the baseline (fine-tuned and consistency classifiers) train for its epochs unless set
+    assert preset_differences(changed) == {"fine_tune.joint_weight": 0.5, "baseline.epochs": 7,
+                                           "fine_tune.classifier.epochs": 7}
+    assert preset_differences(load_pipeline_config("quick", [{"baseline": {"epochs": 40}}])) == {}  # the preset's value

@@ -37,6 +37,7 @@ def test_parent_and_nested_runs(first_run):
     assert parent.data.metrics["test_accuracy"] == first_run["test_accuracy"]
     assert parent.data.params["baseline.epochs"] == "2" and parent.data.tags["ssl.preset"] == "smoke"
     assert "prefect.flow_run_id" in parent.data.tags
+    assert parent.data.tags["ssl.overrides"] == "none"
     runs = nested_runs(parent.info.run_id)
     assert set(runs) == {"split", "baseline", "evaluate"}
     assert all(run.data.tags["ssl.cached"] == "false" for run in runs.values())
@@ -83,6 +84,7 @@ def test_changing_one_stage_reruns_only_it_and_what_follows(first_run, archive, 
     assert {stage: run.data.tags["ssl.cached"] for stage, run in runs.items()} == {
         "split": "true", "baseline": "true", "evaluate": "false"}
     assert result["artifacts"]["evaluate"] != first_run["artifacts"]["evaluate"]
+    assert MlflowClient().get_run(result["mlflow_run_id"]).data.tags["ssl.overrides"] == "evaluate.batch_size=7"
     assert result["test_accuracy"] == pytest.approx(first_run["test_accuracy"])
 
 

@@ -81,6 +81,9 @@ def test_the_report_holds_the_numbers_mlflow_holds(study, report):
         line = next(line for line in text.splitlines() if line.startswith(f"| {experiment} | {unlabeled} |"))
         assert f"{values.mean():.2%} ± {values.std():.2%}" in line
     assert "| self_training | all | 2 |" in text and "34.11%" in text  # the seed's number beside ours
+    assert "Preset `smoke` (changed: `none`)" in text
+    assert set(pd.read_parquet(report.parent / "runs.parquet")[["preset", "overrides"]].itertuples(index=False)) == {
+        ("smoke", "none")}
     assert re.search(r"- self_training: filtering (helped|hurt|changed nothing) \([+-]\d+\.\d\d pts", text)
     assert (report.parent / "report.html").read_text().count("<tr>") == 4  # header + 3 rows
     images = FIGURE_LINK.findall(text)
