@@ -1,0 +1,43 @@
+"""bench/study_tables.py: several studies' reports into one table."""
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+spec = importlib.util.spec_from_file_location("study_tables", Path(__file__).parents[1] / "bench" / "study_tables.py")
+study_tables = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study_tables)
+
+
+def report(directory: Path, rows: list[tuple], recorded: bool = True) -> Path:
+    """A report directory whose runs.parquet holds (experiment, unlabeled, seed, test accuracy) rows."""
+    directory.mkdir()
+    table = pd.DataFrame(rows, columns=["experiment", "unlabeled", "seed", "test_accuracy"]).assign(
+        val_accuracy=0.4, train_minutes=10.0, run_id="r")
+    if recorded:
+        table = table.assign(preset="quick", overrides="none")
+    table.to_parquet(directory / "runs.parquet", index=False)
+    return directory
+
+
+def test_seeds_of_several_reports_are_put_together_and_a_shared_baseline_counted_once(tmp_path):
+    first = report(tmp_path / "seed0", [("baseline", "none", 0, 0.40), ("simclr_joint", "all", 0, 0.43)], recorded=False)
+    second = report(tmp_path / "seed1", [("baseline", "none", 0, 0.40), ("baseline", "none", 1, 0.42),
+                                         ("simclr_joint", "all", 1, 0.45)])
+    rows = study_tables.report_rows([first, second])
+    assert sorted(map(tuple, rows[["experiment", "seed"]].to_numpy())) == [
+        ("baseline", 0), ("baseline", 1), ("simclr_joint", 0), ("simclr_joint", 1)]
+    assert set(rows["overrides"]) == {"not recorded", "none"}
+    text = study_tables.markdown(rows, "cmd")
+    assert "| simclr_joint | all | 2 | 44.00% ± 1.41% | +3.00 |" in text
+
+
+def test_reports_that_disagree_on_a_run_are_refused(tmp_path):
+    amd = report(tmp_path / "amd", [("baseline", "none", 0, 0.4080)])
+    intel = report(tmp_path / "intel", [("baseline", "none", 0, 0.4052)])
+    with pytest.raises(SystemExit, match=r"'seed': 0\} differs between reports: .*amd: 40.80%; .*intel: 40.52%"):
+        study_tables.report_rows([amd, intel])
+    with pytest.raises(SystemExit, match="no such file"):
+        study_tables.report_rows([tmp_path / "nowhere"])
