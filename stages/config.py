@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -273,10 +273,13 @@ class ResourcesConfig(StrictModel):
     memory_gb: float | None = Field(None, gt=0, description="memory limit per stage container, GiB")
 
 
+Preset = Literal["smoke", "quick", "seed", "gpu", "ssl-gpu"]  # the files in stages/presets/
+
+
 class PipelineConfig(StrictModel):
     """Every stage's config; each flow reads the sections of the stages it runs."""
 
-    preset: str = Field("seed", description="name of the preset this config started from")
+    preset: Preset = Field("seed", description="name of the preset this config started from (what ssl.overrides compares with)")
     resources: ResourcesConfig = ResourcesConfig()
     split: SplitConfig = SplitConfig()
     baseline: TrainConfig = TrainConfig()
@@ -307,7 +310,7 @@ class PipelineConfig(StrictModel):
         return {**data, "pretrain": pretrain, "outliers": outliers, **followers}
 
 
-PRESETS = ("smoke", "quick", "seed", "gpu", "ssl-gpu")
+PRESETS = get_args(Preset)
 
 
 def preset_overrides(name: str) -> dict[str, Any]:

@@ -38,6 +38,7 @@ def test_overrides_apply_in_order():
         ({"baseline": {"architecture": {"block_dropout": [0.1]}}}, "give one dropout rate per block"),
         ({"baseline": {"precision": "fp8"}}, "baseline.precision"),
         ({"baseline": {"warmup_epochs": 5, "epochs": 5}}, "warmup_epochs (5) must be below epochs (5)"),
+        ({"preset": "mine"}, "preset: Input should be 'smoke', 'quick', 'seed', 'gpu' or 'ssl-gpu'"),
     ],
 )
 def test_bad_config_names_field_and_fix(override, expected):
