@@ -159,6 +159,32 @@ def test_freematch_trains_on_the_jax_backend(split_artifact, smoke, tmp_path):
     assert np.isfinite(history["unsupervised_loss"]).all() and (history["mask_rate"] > 0).all()
 
 
+COMPILED_MODELS = """
+from stages.config import load_pipeline_config
+from stages.consistency import ConsistencyModel
+from stages.models import build_classifier
+from stages.objectives import OBJECTIVES
+config = load_pipeline_config("ssl-gpu")
+models = [ConsistencyModel(build_classifier(config.consistency.classifier), config.consistency),
+          OBJECTIVES["simclr"](load_pipeline_config("quick").pretrain)]
+for model in models:
+    model.compile(optimizer="sgd")
+print([model.jit_compile for model in models])
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
+def test_models_with_geometric_augmentation_are_compiled_on_jax_only():
+    """Keras' translation, zoom and shear layers turn XLA off for a whole model (TensorFlow has no XLA
+    kernel for them); under JAX that left every step un-jitted, op by op (over 1 s per step on an H200)."""
+    on_jax = subprocess.run([sys.executable, "-c", COMPILED_MODELS], env={**os.environ, "KERAS_BACKEND": "jax"},
+                            check=True, capture_output=True, text=True)
+    assert on_jax.stdout.split("\n")[-2] == "[True, True]"
+    classifier = build_classifier(load_pipeline_config("ssl-gpu").consistency.classifier)
+    classifier.compile(optimizer="sgd")
+    assert keras.backend.backend() == "tensorflow" and classifier.jit_compile is False  # XLA is slower on this CPU
+
+
 def kernels(model):
     return [w for w in model.get_weights() if w.ndim > 1]  # conv and dense kernels: BatchNorm statistics move in any step
 

@@ -17,7 +17,7 @@ from keras import layers, ops
 
 from stages import figures, losses
 from stages.config import PretrainConfig, ViewAugmentConfig
-from stages.models import build_encoder, build_projection_head, build_scaling
+from stages.models import build_encoder, build_projection_head, build_scaling, compiled_under_jax
 from stages.objectives import OBJECTIVES
 
 
@@ -38,7 +38,7 @@ def build_views(config: ViewAugmentConfig, seed: int) -> keras.Sequential:
         steps.append(layers.RandomGrayscale(config.grayscale, seed=seed + 4))
     if config.blur_sigma:
         steps.append(layers.RandomGaussianBlur(factor=0.5, sigma=config.blur_sigma, value_range=(0, 255), seed=seed + 5))
-    return keras.Sequential(steps, name="views")
+    return compiled_under_jax(keras.Sequential(steps, name="views"))
 
 
 @OBJECTIVES.register("simclr")
