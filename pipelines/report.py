@@ -149,6 +149,15 @@ def flow_duration(info, now_ms: float | None = None) -> str:
     return f"flow run still running, {(now_ms - info.start_time) / 60000:.1f} min so far"
 
 
+def stage_minutes(runs: list) -> float:
+    """Minutes of stage work behind the study's results: each artifact it used counted once (by
+    digest), cached ones included at what they took when made. A study finished over several
+    invocations, each taking what the last one left from the cache, took this much, not its last flow run."""
+    seconds = {run.data.tags[tracking.TAG_DIGEST]: run.data.metrics.get("stage_seconds", 0.0)
+               for run in runs if tracking.TAG_DIGEST in run.data.tags}
+    return sum(seconds.values()) / 60
+
+
 def write_report(study: str, output: Path | None = None) -> Path:
     """The study's report in ``output`` (created; default ``<home>/reports/<study>``); also logged to its
     parent run. Returns report.md."""
@@ -167,7 +176,8 @@ def write_report(study: str, output: Path | None = None) -> Path:
     lines = [
         f"# Study {study}: the seed's experiments, ours beside theirs", "",
         f"Preset `{preset}` (changed: `{overrides}`), training seeds "
-        f"{', '.join(map(str, sorted(table['seed'].unique())))}; {flow_duration(parent.info)} on "
+        f"{', '.join(map(str, sorted(table['seed'].unique())))}; {flow_duration(parent.info)}, stages "
+        f"{stage_minutes(runs):.1f} min (each artifact once, cached ones at what they took to make) on "
         f"{len(os.sched_getaffinity(0))} CPUs ({platform.processor() or platform.machine()}); MLflow parent run "
         f"`{parent.info.run_id}`.", "",
         "| experiment | unlabeled | seeds | test top-1 (mean ± std) | val top-1 | training min | seed study |",

@@ -12,8 +12,8 @@ import pytest
 from mlflow.entities import RunInfo
 from mlflow.tracking import MlflowClient
 
-from pipelines.report import (collect_figures, flow_duration, is_configuration_run, mean_and_std, summary_table,
-                              write_report)
+from pipelines.report import (collect_figures, flow_duration, is_configuration_run, mean_and_std, stage_minutes,
+                              summary_table, write_report)
 from pipelines.study import study_pipeline
 from stages.config import study_grid
 
@@ -117,6 +117,19 @@ def test_the_report_gives_a_running_study_its_time_so_far():
 
     assert flow_duration(info(1_000_000 + 90 * 60_000)) == "flow run 90.0 min"
     assert flow_duration(info(None), now_ms=1_000_000 + 12.5 * 60_000) == "flow run still running, 12.5 min so far"
+
+
+def test_the_report_counts_each_artifact_s_stage_time_once_cached_or_not():
+    """Two modes share one pretrain artifact (a second, cached run of it); configuration runs have no digest."""
+    def run(tags, seconds=None):
+        return SimpleNamespace(data=SimpleNamespace(tags=tags, metrics={} if seconds is None else {"stage_seconds": seconds}))
+
+    runs = [run({"ssl.stage": "split", "ssl.artifact_digest": "a", "ssl.cached": "true"}, 30.0),
+            run({"ssl.stage": "pretrain", "ssl.artifact_digest": "b", "ssl.cached": "false"}, 2400.0),
+            run({"ssl.stage": "pretrain", "ssl.artifact_digest": "b", "ssl.cached": "true"}, 2400.0),
+            run({"ssl.stage": "fine_tune", "ssl.artifact_digest": "c", "ssl.cached": "false"}, 570.0),
+            run({"ssl.experiment": "simclr_joint"})]
+    assert stage_minutes(runs) == 50.0
 
 
 def test_the_report_gives_one_seed_no_standard_deviation():
