@@ -72,8 +72,12 @@ def build_augmentation(config: AugmentConfig, seed: int) -> keras.Sequential:
 
 
 class PerImageRandAugment(layers.RandAugment):
-    """Keras' RandAugment draws the ``num_ops`` operations once per batch; FixMatch draws them per
-    image. Each operation is computed for the whole batch either way; each image keeps its own.
+    """RandAugment as FixMatch uses it: ``num_ops`` operations per image, each with its own
+    magnitude. Keras' RandAugment draws the operations once per batch and computes every operation
+    on the whole batch, each round; here each round shuffles the batch into one equal group per
+    operation, so an image gets one operation a round and the round costs about one operation's
+    work on the batch, not all ten: a quick preset's strong view (192 images) took 18 ms instead of
+    137 ms on the 2-core CPU (TensorFlow, graph mode).
 
     Without equalization: Keras' JAX version builds one histogram of the whole batch (not per image)
     in a 256-step loop: 0.83 s per 448 images jitted on the 2-core CPU, 23 s to compile
@@ -82,23 +86,35 @@ class PerImageRandAugment(layers.RandAugment):
     _AUGMENT_LAYERS = [name for name in layers.RandAugment._AUGMENT_LAYERS if name != "equalization"]
 
     def get_random_transformation(self, data, training=True, seed=None):
-        transformation = super().get_random_transformation(data, training, seed)
-        if transformation is not None:
-            batch = self.backend.core.shape(data)[0]
-            transformation["layer_idxes"] = self.backend.random.randint(
-                (batch, self.num_ops), 0, len(self._AUGMENT_LAYERS), seed=self._get_seed_generator(self.backend._backend))
-        return transformation
+        # the parent's call also points the sub-layers at TensorFlow inside tf.data; its draws are unused
+        if super().get_random_transformation(data, training, seed) is None:
+            return None
+        order = self.backend.numpy.arange(self.backend.core.shape(data)[0])
+        return {"permutations": [self.backend.random.shuffle(order, seed=self._get_seed_generator(self.backend._backend))
+                                 for _ in range(self.num_ops)]}
 
     def transform_images(self, images, transformation, training=True):
         images = self.backend.cast(images, self.compute_dtype)
         if not training:
             return images
-        chosen = transformation["layer_idxes"]  # (N, num_ops)
-        for op in range(self.num_ops):
-            for index, (name, values) in enumerate(transformation["transforms"].items()):
-                mask = self.backend.numpy.reshape(chosen[:, op] == index, (-1, 1, 1, 1))
-                images = self.backend.numpy.where(mask, getattr(self, name).transform_images(images, values), images)
-        return images
+        for permutation in transformation["permutations"]:
+            images = self._one_operation_each(images, permutation)
+        return self.backend.numpy.clip(images, *self.value_range)  # some operations overshoot by float error (255.00002)
+
+    def _one_operation_each(self, images, permutation):
+        """Slot i of ``operations x size`` slots holds image ``permutation[i % n]``; operation k
+        transforms slots ``[k * size, (k + 1) * size)``; each image takes the result of its first slot
+        (slots past n repeat images to fill the last groups and are dropped)."""
+        numpy = self.backend.numpy
+        count, operations = self.backend.core.shape(images)[0], len(self._AUGMENT_LAYERS)
+        size = (count + operations - 1) // operations
+        slots = numpy.take(images, numpy.take(permutation, numpy.arange(operations * size) % count), axis=0)
+        done = []
+        for k, name in enumerate(self._AUGMENT_LAYERS):
+            layer, group = getattr(self, name), slots[k * size:(k + 1) * size]
+            values = layer.get_random_transformation(group, training=True, seed=self._get_seed_generator(self.backend._backend))
+            done.append(layer.transform_images(group, values, training=True))
+        return numpy.take(numpy.concatenate(done, axis=0), numpy.argsort(permutation), axis=0)
 
 
 def build_strong_augmentation(config: StrongAugmentConfig, seed: int) -> keras.Sequential:

@@ -15,7 +15,7 @@ import pytest
 from stages import consistency, data
 from stages.artifacts import ArtifactError
 from stages.config import ConfigError, ConsistencyConfig, StrongAugmentConfig, load_pipeline_config
-from stages.models import build_classifier, build_strong_augmentation
+from stages.models import PerImageRandAugment, build_classifier, build_strong_augmentation
 from stages.ssl_methods import METHODS, confident, hard_pseudo_labels
 from stages.training import validation_metrics
 
@@ -72,6 +72,36 @@ def test_strong_augmentation_keeps_shape_and_range_and_differs_per_image():
     assert views.min() >= 0 and views.max() <= 255
     assert len({view.tobytes() for view in views}) == 16  # the same image, 16 different strong views
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(strong(images, training=False)), images)
+
+
+class AddConstant(keras.layers.Layer):
+    """Stands in for a RandAugment operation: adds its own constant, so the sum names the operations."""
+
+    def __init__(self, constant: float):
+        super().__init__()
+        self.constant = constant
+
+    def get_random_transformation(self, data, training=True, seed=None):
+        return None
+
+    def transform_images(self, images, transformation, training=True):
+        return images + self.constant
+
+
+@pytest.mark.parametrize("count", [7, 3, 12])  # a last group filled with repeats, fewer images than operations, exact
+def test_rand_augment_gives_each_image_one_operation_a_round_in_equal_groups(count):
+    class ThreeOperations(PerImageRandAugment):
+        _AUGMENT_LAYERS = ["first", "second", "third"]
+
+    layer = ThreeOperations(value_range=(0, 255), num_ops=1, seed=0)
+    layer.first, layer.second, layer.third = AddConstant(1.0), AddConstant(10.0), AddConstant(100.0)
+    added = keras.ops.convert_to_numpy(layer(np.zeros((count, 2, 2, 1), "float32"), training=True))[:, 0, 0, 0]
+    size = -(-count // 3)
+    assert sorted(np.unique(added, return_counts=True)[1]) == sorted(
+        n for n in (min(size, count - k * size) for k in range(3)) if n > 0)
+    layer.num_ops = 2
+    twice = keras.ops.convert_to_numpy(layer(np.zeros((count, 2, 2, 1), "float32"), training=True))[:, 0, 0, 0]
+    assert set(twice) <= {a + b for a in (1, 10, 100) for b in (1, 10, 100)}  # exactly two operations each
 
 
 def test_wrn_28_2_has_the_published_size():
