@@ -6,12 +6,13 @@ Every arm starts from nothing but the split and spends about the same training t
   ``consistency.time_budget_minutes`` (``ssl-pipeline consistency --start-model``).
 - ``baseline-long``: the seed's supervised baseline with ``--baseline-epochs`` epochs, sized to
   the same total (``ssl-pipeline run``).
-- ``self-training``: the same baseline, then the seed's self-training (threshold 0.85, 4
-  iterations) with ``--fine-tune-epochs`` epochs per iteration (``ssl-pipeline self-train --start-model``).
+- ``self-training``: the same baseline, then the seed's self-training (threshold 0.85,
+  ``--iterations``, 4 as in the seed) with ``--fine-tune-epochs`` epochs per iteration (``ssl-pipeline self-train --start-model``).
 
 Each arm is the README's command in a subprocess against one home; the numbers are read back from
 the artifacts its MLflow stage runs point to. Budgets count the stages' own seconds (their
-manifests), not imports or tracking. Writes ``bench/results/consistency-budget-<preset>.{json,md,png}``.
+manifests), not imports or tracking. Writes ``bench/results/<--name>.{json,md,png}``
+(``consistency-budget-<preset>`` by default).
 
     CIFAR100_ARCHIVE=... .venv/bin/python bench/consistency_budget.py --home /tmp/cb --start-model DIR
 """
@@ -113,6 +114,8 @@ def main() -> None:
     parser.add_argument("--start-model", type=Path, help="the preset's finished baseline of this seed (else trained here)")
     parser.add_argument("--baseline-epochs", type=int, default=120, help="baseline-long: epochs filling the budget")
     parser.add_argument("--fine-tune-epochs", type=int, default=10, help="self-training: epochs per iteration")
+    parser.add_argument("--iterations", type=int, default=4, help="self-training: iterations")
+    parser.add_argument("--name", help="results file stem (default consistency-budget-<preset>)")
     parser.add_argument("--arms", nargs="+", default=["fixmatch", "baseline-long", "self-training"])
     parser.add_argument("--fixmatch-variant", nargs="+", metavar="KEY=VALUE",
                         help="one more FixMatch arm with these overrides, e.g. consistency.threshold=0.7")
@@ -130,7 +133,7 @@ def main() -> None:
     plans = {
         "fixmatch": (["consistency", "--methods", "fixmatch", *start], common, ("consistency",)),
         "baseline-long": (["run"], [*common, f"baseline.epochs={args.baseline_epochs}"], ("baseline",)),
-        "self-training": (["self-train", "--thresholds", "0.85", "--iterations", "4", *start],
+        "self-training": (["self-train", "--thresholds", "0.85", "--iterations", str(args.iterations), *start],
                           [*common, f"self_training.fine_tune.epochs={args.fine_tune_epochs}"], ("pseudo_label", "self_train")),
     }
     if args.fixmatch_variant:
@@ -155,7 +158,7 @@ def write_results(args, baseline: Path, arms: dict[str, dict]) -> None:
               "val_accuracy": metrics(arm["trained"])["best_val_accuracy"],
               "test_accuracy": metrics(arm["evaluate"])["test_accuracy"], "command_seconds": arm["command_seconds"]}
              for name, arm in arms.items()]
-    name = f"consistency-budget-{args.preset}"
+    name = args.name or f"consistency-budget-{args.preset}"
     figure, axes = plt.subplots(figsize=(7, 4))
     base_curve = curve(baseline, 0.0)
     axes.plot(base_curve["minutes"], base_curve["val_accuracy"], color="grey", label="baseline")
