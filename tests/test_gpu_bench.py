@@ -1,7 +1,6 @@
 """bench/gpu/ as a lent GPU machine runs it, on the CPU with a tiny budget: the archive sent in parts,
 joined there and checked by the split stage, then FixMatch for a wall-clock budget on JAX and the report."""
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -10,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from stages.artifacts import sha256_file
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "gpu"
 
@@ -21,10 +22,6 @@ def script(name: str):
     return module
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def test_the_archive_parts_join_to_the_same_bytes(tmp_path):
     archive = tmp_path / "cifar-100-python.tar.gz"
     archive.write_bytes(os.urandom(1000))  # not a multiple of the part count
@@ -32,7 +29,7 @@ def test_the_archive_parts_join_to_the_same_bytes(tmp_path):
     assert [part.parent.name for part in parts] == ["call1", "call2", "call3"]
     (tmp_path / "there").mkdir()
     joined = script("run").join_parts(str(tmp_path / "sent" / "*" / "*.part*"), tmp_path / "there")
-    assert sha256(joined) == sha256(archive)
+    assert sha256_file(joined) == sha256_file(archive)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
