@@ -4,6 +4,12 @@
    sweep's comparison table (with the seed study's numbers beside it).
 2. The configuration best on validation (never test) is rerun with every other seed.
 3. Baseline and self-training test accuracy per seed, mean ± std, and the time of each command.
+4. With ``--control-epochs N``, the same seed's baseline trained for N epochs instead, as the
+   control a gain must be read against: self-training spends more training time than the baseline
+   it starts from, and some of its gain is what more epochs alone would give.
+
+``--set KEY=VALUE`` overrides the preset for every self-training run (e.g. longer retraining:
+``self_training.fine_tune.epochs=24``); ``--name`` keeps such a run's results beside the default's.
 
 Each run is the README's command in a subprocess against one home; results are read back from that
 home's MLflow store (parent run metrics and the logged comparison table). ``--baselines-home``
@@ -21,15 +27,16 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 
+# a sibling script: bench/ is on sys.path when this one runs
+from consistency_budget import evaluation_of, made_by, metrics, run_arm, run_command, stage_seconds
+
 from pipelines import settings
-from stages.config import load_pipeline_config
+from stages.config import flat_fields, load_pipeline_config, parse_assignment
 from stages.reports import markdown_table
 
 RESULTS = Path(__file__).parent / "results"
@@ -45,19 +52,17 @@ def find_baseline(home: Path, preset: str, seed: int) -> Path:
 
 
 def run_self_training(preset: str, seed: int, thresholds: list[float], iterations: list[int],
-                      start_model: Path | None) -> float:
-    env = {**os.environ, "PREFECT_HOME": str(settings.home() / "prefect")}
-    command = [sys.executable, "-m", "pipelines.cli", "self-train", "--preset", preset, "--set", f"baseline.seed={seed}",
+                      start_model: Path | None, sets: list[str]) -> float:
+    command = ["self-train", "--preset", preset, f"--set=baseline.seed={seed}", *(f"--set={text}" for text in sets),
                "--thresholds", *map(str, thresholds), "--iterations", *map(str, iterations)]
     if start_model:
         command += ["--start-model", str(start_model)]
-    started = time.perf_counter()
-    subprocess.run(command, env=env, check=True)
-    return round(time.perf_counter() - started, 1)
+    return run_command(command)
 
 
-def latest_sweep(preset: str, seed: int, thresholds: list[float], iterations: list[int]) -> dict:
-    """The newest finished sweep of this seed and grid: parent metrics and the comparison table."""
+def latest_sweep(preset: str, seed: int, thresholds: list[float], iterations: list[int], sets: list[str]) -> dict:
+    """The newest finished sweep of this seed, grid and ``--set`` overrides: parent metrics and the
+    comparison table."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=settings.tracking_uri())
@@ -69,13 +74,29 @@ def latest_sweep(preset: str, seed: int, thresholds: list[float], iterations: li
     for run in runs:
         if "ssl.sweep" not in run.data.tags or "mlflow.parentRunId" in run.data.tags:  # sweep parents only
             continue
+        if any(run.data.params.get(key) != value for key, value in overridden_params(sets).items()):
+            continue
         table = pd.read_parquet(client.download_artifacts(run.info.run_id, "comparison/comparison.parquet"))
         grid = sorted(zip(table["threshold"], table["iterations"]))
         if grid == sorted((t, n) for t in thresholds for n in iterations):
             return {"seed": seed, "sweep": run.data.tags["ssl.sweep"], "mlflow_run_id": run.info.run_id,
                     "flow_seconds": round((run.info.end_time - run.info.start_time) / 1000, 1),
                     **run.data.metrics, "table": table}
-    raise LookupError(f"no finished {preset} sweep of seed {seed} over {thresholds} x {iterations}")
+    raise LookupError(f"no finished {preset} sweep of seed {seed} over {thresholds} x {iterations} with {sets}")
+
+
+def overridden_params(sets: list[str]) -> dict[str, str]:
+    """``--set`` overrides as the flat params a flow's parent run logs them under."""
+    return {key: str(value) for text in sets for key, value in flat_fields(parse_assignment(text)).items()}
+
+
+def control(args, seed: int) -> dict:
+    """The seed's baseline trained for ``--control-epochs``: its test accuracy and training seconds."""
+    sets = [f"baseline.seed={seed}", f"baseline.epochs={args.control_epochs}"]
+    artifacts, seconds = run_arm(args, ["run"], sets, "baseline")
+    trained = made_by("baseline", artifacts)
+    return {"control_test_accuracy": metrics(evaluation_of(trained, artifacts))["test_accuracy"],
+            "control_train_seconds": stage_seconds(trained), "control_command_seconds": seconds}
 
 
 def main() -> None:
@@ -87,6 +108,10 @@ def main() -> None:
     parser.add_argument("--home", type=Path, required=True, help="SSL_PIPELINE_HOME shared by the runs")
     parser.add_argument("--baselines-home", type=Path, help="start from the baselines finished in this home")
     parser.add_argument("--reuse", action="store_true", help="report runs already finished in --home")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a preset override for every self-training run (repeatable)")
+    parser.add_argument("--control-epochs", type=int, help="also train each seed's baseline for this many epochs")
+    parser.add_argument("--name", help="results file stem (default self-training-<preset>)")
     args = parser.parse_args()
     os.environ[settings.HOME_ENV] = str(args.home.resolve())
     first, others = args.seeds[0], args.seeds[1:]
@@ -94,12 +119,15 @@ def main() -> None:
     def start(seed: int) -> Path | None:
         return find_baseline(args.baselines_home, args.preset, seed) if args.baselines_home else None
 
+    def baseline_of(seed: int) -> Path:  # the one its self-training started from
+        return find_baseline(args.baselines_home or args.home, args.preset, seed)
+
     def sweep(seed: int, thresholds: list[float], iterations: list[int]) -> dict:
         if args.reuse:
             with contextlib.suppress(LookupError):
-                return {**latest_sweep(args.preset, seed, thresholds, iterations), "command_seconds": None}
-        seconds = run_self_training(args.preset, seed, thresholds, iterations, start(seed))
-        return {**latest_sweep(args.preset, seed, thresholds, iterations), "command_seconds": seconds}
+                return {**latest_sweep(args.preset, seed, thresholds, iterations, args.set), "command_seconds": None}
+        seconds = run_self_training(args.preset, seed, thresholds, iterations, start(seed), args.set)
+        return {**latest_sweep(args.preset, seed, thresholds, iterations, args.set), "command_seconds": seconds}
 
     grid = sweep(first, args.thresholds, args.iterations)
     chosen = grid["table"].loc[grid["table"]["val_accuracy"].idxmax()]  # on validation, never on test
@@ -114,7 +142,9 @@ def main() -> None:
                          "val_accuracy": float(best["val_accuracy"]), "best_iteration": int(best["best_iteration"]),
                          "samples_used": int(best["samples_used"]), "train_seconds": float(best["train_seconds"]),
                          "flow_seconds": row["flow_seconds"], "command_seconds": row["command_seconds"],
-                         "sweep": row["sweep"], "mlflow_run_id": row["mlflow_run_id"]})
+                         "sweep": row["sweep"], "mlflow_run_id": row["mlflow_run_id"],
+                         "baseline_train_seconds": stage_seconds(baseline_of(row["seed"])),
+                         **(control(args, row["seed"]) if args.control_epochs else {})})
     write_results(args, grid, threshold, iterations, per_seed)
 
 
@@ -123,37 +153,45 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def write_results(args, grid: dict, threshold: float, iterations: int, per_seed: list[dict]) -> None:
-    baseline = mean_std([r["baseline_test_accuracy"] for r in per_seed])
-    trained = mean_std([r["self_training_test_accuracy"] for r in per_seed])
+    accuracy = {arm: mean_std([r[f"{arm}_test_accuracy"] for r in per_seed])
+                for arm in ("baseline", "self_training", "control") if f"{arm}_test_accuracy" in per_seed[0]}
     gain = mean_std([r["gain_pts"] for r in per_seed])
     summary = {
         "preset": args.preset,
         "command": "python bench/self_training.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": len(os.sched_getaffinity(0)), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version()},
+        "overrides": args.set,
         "chosen_on_validation": {"threshold": threshold, "iterations": iterations},
-        "baseline_test_accuracy": {"mean": baseline[0], "std": baseline[1]},
-        "self_training_test_accuracy": {"mean": trained[0], "std": trained[1]},
+        **{f"{arm}_test_accuracy": {"mean": mean, "std": std} for arm, (mean, std) in accuracy.items()},
         "gain_pts": {"mean": gain[0], "std": gain[1]},
         "per_seed": per_seed,
         "sweep_seed": grid["seed"],
         "sweep": grid["table"].to_dict("records"),
     }
     RESULTS.mkdir(exist_ok=True)
-    name = f"self-training-{args.preset}"
+    name = args.name or f"self-training-{args.preset}"
     (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    labels = {"baseline": "baseline", "self_training": "self-training",
+              "control": f"control: the baseline for {args.control_epochs} epochs"}
     lines = [
         f"# Self-training, `{args.preset}` preset ({summary['machine']['cpus']} CPUs)", "",
+        f"Overrides: `{' '.join(args.set)}`." if args.set else "Preset as it stands.", "",
         f"Chosen on validation (seed {grid['seed']}'s sweep): threshold **{threshold}**, **{iterations}** iterations.", "",
-        f"| | test top-1 (mean ± std over {len(per_seed)} seeds) |", "|---|---|",
-        f"| baseline | {baseline[0]:.2%} ± {baseline[1]:.2%} |",
-        f"| self-training | {trained[0]:.2%} ± {trained[1]:.2%} |",
-        f"| gain | {gain[0]:+.2f} ± {gain[1]:.2f} pts |", "",
-        "| seed | baseline test | self-training test | gain pts | val | kept iteration | samples used | "
-        "self_train s | flow run s | command s |", "|---|---|---|---|---|---|---|---|---|---|",
+        f"| | test top-1 (mean ± std over {len(per_seed)} seeds) | training minutes (mean) |", "|---|---|---|",
+        *(f"| {labels[arm]} | {mean:.2%} ± {std:.2%} | {statistics.mean(training_seconds(r, arm) for r in per_seed) / 60:.1f} |"
+          for arm, (mean, std) in accuracy.items()),
+        f"| gain of self-training | {gain[0]:+.2f} ± {gain[1]:.2f} pts | |", "",
+        "Training minutes are the stages' own: the baseline's, self-training's on top of the baseline it "
+        "starts from (every iteration, pseudo-labelling left out), and the control's.", "",
+        "| seed | baseline test | self-training test | gain pts | control test | val | kept iteration | samples used | "
+        "baseline s | self_train s | control s | flow run s | command s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(f"| {r['seed']} | {r['baseline_test_accuracy']:.2%} | {r['self_training_test_accuracy']:.2%} | "
-          f"{r['gain_pts']:+.2f} | {r['val_accuracy']:.2%} | {r['best_iteration']} | {r['samples_used']:,} | "
-          f"{r['train_seconds']:.0f} | {r['flow_seconds']:.0f} | {r['command_seconds'] or '—'} |" for r in per_seed),
+          f"{r['gain_pts']:+.2f} | {format(r['control_test_accuracy'], '.2%') if 'control_test_accuracy' in r else '—'} | "
+          f"{r['val_accuracy']:.2%} | {r['best_iteration']} | {r['samples_used']:,} | {r['baseline_train_seconds']:.0f} | "
+          f"{r['train_seconds']:.0f} | {format(r['control_train_seconds'], '.0f') if 'control_train_seconds' in r else '—'} | "
+          f"{r['flow_seconds']:.0f} | "
+          f"{r['command_seconds'] or '—'} |" for r in per_seed),
         "", f"## The threshold sweep (seed {grid['seed']}), the seed study's numbers beside it", "",
         markdown_table(grid["table"]),
         "`seed_*` columns: the seed study at 4 iterations (its 0.9 row reports no numbers). `command s` is the whole "
@@ -162,6 +200,12 @@ def write_results(args, grid: dict, threshold: float, iterations: int, per_seed:
     ]
     (RESULTS / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def training_seconds(row: dict, arm: str) -> float:
+    """An arm's training seconds in one seed's row; self-training's include the baseline it starts from."""
+    return {"baseline": row["baseline_train_seconds"], "control": row.get("control_train_seconds", 0.0),
+            "self_training": row["baseline_train_seconds"] + row["train_seconds"]}[arm]
 
 
 if __name__ == "__main__":
