@@ -175,7 +175,7 @@ def write_results(args, baseline: Path, arms: dict[str, dict]) -> None:
                            "python": platform.python_version()},
                "baseline_artifact": str(baseline), "rows": rows}
     (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = [f"# FixMatch vs the seed's methods on one budget, `{args.preset}` preset, seed {args.seed}", "",
+    lines = [f"# {' vs '.join(arms)} on one training budget, `{args.preset}` preset, seed {args.seed}", "",
              "| arm | training minutes | val top-1 (kept) | test top-1 | command s |", "|---|---|---|---|---|",
              *(f"| {r['arm']} | {r['train_minutes']} | {r['val_accuracy']:.2%} | "
                f"{'—' if r['test_accuracy'] is None else format(r['test_accuracy'], '.2%')} | {r['command_seconds'] or '—'} |"
