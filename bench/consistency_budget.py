@@ -51,18 +51,16 @@ def run_command(args: list[str]) -> float:
 
 def finished_flow_artifacts(config, stage: str) -> list[Path] | None:
     """The stage artifacts of the newest finished flow run in the store that ran ``stage`` with ``config``
-    (every parameter of its parent run equal to the config's; sections added to the config since are
-    ignored), nested runs at any depth; None when there is none."""
+    (``ran_with``), nested runs at any depth; None when there is none."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=settings.tracking_uri())
     experiment = client.get_experiment_by_name(settings.experiment_name())
     if experiment is None:
         return None
-    wanted = {key: str(value) for key, value in flat_fields(config.model_dump(mode="json")).items()}
     for parent in client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'",
                                      order_by=["attributes.start_time DESC"], max_results=200):
-        if "mlflow.parentRunId" in parent.data.tags or any(wanted.get(k) != v for k, v in parent.data.params.items()):
+        if "mlflow.parentRunId" in parent.data.tags or not ran_with(parent, config):
             continue
         flow_run = parent.data.tags["prefect.flow_run_id"]
         runs = client.search_runs([experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run}' and tags.`ssl.stage` != ''")
@@ -70,6 +68,13 @@ def finished_flow_artifacts(config, stage: str) -> list[Path] | None:
         if any(read_manifest(path)["stage"] == stage for path in artifacts):
             return artifacts
     return None
+
+
+def ran_with(run, config) -> bool:
+    """Whether every parameter of an MLflow run equals ``config``'s (fields added to the config since
+    the run are ignored)."""
+    wanted = {key: str(value) for key, value in flat_fields(config.model_dump(mode="json")).items()}
+    return all(wanted.get(key) == value for key, value in run.data.params.items())
 
 
 def made_by(stage: str, artifacts: list[Path]) -> Path:

@@ -33,10 +33,10 @@ from pathlib import Path
 import pandas as pd
 
 # a sibling script: bench/ is on sys.path when this one runs
-from consistency_budget import evaluation_of, made_by, metrics, run_arm, run_command, stage_seconds
+from consistency_budget import evaluation_of, made_by, metrics, ran_with, run_arm, run_command, stage_seconds
 
 from pipelines import settings
-from stages.config import flat_fields, load_pipeline_config, parse_assignment
+from stages.config import load_pipeline_config, parse_assignment
 from stages.reports import markdown_table
 
 RESULTS = Path(__file__).parent / "results"
@@ -61,10 +61,12 @@ def run_self_training(preset: str, seed: int, thresholds: list[float], iteration
 
 
 def latest_sweep(preset: str, seed: int, thresholds: list[float], iterations: list[int], sets: list[str]) -> dict:
-    """The newest finished sweep of this seed, grid and ``--set`` overrides: parent metrics and the
+    """The newest finished sweep of this grid whose config is the preset's with this seed and the
+    ``--set`` overrides (a sweep run with other overrides is not it): parent metrics and the
     comparison table."""
     from mlflow.tracking import MlflowClient
 
+    config = load_pipeline_config(preset, [parse_assignment(text) for text in [f"baseline.seed={seed}", *sets]])
     client = MlflowClient(tracking_uri=settings.tracking_uri())
     experiment = client.get_experiment_by_name(settings.experiment_name())
     runs = client.search_runs(
@@ -74,7 +76,7 @@ def latest_sweep(preset: str, seed: int, thresholds: list[float], iterations: li
     for run in runs:
         if "ssl.sweep" not in run.data.tags or "mlflow.parentRunId" in run.data.tags:  # sweep parents only
             continue
-        if any(run.data.params.get(key) != value for key, value in overridden_params(sets).items()):
+        if not ran_with(run, config):
             continue
         table = pd.read_parquet(client.download_artifacts(run.info.run_id, "comparison/comparison.parquet"))
         grid = sorted(zip(table["threshold"], table["iterations"]))
@@ -83,11 +85,6 @@ def latest_sweep(preset: str, seed: int, thresholds: list[float], iterations: li
                     "flow_seconds": round((run.info.end_time - run.info.start_time) / 1000, 1),
                     **run.data.metrics, "table": table}
     raise LookupError(f"no finished {preset} sweep of seed {seed} over {thresholds} x {iterations} with {sets}")
-
-
-def overridden_params(sets: list[str]) -> dict[str, str]:
-    """``--set`` overrides as the flat params a flow's parent run logs them under."""
-    return {key: str(value) for text in sets for key, value in flat_fields(parse_assignment(text)).items()}
 
 
 def control(args, seed: int) -> dict:
@@ -190,8 +187,7 @@ def write_results(args, grid: dict, threshold: float, iterations: int, per_seed:
           f"{r['gain_pts']:+.2f} | {format(r['control_test_accuracy'], '.2%') if 'control_test_accuracy' in r else '—'} | "
           f"{r['val_accuracy']:.2%} | {r['best_iteration']} | {r['samples_used']:,} | {r['baseline_train_seconds']:.0f} | "
           f"{r['train_seconds']:.0f} | {format(r['control_train_seconds'], '.0f') if 'control_train_seconds' in r else '—'} | "
-          f"{r['flow_seconds']:.0f} | "
-          f"{r['command_seconds'] or '—'} |" for r in per_seed),
+          f"{r['flow_seconds']:.0f} | {r['command_seconds'] or '—'} |" for r in per_seed),
         "", f"## The threshold sweep (seed {grid['seed']}), the seed study's numbers beside it", "",
         markdown_table(grid["table"]),
         "`seed_*` columns: the seed study at 4 iterations (its 0.9 row reports no numbers). `command s` is the whole "
@@ -204,7 +200,7 @@ def write_results(args, grid: dict, threshold: float, iterations: int, per_seed:
 
 def training_seconds(row: dict, arm: str) -> float:
     """An arm's training seconds in one seed's row; self-training's include the baseline it starts from."""
-    return {"baseline": row["baseline_train_seconds"], "control": row.get("control_train_seconds", 0.0),
+    return {"baseline": row["baseline_train_seconds"], "control": row.get("control_train_seconds"),
             "self_training": row["baseline_train_seconds"] + row["train_seconds"]}[arm]
 
 
