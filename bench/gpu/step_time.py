@@ -1,9 +1,11 @@
 """Where a consistency training step spends its time: the whole step and the step without the strong
 view, each as ``fit`` runs it (jitted where the backend compiles), at a preset's batch shapes on random images.
 
-    KERAS_BACKEND=jax .venv/bin/python bench/gpu/step_time.py [--preset ssl-gpu] [--set KEY=VALUE] [--steps 50] [--out DIR]
+    KERAS_BACKEND=jax .venv/bin/python bench/gpu/step_time.py [--preset ssl-gpu] [--set KEY=VALUE] [--steps 50]
+        [--labeled-batches 64 128 256] [--no-ablation] [--out DIR]
 
-Run it first on a new accelerator (a minute or two): a slow component shows up before a long run.
+Run it first on a new accelerator (a minute or two): a slow component shows up before a long run, and
+``--labeled-batches`` shows which batch fills the card.
 Writes ``consistency-step-time.{json,md}`` into ``--out`` (default bench/results).
 """
 
@@ -69,35 +71,52 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="ssl-gpu")
     parser.add_argument("--set", dest="assignments", action="append", default=[], help="config override KEY.PATH=VALUE")
+    parser.add_argument("--labeled-batches", type=int, nargs="+", help="labeled batch sizes to time (default: the preset's); "
+                        "the unlabeled batch is unlabeled_ratio times each")
+    parser.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the step without the strong view")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     config = load_pipeline_config(args.preset, [parse_assignment(text) for text in args.assignments]).consistency
-    batch = config.classifier.batch_size
+    rows = [row for batch in args.labeled_batches or [config.classifier.batch_size]
+            for row in batch_rows(config, batch, args.steps, args.ablation)]
+    result = {"preset": args.preset, "overrides": args.assignments, "precision": config.classifier.precision,
+              "backend": keras.backend.backend(), "device": device(), "machine": platform.processor() or platform.machine(),
+              "steps": args.steps, "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "consistency-step-time" + "".join(f"-{text.rpartition('=')[2]}" for text in args.assignments)
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = "\n".join(f"| {row['step']} | {row['labeled_batch']} + {row['unlabeled_batch']} | {row['jit_compile']} | "
+                      f"{row['first_seconds']} | {row['ms_per_step']} | {row['images_per_second']:,} |" for row in rows)
+    command = " ".join(["KERAS_BACKEND=" + result["backend"], "python bench/gpu/step_time.py --preset", args.preset,
+                        *("--set " + text for text in args.assignments), "--steps", str(args.steps),
+                        *(["--labeled-batches", *map(str, args.labeled_batches)] if args.labeled_batches else []),
+                        *([] if args.ablation else ["--no-ablation"])])
+    (args.out / f"{name}.md").write_text(
+        f"# Consistency step time: {args.preset} preset {' '.join(args.assignments)}, {result['precision']}, "
+        f"{result['backend']} on {result['device']}\n\nRandom pixels. Command: `{command}`\n\n"
+        "| step | batch (labeled + unlabeled) | jitted | first step, s (compilation included) | ms per later step "
+        f"| images per second |\n|---|---|---|---|---|---|\n{table}\n")
+    print(json.dumps(result))
+
+
+def batch_rows(config: ConsistencyConfig, batch: int, steps: int, ablation: bool) -> list[dict]:
+    """The step's time at ``batch`` labeled images (and, with ``ablation``, without the strong view)."""
+    config = config.model_copy(update={"classifier": config.classifier.model_copy(update={"batch_size": batch})})
     rng = np.random.default_rng(0)
     labeled = rng.integers(0, 256, (batch, 32, 32, 3)).astype("float32")
     unlabeled = rng.integers(0, 256, (batch * config.unlabeled_ratio, 32, 32, 3)).astype("float32")
     labels = one_hot(rng.integers(0, 100, batch))
     no_strong = config.model_copy(update={"strong": config.strong.model_copy(update={"num_ops": 0, "cutout": 0.0})})
-    result = {
-        "preset": args.preset, "overrides": args.assignments, "precision": config.classifier.precision, "backend": keras.backend.backend(), "device": device(), "machine": platform.processor() or platform.machine(),
-        "labeled_batch": batch, "unlabeled_batch": len(unlabeled),
-        "train_step": train_step_time(config, labeled, unlabeled, labels, args.steps),
-        "train_step_without_strong_view": train_step_time(no_strong, labeled, unlabeled, labels, args.steps),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = "consistency-step-time" + "".join(f"-{text.rpartition('=')[2]}" for text in args.assignments)
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    rows = "\n".join(f"| {key} | {value['jit_compile']} | {value['first_seconds']} | {value['ms_per_step']} |"
-                     for key, value in result.items() if isinstance(value, dict))
-    (args.out / f"{name}.md").write_text(
-        f"# Consistency step time: {args.preset} preset {' '.join(args.assignments)}, {result['precision']}, "
-        f"{result['backend']} on {result['device']}\n\n"
-        f"Batch: {batch} labeled + {len(unlabeled)} unlabeled images; random pixels. Command: "
-        f"`KERAS_BACKEND={result['backend']} python bench/gpu/step_time.py --preset {args.preset} "
-        f"{' '.join('--set ' + text for text in args.assignments)} --steps {args.steps}`\n\n"
-        f"| step | jitted | first step, s (compilation included) | ms per later step |\n|---|---|---|---|\n{rows}\n")
-    print(json.dumps(result))
+    variants = {"train_step": config, **({"train_step_without_strong_view": no_strong} if ablation else {})}
+    rows = []
+    for step, variant in variants.items():
+        timing = train_step_time(variant, labeled, unlabeled, labels, steps)
+        images = batch + len(unlabeled)
+        rows.append({"step": step, "labeled_batch": batch, "unlabeled_batch": len(unlabeled), **timing,
+                     "images_per_second": round(images / timing["ms_per_step"] * 1000)})
+    return rows
 
 
 def device() -> str:
