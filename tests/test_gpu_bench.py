@@ -32,6 +32,13 @@ def test_the_archive_parts_join_to_the_same_bytes(tmp_path):
     assert sha256_file(joined) == sha256_file(archive)
 
 
+def test_the_first_call_carries_less_archive_by_the_wheels_it_also_carries(tmp_path):
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    archive.write_bytes(os.urandom(1000))
+    sizes = [part.stat().st_size for part in script("pack").split_archive(archive, tmp_path / "sent", first_call_bytes=90)]
+    assert sizes == [274, 364, 362]  # 1090 bytes in three calls of at most 364
+
+
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
 def test_the_benchmark_trains_for_its_budget_on_jax_and_reports(archive, tmp_path):
     script("pack").split_archive(archive, tmp_path / "sent")
