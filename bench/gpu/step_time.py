@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -89,10 +90,7 @@ def main() -> None:
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     table = "\n".join(f"| {row['step']} | {row['labeled_batch']} + {row['unlabeled_batch']} | {row['jit_compile']} | "
                       f"{row['first_seconds']} | {row['ms_per_step']} | {row['images_per_second']:,} |" for row in rows)
-    command = " ".join(["KERAS_BACKEND=" + result["backend"], "python bench/gpu/step_time.py --preset", args.preset,
-                        *("--set " + text for text in args.assignments), "--steps", str(args.steps),
-                        *(["--labeled-batches", *map(str, args.labeled_batches)] if args.labeled_batches else []),
-                        *([] if args.ablation else ["--no-ablation"])])
+    command = f"KERAS_BACKEND={result['backend']} python bench/gpu/step_time.py {shlex.join(sys.argv[1:])}"
     (args.out / f"{name}.md").write_text(
         f"# Consistency step time: {args.preset} preset {' '.join(args.assignments)}, {result['precision']}, "
         f"{result['backend']} on {result['device']}\n\nRandom pixels. Command: `{command}`\n\n"
@@ -110,10 +108,9 @@ def batch_rows(config: ConsistencyConfig, batch: int, steps: int, ablation: bool
     labels = one_hot(rng.integers(0, 100, batch))
     no_strong = config.model_copy(update={"strong": config.strong.model_copy(update={"num_ops": 0, "cutout": 0.0})})
     variants = {"train_step": config, **({"train_step_without_strong_view": no_strong} if ablation else {})}
-    rows = []
+    rows, images = [], batch + len(unlabeled)
     for step, variant in variants.items():
         timing = train_step_time(variant, labeled, unlabeled, labels, steps)
-        images = batch + len(unlabeled)
         rows.append({"step": step, "labeled_batch": batch, "unlabeled_batch": len(unlabeled), **timing,
                      "images_per_second": round(images / timing["ms_per_step"] * 1000)})
     return rows
