@@ -66,7 +66,7 @@ class ConsistencyModel(keras.Model):
         self.built = True
 
     def call(self, inputs, training=False):
-        labeled, unlabeled = inputs
+        labeled, unlabeled = (ops.cast(images, "float32") for images in inputs)  # uint8 from TwoStreamBatches
         if not training:
             return {"labeled": self.classifier(labeled, training=False)}
         n_labeled, n_unlabeled = ops.shape(labeled)[0], ops.shape(unlabeled)[0]
@@ -117,7 +117,7 @@ def train(config: ConsistencyConfig, labeled: ImageTable, validation: ImageTable
     selector = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", restore_best_weights=True,
                                              patience=schedule.early_stopping_patience or schedule.epochs)
     extra = (keras.callbacks.SwapEMAWeights(swap_on_epoch=True),) + ((TimeBudget(budget * 60, schedule.learning_rate),) if budget else ())
-    checks = ((validation.images.astype("float32"),) * 2, one_hot(validation.labels))
+    checks = ((validation.images,) * 2, one_hot(validation.labels))
     model.fit(batches, validation_data=checks, validation_batch_size=500, epochs=schedule.epochs, shuffle=False, verbose=0,
               callbacks=epoch_callbacks(schedule.seed, recorder, selector, (batches,), extra))
     return classifier, recorder.history(), selector.best_epoch + 1

@@ -100,7 +100,7 @@ class JointModel(keras.Model):
         return super().metrics + self.objective.metrics
 
     def call(self, inputs, training=False):
-        labeled, images = inputs
+        labeled, images = (keras.ops.cast(batch, "float32") for batch in inputs)  # uint8 from TwoStreamBatches
         return {"probabilities": self.classifier(labeled, training=training),
                 "unsupervised": self.objective(images, training=training)}
 

@@ -17,7 +17,7 @@ from stages.artifacts import ArtifactError
 from stages.config import ConfigError, ConsistencyConfig, StrongAugmentConfig, load_pipeline_config
 from stages.models import PerImageRandAugment, build_classifier, build_strong_augmentation
 from stages.ssl_methods import METHODS, confident, hard_pseudo_labels
-from stages.training import validation_metrics
+from stages.training import TwoStreamBatches, validation_metrics
 
 PROBABILITIES = np.array([[0.96, 0.02, 0.02],
                           [0.10, 0.85, 0.05],
@@ -155,6 +155,17 @@ def test_the_kept_and_validated_weights_are_the_ema_weights(split_artifact, smok
         assert validation_metrics(kept, validation, 500)["val_loss"] == pytest.approx(
             history["val_loss"].iloc[best_epoch - 1], abs=1e-4)
     assert 0 < moved[0.999999] < moved[1e-6] / 1.5
+
+
+def test_pixels_travel_as_uint8_and_the_model_casts_them(split_artifact, smoke):
+    """The host sends a quarter of the bytes; the model's training step sees the float32 pixels."""
+    labeled = data.read_table(split_artifact, "labeled")
+    (labeled_images, unlabeled_images), _ = TwoStreamBatches(labeled, labeled.images, 8, 16, seed=0)[0]
+    assert labeled_images.dtype == unlabeled_images.dtype == np.uint8
+    model = consistency.ConsistencyModel(build_classifier(smoke.consistency.classifier), smoke_consistency(smoke))
+    as_uint8 = model((labeled_images, unlabeled_images), training=False)["labeled"]
+    as_float = model((labeled_images.astype("float32"), unlabeled_images.astype("float32")), training=False)["labeled"]
+    np.testing.assert_allclose(*as_numpy(as_uint8, as_float), rtol=1e-6)
 
 
 def test_the_stage_writes_a_classifier_with_its_evidence(split_artifact, smoke, tmp_path):

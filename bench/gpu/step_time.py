@@ -103,8 +103,8 @@ def batch_rows(config: ConsistencyConfig, batch: int, steps: int, ablation: bool
     """The step's time at ``batch`` labeled images (and, with ``ablation``, without the strong view)."""
     config = config.model_copy(update={"classifier": config.classifier.model_copy(update={"batch_size": batch})})
     rng = np.random.default_rng(0)
-    labeled = rng.integers(0, 256, (batch, 32, 32, 3)).astype("float32")
-    unlabeled = rng.integers(0, 256, (batch * config.unlabeled_ratio, 32, 32, 3)).astype("float32")
+    labeled = rng.integers(0, 256, (batch, 32, 32, 3), dtype="uint8")  # as TwoStreamBatches feeds them
+    unlabeled = rng.integers(0, 256, (batch * config.unlabeled_ratio, 32, 32, 3), dtype="uint8")
     labels = one_hot(rng.integers(0, 100, batch))
     no_strong = config.model_copy(update={"strong": config.strong.model_copy(update={"num_ops": 0, "cutout": 0.0})})
     variants = {"train_step": config, **({"train_step_without_strong_view": no_strong} if ablation else {})}
