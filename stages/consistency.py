@@ -34,7 +34,7 @@ from stages.models import build_classifier, build_strong_augmentation
 from stages.ssl_methods import METHODS
 from stages.stage import Stage, main
 from stages.training import (EpochRecorder, TimeBudget, TwoStreamBatches, build_optimizer, cosine_schedule, epoch_callbacks,
-                             kept_model_summary, one_hot)
+                             kept_model_summary, one_hot, training_seconds)
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,8 @@ def train(config: ConsistencyConfig, labeled: ImageTable, validation: ImageTable
     # after SwapEMAWeights, whose epoch end puts the EMA weights in the model: those are the ones kept
     selector = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", restore_best_weights=True,
                                              patience=schedule.early_stopping_patience or schedule.epochs)
-    extra = (keras.callbacks.SwapEMAWeights(swap_on_epoch=True),) + ((TimeBudget(budget * 60, schedule.learning_rate),) if budget else ())
+    extra = (keras.callbacks.SwapEMAWeights(swap_on_epoch=True),) + (
+        (TimeBudget(budget * 60, schedule.learning_rate, recorder),) if budget else ())
     checks = ((validation.images,) * 2, one_hot(validation.labels))
     model.fit(batches, validation_data=checks, validation_batch_size=500, epochs=schedule.epochs, shuffle=False, verbose=0,
               callbacks=epoch_callbacks(schedule.seed, recorder, selector, (batches,), extra))
@@ -166,7 +167,7 @@ def throughput(config: ConsistencyConfig, history: pd.DataFrame) -> dict[str, fl
     though it is seen in two views); epoch times include validation."""
     steps = len(history) * config.steps_per_epoch
     images = steps * config.classifier.batch_size * (1 + config.unlabeled_ratio)
-    seconds = float(history["epoch_seconds"].sum())
+    seconds = training_seconds(history)
     return {"steps": steps, "steps_per_second": round(steps / seconds, 2), "images_per_second": round(images / seconds, 1)}
 
 

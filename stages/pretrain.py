@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from stages.data import ImageTable
 from stages.models import PIXEL_OFFSET, PIXEL_SCALE
 from stages.objectives import OBJECTIVES
 from stages.stage import Stage, main
-from stages.training import EpochBatches, EpochRecorder, cosine_schedule, epoch_callbacks
+from stages.training import EpochBatches, EpochRecorder, cosine_schedule, epoch_callbacks, training_seconds
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +94,11 @@ def run(config: PretrainConfig, inputs: Mapping[str, Path], output: Path) -> dic
     probe = KnnProbe(encode_with(model.encoder), labeled, validation, config.probe_every)
     recorder = EpochRecorder(config.epochs)
     untrained_probe = probe.accuracy() if config.probe_every else None  # epoch 0: a random encoder
-    clock = time.perf_counter()
     batches = EpochBatches((images,), config.batch_size, config.seed)
     model.fit(batches, epochs=config.epochs, shuffle=False, verbose=0,
               callbacks=epoch_callbacks(config.seed, recorder, datasets=(batches,), extra=(probe,)))
-    seconds = time.perf_counter() - clock
     history = recorder.history()
+    seconds = training_seconds(history)
     metrics = summary(history, untrained_probe, seconds, len(images), model.encoder.count_params())
     with staged_output(output) as tmp:
         model.encoder.save(tmp / ENCODER_FILE)
@@ -122,7 +120,7 @@ def run(config: PretrainConfig, inputs: Mapping[str, Path], output: Path) -> dic
 def summary(history, untrained_probe: float | None, seconds: float, images: int, parameters: int) -> dict[str, Any]:
     """First and last value of every logged metric, the probe before training, and the cost."""
     metrics: dict[str, Any] = {"epochs_run": len(history), "parameters": parameters, "train_seconds": round(seconds, 2),
-                               "images_per_second": round(images * len(history) / float(history["epoch_seconds"].sum()), 1)}
+                               "images_per_second": round(images * len(history) / seconds, 1)}
     for column in history.columns.drop(["epoch", "learning_rate", "epoch_seconds", "timestamp_ms"]):
         values = history[column].dropna()
         metrics[f"first_{column}"], metrics[f"final_{column}"] = float(values.iloc[0]), float(values.iloc[-1])

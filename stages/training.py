@@ -60,12 +60,19 @@ class EpochRecorder(keras.callbacks.Callback):
         return pd.DataFrame(self.rows)
 
 
+def training_seconds(history: pd.DataFrame) -> float:
+    """Seconds the epochs of ``history`` took. A resumed fit restores its history from the checkpoint,
+    so this counts the epochs before an interruption too (a clock around ``fit`` would not) and never
+    the time the run lay dead."""
+    return float(history["epoch_seconds"].sum()) if len(history) else 0.0
+
+
 @dataclass
 class TrainingResult:
     model: keras.Model
     history: pd.DataFrame  # one row per epoch
     best_epoch: int  # 1-based epoch whose weights the model holds
-    seconds: float
+    seconds: float  # training_seconds of the history
     images_per_second: float
 
 
@@ -123,18 +130,22 @@ def build_optimizer(config: TrainConfig, learning_rate, **options) -> keras.opti
 class TimeBudget(keras.callbacks.Callback):
     """Trains for ``seconds`` of wall time: each epoch's learning rate is the cosine of the budget spent
     so far (a step-count schedule cannot know how many steps will fit), and training stops before an
-    epoch that would overrun the budget (judged by the last epoch's time)."""
+    epoch that would overrun the budget (judged by the last epoch's time). A resumed fit goes on
+    where it stopped: the epochs already in ``recorder``'s history count as spent."""
 
-    def __init__(self, seconds: float, peak_learning_rate: float):
+    def __init__(self, seconds: float, peak_learning_rate: float, recorder: EpochRecorder):
         super().__init__()
-        self.seconds, self.peak = seconds, peak_learning_rate
-        self._start = self._epoch_start = 0.0
+        self.seconds, self.peak, self.recorder = seconds, peak_learning_rate, recorder
+        self._start: float | None = None
+        self._epoch_start = 0.0
 
     def on_train_begin(self, logs=None):
-        self._start = time.perf_counter()
+        self._start = None  # set by the first epoch, once a checkpoint has restored the history
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
+        if self._start is None:
+            self._start = self._epoch_start - training_seconds(self.recorder.history())
         spent = min((self._epoch_start - self._start) / self.seconds, 1.0)
         self.model.optimizer.learning_rate = self.peak * 0.5 * (1 + math.cos(math.pi * spent))
 
@@ -396,21 +407,15 @@ def fit_classifier(model: keras.Model, config: TrainConfig, train: ImageTable, v
     )
     arrays = (train.images, one_hot(train.labels)) + (() if sample_weight is None else (sample_weight.astype("float32"),))
     batches = EpochBatches(arrays, config.batch_size, config.seed)
-    started = time.perf_counter()
     model.fit(
         batches, validation_data=(validation.images.astype("float32"), one_hot(validation.labels)),
         epochs=config.epochs, shuffle=False, verbose=0,  # the batches shuffle themselves, per epoch
         callbacks=epoch_callbacks(config.seed, recorder, selector, (batches,)),
     )
-    seconds = time.perf_counter() - started
     history = recorder.history()
-    return TrainingResult(
-        model=model,
-        history=history,
-        best_epoch=selector.best_epoch + 1,
-        seconds=seconds,
-        images_per_second=len(train) * len(history) / float(history["epoch_seconds"].sum()),
-    )
+    seconds = training_seconds(history)
+    return TrainingResult(model=model, history=history, best_epoch=selector.best_epoch + 1, seconds=seconds,
+                          images_per_second=len(train) * len(history) / seconds)
 
 
 def kept_model_summary(classifier: keras.Model, validation: ImageTable, history: pd.DataFrame, best_epoch: int) -> dict[str, Any]:
@@ -420,5 +425,5 @@ def kept_model_summary(classifier: keras.Model, validation: ImageTable, history:
         "epochs_run": len(history),
         "best_val_accuracy": validation_metrics(classifier, validation, batch_size=500)["val_accuracy"],
         "parameters": classifier.count_params(),
-        "train_seconds": round(float(history["epoch_seconds"].sum()), 2),
+        "train_seconds": round(training_seconds(history), 2),
     }

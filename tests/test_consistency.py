@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import consistency, data
+from stages import consistency, data, training
 from stages.artifacts import ArtifactError
 from stages.config import ConfigError, ConsistencyConfig, StrongAugmentConfig, load_pipeline_config
 from stages.models import PerImageRandAugment, build_classifier, build_strong_augmentation
 from stages.ssl_methods import METHODS, confident, hard_pseudo_labels
-from stages.training import TwoStreamBatches, validation_metrics
+from stages.training import EpochRecorder, TimeBudget, TwoStreamBatches, validation_metrics
 
 PROBABILITIES = np.array([[0.96, 0.02, 0.02],
                           [0.10, 0.85, 0.05],
@@ -177,6 +177,25 @@ def test_the_stage_writes_a_classifier_with_its_evidence(split_artifact, smoke, 
     assert {"supervised_loss", "unsupervised_loss", "mask_rate", "val_accuracy"} <= set(history.columns)
     model = keras.saving.load_model(tmp_path / "out" / "model.keras")
     assert model.output_shape == (None, 100)
+
+
+@pytest.mark.parametrize("epoch_seconds, stops", [(25.0, False), (31.0, True)])
+def test_a_resumed_time_budget_goes_on_from_the_epochs_already_spent(epoch_seconds, stops, monkeypatch):
+    """Restored from a checkpoint, 60 s of a 120 s budget are spent: the cosine is at its middle, not
+    back at the peak, and training stops when one more epoch like this one would overrun the budget."""
+    recorder = EpochRecorder(epochs=10)
+    recorder.rows = [{"epoch": 1, "epoch_seconds": 30.0}, {"epoch": 2, "epoch_seconds": 30.0}]  # as restored
+    budget = TimeBudget(120, peak_learning_rate=0.1, recorder=recorder)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd")
+    budget.set_model(model)
+    clock = iter([1000.0, 1000.0 + epoch_seconds])  # the epoch's begin and end
+    monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
+    budget.on_train_begin()
+    budget.on_epoch_begin(2)
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.05, rel=1e-3)
+    budget.on_epoch_end(2)
+    assert bool(model.stop_training) is stops  # 60 + 2 x 25 fits in 120 s, 60 + 2 x 31 does not
 
 
 def test_a_time_budget_stops_training_early(split_artifact, smoke, tmp_path):

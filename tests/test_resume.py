@@ -3,6 +3,7 @@ an uninterrupted run ends; the output lock and the left-overs of killed writers.
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -82,6 +83,10 @@ def test_an_interrupted_stage_resumes_and_matches_an_uninterrupted_one(stage, mo
     history = [pd.read_parquet(path / "history.parquet").drop(columns=TIMINGS) for path in (tmp_path / "clean", output)]
     pd.testing.assert_frame_equal(*history)
     assert len(history[1]) == 3
+    # the training time counts the epochs before the interruption too
+    epoch_seconds = pd.read_parquet(output / "history.parquet")["epoch_seconds"]
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["train_seconds"] == pytest.approx(epoch_seconds.sum(), abs=0.01) and epoch_seconds.iloc[:2].sum() > 0
 
 
 def test_a_stopped_fit_stays_stopped_when_resumed(split_artifact, smoke, tmp_path, monkeypatch):
