@@ -72,8 +72,11 @@ class TrainingResult:
     model: keras.Model
     history: pd.DataFrame  # one row per epoch
     best_epoch: int  # 1-based epoch whose weights the model holds
-    seconds: float  # training_seconds of the history
     images_per_second: float
+
+    @property
+    def seconds(self) -> float:
+        return training_seconds(self.history)
 
 
 def cosine_schedule(config: Schedule, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
@@ -413,9 +416,8 @@ def fit_classifier(model: keras.Model, config: TrainConfig, train: ImageTable, v
         callbacks=epoch_callbacks(config.seed, recorder, selector, (batches,)),
     )
     history = recorder.history()
-    seconds = training_seconds(history)
-    return TrainingResult(model=model, history=history, best_epoch=selector.best_epoch + 1, seconds=seconds,
-                          images_per_second=len(train) * len(history) / seconds)
+    return TrainingResult(model=model, history=history, best_epoch=selector.best_epoch + 1,
+                          images_per_second=len(train) * len(history) / training_seconds(history))
 
 
 def kept_model_summary(classifier: keras.Model, validation: ImageTable, history: pd.DataFrame, best_epoch: int) -> dict[str, Any]:
