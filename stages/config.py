@@ -70,7 +70,8 @@ class ArchitectureConfig(StrictModel):
     )
     dense_units: int = Field(256, ge=0, description="width of the hidden dense layer of the head; 0 = none")
     head_dropout: float = Field(0.3, ge=0, lt=1, description="dropout before the output layer")
-    l2: float = Field(0.003, ge=0, description="L2 penalty on conv and dense kernels")
+    l2: float = Field(0.003, ge=0, description="L2 penalty l2 * sum(w**2) on conv and dense kernels: its gradient "
+                      "is 2 * l2 * w, so PyTorch SGD's weight_decay=w (USB, FixMatch) is l2 = w / 2")
 
     @model_validator(mode="after")
     def _one_dropout_per_block(self) -> ArchitectureConfig:
@@ -102,7 +103,9 @@ class TrainConfig(Schedule):
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="sgd = Nesterov momentum 0.9 (FixMatch's)")
     learning_rate: float = Field(1e-3, gt=0, description="peak learning rate")
     warmup_epochs: int = Field(0, ge=0, description="linear warm-up to the peak learning rate")
-    weight_decay: float = Field(1e-4, ge=0, description="decoupled weight decay")
+    weight_decay: float = Field(1e-4, ge=0, description="decoupled weight decay on every weight: each step "
+                                "multiplies it by 1 - learning_rate * weight_decay, which SGD's momentum does not "
+                                "amplify (PyTorch's coupled weight_decay is architecture.l2)")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     early_stopping_patience: int | None = Field(
         4, ge=1, description="epochs without val improvement before stopping; None = never stop"

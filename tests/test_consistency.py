@@ -111,6 +111,18 @@ def test_wrn_28_2_has_the_published_size():
     assert model.output_shape == (None, 100)
 
 
+def test_the_gpu_preset_decays_kernels_as_usb_does():
+    """USB's weight decay 1e-3 is PyTorch's: 1e-3 * w added to the gradient of every conv and dense
+    kernel (BatchNorm and biases skipped), before momentum. Keras' decoupled weight_decay is not that."""
+    config = load_pipeline_config("ssl-gpu").consistency.classifier
+    model = build_classifier(config)
+    penalty = float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses))
+    kernels = [w for w in model.trainable_weights if len(w.shape) > 1]
+    assert config.weight_decay == 0
+    assert penalty == pytest.approx(1e-3 / 2 * sum(float(np.sum(np.square(w.numpy()))) for w in kernels), rel=1e-4)
+    assert len(model.losses) == len(kernels)  # one penalty per kernel, none on BatchNorm or biases
+
+
 def test_initial_weights_follow_the_seed_alone():
     """Equal whatever else draws from Python's global ``random`` meanwhile (other threads of a flow
     process do); and no two WRN convolutions start from the same kernel."""
