@@ -1,9 +1,10 @@
-"""FixMatch against the seed study's methods on one wall-clock budget (issue 8's CPU comparison).
+"""FixMatch and FreeMatch against the seed study's methods on one wall-clock budget (issue 8's CPU comparison).
 
 Every arm starts from nothing but the split and spends about the same training time:
 
-- ``fixmatch``: the preset's baseline, then the consistency stage continuing from it for
-  ``consistency.time_budget_minutes`` (``ssl-pipeline consistency --start-model``).
+- ``fixmatch``, ``freematch``: the preset's baseline, then the consistency stage with that method
+  continuing from it for ``--consistency-minutes`` (default: the preset's
+  ``consistency.time_budget_minutes``; ``ssl-pipeline consistency --methods M --start-model``).
 - ``baseline-long``: the seed's supervised baseline with ``--baseline-epochs`` epochs, sized to
   the same total (``ssl-pipeline run``).
 - ``self-training``: the same baseline, then the seed's self-training (threshold 0.85,
@@ -120,8 +121,10 @@ def main() -> None:
     parser.add_argument("--baseline-epochs", type=int, default=120, help="baseline-long: epochs filling the budget")
     parser.add_argument("--fine-tune-epochs", type=int, default=10, help="self-training: epochs per iteration")
     parser.add_argument("--iterations", type=int, default=4, help="self-training: iterations")
+    parser.add_argument("--consistency-minutes", type=float, help="fixmatch, freematch: training budget (default: the preset's)")
     parser.add_argument("--name", help="results file stem (default consistency-budget-<preset>)")
-    parser.add_argument("--arms", nargs="+", default=["fixmatch", "baseline-long", "self-training"])
+    parser.add_argument("--arms", nargs="+", default=["fixmatch", "baseline-long", "self-training"],
+                        choices=["fixmatch", "freematch", "baseline-long", "self-training"])
     parser.add_argument("--fixmatch-variant", nargs="+", metavar="KEY=VALUE",
                         help="one more FixMatch arm with these overrides, e.g. consistency.threshold=0.7")
     parser.add_argument("--reuse", action="store_true", help="take arms already finished in --home from the store")
@@ -135,15 +138,18 @@ def main() -> None:
     start = ["--start-model", str(baseline)]
     base_seconds = stage_seconds(baseline)
     # arm -> (command, its --set overrides, the stages whose time it spends, the last one its model's)
+    budget = [f"consistency.time_budget_minutes={args.consistency_minutes}"] if args.consistency_minutes else []
     plans = {
-        "fixmatch": (["consistency", "--methods", "fixmatch", *start], common, ("consistency",)),
+        **{method: (["consistency", "--methods", method, *start], [*common, *budget], ("consistency",))
+           for method in ("fixmatch", "freematch")},
         "baseline-long": (["run"], [*common, f"baseline.epochs={args.baseline_epochs}"], ("baseline",)),
         "self-training": (["self-train", "--thresholds", "0.85", "--iterations", str(args.iterations), *start],
                           [*common, f"self_training.fine_tune.epochs={args.fine_tune_epochs}"], ("pseudo_label", "self_train")),
     }
     if args.fixmatch_variant:
         variant = f"fixmatch ({', '.join(args.fixmatch_variant)})"
-        plans[variant] = (["consistency", "--methods", "fixmatch", *start], [*common, *args.fixmatch_variant], ("consistency",))
+        plans[variant] = (["consistency", "--methods", "fixmatch", *start], [*common, *budget, *args.fixmatch_variant],
+                          ("consistency",))
         args.arms.append(variant)
     arms = {}
     for arm in args.arms:
