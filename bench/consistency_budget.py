@@ -125,8 +125,8 @@ def main() -> None:
     parser.add_argument("--name", help="results file stem (default consistency-budget-<preset>)")
     parser.add_argument("--arms", nargs="+", default=["fixmatch", "baseline-long", "self-training"],
                         choices=["fixmatch", "freematch", "baseline-long", "self-training"])
-    parser.add_argument("--fixmatch-variant", nargs="+", metavar="KEY=VALUE",
-                        help="one more FixMatch arm with these overrides, e.g. consistency.threshold=0.7")
+    parser.add_argument("--variant", nargs="+", metavar="METHOD KEY=VALUE",
+                        help="one more consistency arm: a method and its overrides, e.g. fixmatch consistency.threshold=0.7")
     parser.add_argument("--reuse", action="store_true", help="take arms already finished in --home from the store")
     args = parser.parse_args()
     os.environ[settings.HOME_ENV] = str(args.home.resolve())
@@ -146,10 +146,10 @@ def main() -> None:
         "self-training": (["self-train", "--thresholds", "0.85", "--iterations", str(args.iterations), *start],
                           [*common, f"self_training.fine_tune.epochs={args.fine_tune_epochs}"], ("pseudo_label", "self_train")),
     }
-    if args.fixmatch_variant:
-        variant = f"fixmatch ({', '.join(args.fixmatch_variant)})"
-        plans[variant] = (["consistency", "--methods", "fixmatch", *start], [*common, *budget, *args.fixmatch_variant],
-                          ("consistency",))
+    if args.variant:
+        method, *overrides = args.variant
+        variant = f"{method} ({', '.join(overrides)})"
+        plans[variant] = (["consistency", "--methods", method, *start], [*common, *budget, *overrides], ("consistency",))
         args.arms.append(variant)
     arms = {}
     for arm in args.arms:
