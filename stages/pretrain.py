@@ -98,8 +98,7 @@ def run(config: PretrainConfig, inputs: Mapping[str, Path], output: Path) -> dic
     model.fit(batches, epochs=config.epochs, shuffle=False, verbose=0,
               callbacks=epoch_callbacks(config.seed, recorder, datasets=(batches,), extra=(probe,)))
     history = recorder.history()
-    seconds = training_seconds(history)
-    metrics = summary(history, untrained_probe, seconds, len(images), model.encoder.count_params())
+    metrics = summary(history, untrained_probe, len(images), model.encoder.count_params())
     with staged_output(output) as tmp:
         model.encoder.save(tmp / ENCODER_FILE)
         model.save_weights(tmp / OBJECTIVE_WEIGHTS)
@@ -113,12 +112,13 @@ def run(config: PretrainConfig, inputs: Mapping[str, Path], output: Path) -> dic
             extra={"reads": ["split/labeled.parquet", "split/unlabeled.parquet", "split/validation.parquet"],
                    "backend": keras.backend.backend()},
         )
-    log.info("%s pretraining done in %.0f s: %s", config.objective, seconds, metrics)
+    log.info("%s pretraining done in %.0f s: %s", config.objective, metrics["train_seconds"], metrics)
     return manifest
 
 
-def summary(history, untrained_probe: float | None, seconds: float, images: int, parameters: int) -> dict[str, Any]:
+def summary(history, untrained_probe: float | None, images: int, parameters: int) -> dict[str, Any]:
     """First and last value of every logged metric, the probe before training, and the cost."""
+    seconds = training_seconds(history)
     metrics: dict[str, Any] = {"epochs_run": len(history), "parameters": parameters, "train_seconds": round(seconds, 2),
                                "images_per_second": round(images * len(history) / seconds, 1)}
     for column in history.columns.drop(["epoch", "learning_rate", "epoch_seconds", "timestamp_ms"]):

@@ -119,7 +119,7 @@ def test_the_gpu_preset_decays_kernels_as_usb_does():
     penalty = float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses))
     kernels = [w for w in model.trainable_weights if len(w.shape) > 1]
     assert config.weight_decay == 0
-    assert penalty == pytest.approx(1e-3 / 2 * sum(float(np.sum(np.square(w.numpy()))) for w in kernels), rel=1e-4)
+    assert penalty == pytest.approx(1e-3 / 2 * sum(float(np.sum(np.square(keras.ops.convert_to_numpy(w)))) for w in kernels), rel=1e-4)
     assert len(model.losses) == len(kernels)  # one penalty per kernel, none on BatchNorm or biases
 
 
