@@ -64,6 +64,21 @@ def test_freematch_thresholds_start_low_and_follow_the_model():
     assert keras.ops.convert_to_numpy(method.global_threshold) == before
 
 
+def test_freematch_started_from_a_trained_model_begins_at_its_confidence():
+    fresh, started = (METHODS["freematch"](ConsistencyConfig()) for _ in range(2))
+    for method in (fresh, started):
+        method.build((None, 3))
+    started.start_from(PROBABILITIES)
+    np.testing.assert_allclose(*as_numpy(started.global_threshold), PROBABILITIES.max(axis=1).mean(), rtol=1e-6)
+    np.testing.assert_allclose(*as_numpy(started.class_confidence), PROBABILITIES.mean(axis=0), rtol=1e-6)
+    # thresholds 0.815 * (0.86, 0.77, 1.0): the 0.50 prediction stays out; at 1/C every prediction passes
+    np.testing.assert_array_equal(*as_numpy(started(PROBABILITIES)[1]), [1, 1, 0, 1])
+    np.testing.assert_array_equal(*as_numpy(fresh(PROBABILITIES)[1]), [1, 1, 1, 1])
+    fixmatch = METHODS["fixmatch"](ConsistencyConfig(threshold=0.95))
+    fixmatch.start_from(PROBABILITIES)  # no state: its mask stays the fixed threshold's
+    np.testing.assert_array_equal(*as_numpy(fixmatch(PROBABILITIES)[1]), [1, 0, 0, 1])
+
+
 def test_strong_augmentation_keeps_shape_and_range_and_differs_per_image():
     images = np.repeat(np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3)), 16, axis=0).astype("float32")
     strong = build_strong_augmentation(StrongAugmentConfig(num_ops=2, magnitude=0.9, cutout=0.5), seed=0)
@@ -261,12 +276,14 @@ def kernels(model):
     return [w for w in model.get_weights() if w.ndim > 1]  # conv and dense kernels: BatchNorm statistics move in any step
 
 
-def test_a_warm_start_begins_at_the_input_models_weights(split_artifact, model_artifact, smoke, tmp_path):
+@pytest.mark.parametrize("method", ["fixmatch", "freematch"])  # freematch's thresholds start from the model's confidence
+def test_a_warm_start_begins_at_the_input_models_weights(method, split_artifact, model_artifact, smoke, tmp_path):
     """With a vanishing learning rate the kept (EMA) classifier is the input model; a fresh start is not."""
     frozen = smoke.consistency.classifier.model_copy(update={"learning_rate": 1e-12})
     start = keras.saving.load_model(model_artifact / "model.keras")
     for warm, inputs in ((True, {"split": split_artifact, "model": model_artifact}), (False, {"split": split_artifact})):
-        manifest = consistency.run(smoke_consistency(smoke, warm_start=warm, classifier=frozen), inputs, tmp_path / str(warm))
+        config = smoke_consistency(smoke, warm_start=warm, classifier=frozen, method=method)
+        manifest = consistency.run(config, inputs, tmp_path / str(warm))
         kept = keras.saving.load_model(tmp_path / str(warm) / "model.keras")
         same = [np.allclose(a, b, atol=1e-6) for a, b in zip(kernels(kept), kernels(start))]
         assert all(same) if warm else not any(same)
