@@ -1,9 +1,9 @@
 """Training throughput of the seed and quick networks against this machine's float32 GEMM rate.
 
 Each measurement runs in a fresh subprocess (one model per process: a second model built in the
-same process trains measurably slower). Writes bench/results/throughput.{json,md}.
+same process trains measurably slower). Writes bench/results/<--name>.{json,md} (default throughput).
 
-    .venv/bin/python bench/throughput.py [--images 2560] [--batch-size 128]
+    .venv/bin/python bench/throughput.py [--images 2560] [--batch-size 128] [--name throughput]
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2560, help="images in the timed epoch")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--name", default="throughput", help="results file stem (one per machine kind)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:  # one measurement, printed as JSON for the parent process
@@ -107,23 +108,32 @@ def main() -> None:
         network["fraction_of_gemm_rate"] = round(network["achieved_train_gflops"] / gemm, 3)
     report = {
         "command": "python bench/throughput.py " + " ".join(sys.argv[1:]),
-        "machine": {"processor": platform.processor() or platform.machine(), "cpus": _cpus(), "python": platform.python_version(),
-                    "keras": keras.__version__, "backend": keras.backend.backend()},
+        "machine": {"processor": platform.processor() or platform.machine(), "cpus": _cpus(), "vector": _vector_extensions(),
+                    "python": platform.python_version(), "keras": keras.__version__, "backend": keras.backend.backend()},
         "batch_size": args.batch_size,
         "gemm_float32_gflops": round(gemm, 1),
         "networks": networks,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "throughput.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     rows = [f"| {n['preset']} | {'/'.join(map(str, n['filters']))} | {n['parameters']:,} | {n['forward_gflop_per_image']:.3f} | "
             f"{n['train_images_per_second']} | {n['achieved_train_gflops']} | {n['fraction_of_gemm_rate']:.0%} |" for n in networks]
-    (RESULTS / "throughput.md").write_text("\n".join([
-        f"# Training throughput, batch {args.batch_size}, float32 ({report['machine']['cpus']} CPUs)", "",
+    (RESULTS / f"{args.name}.md").write_text("\n".join([
+        f"# Training throughput, batch {args.batch_size}, float32 ({report['machine']['cpus']} CPUs: "
+        f"{', '.join(report['machine']['vector']) or 'no AVX'})", "",
         f"Measured float32 GEMM rate (2048x2048, Keras {keras.__version__} / {keras.backend.backend()}): "
         f"**{report['gemm_float32_gflops']} GFLOP/s**.", "",
         "| preset | filters | parameters | forward GFLOP/image | train images/s | train GFLOP/s | of GEMM rate |",
         "|---|---|---|---|---|---|---|", *rows, "", f"Command: `{report['command']}`", ""]))
-    print((RESULTS / "throughput.md").read_text())
+    print((RESULTS / f"{args.name}.md").read_text())
+
+
+def _vector_extensions() -> list[str]:
+    """The CPU's AVX flags from /proc/cpuinfo: the development machines differ in them (AVX-512 and its
+    bfloat16 instructions or AVX2 alone), and the training rate with them."""
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    return sorted(flag for flag in flags if flag.startswith("avx"))
 
 
 def _cpus() -> int:

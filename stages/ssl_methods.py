@@ -16,7 +16,7 @@ from keras import layers, ops
 from stages.config import ConsistencyConfig
 from stages.registry import Registry
 
-METHODS: Registry[type[layers.Layer]] = Registry("SSL method")
+METHODS: Registry[type[SSLMethod]] = Registry("SSL method")
 
 
 def hard_pseudo_labels(probabilities):
