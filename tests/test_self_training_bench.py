@@ -1,5 +1,6 @@
 """bench/self_training.py: the configuration chosen on validation pooled over seeds, runs of earlier results."""
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -60,3 +61,23 @@ def test_an_earlier_results_file_gives_its_runs_in_either_layout(tmp_path):
     again = bench.prior_runs(after)
     pd.testing.assert_frame_equal(again.drop(columns="source"), found.drop(columns="source"))
     assert set(again["source"]) == {str(after)}
+
+
+def test_a_seed_sweeps_only_what_neither_the_store_nor_a_prior_file_holds(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_PIPELINE_HOME", str(tmp_path / "home"))  # an empty store
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    prior = tmp_path / "prior.json"
+    held = runs([(1, 0.6, 0.45, 0.46), (1, 0.85, 0.451, 0.47), (2, 0.6, 0.45, 0.45)]).assign(
+        best_iteration=4, pseudo_label_accuracy=0.9, baseline_train_seconds=900.0, flow_seconds=4000.0, sweep="s",
+        mlflow_run_id="r", source="gone")
+    prior.write_text(json.dumps({"runs": held[bench.RUN_COLUMNS].to_dict("records")}))
+    swept = []
+    monkeypatch.setattr(bench, "run_self_training", lambda preset, seed, thresholds, iterations, start, sets:
+                        swept.append((seed, thresholds, iterations)))
+    args = argparse.Namespace(preset="quick", set=[], prior=[prior], home=tmp_path / "home", baselines_home=None)
+    grid = [(0.6, 4), (0.85, 4), (0.9, 4)]
+    found = bench.sweep_seed(args, 1, grid)
+    assert swept == [(1, [0.9], [4])]  # 0.6 and 0.85 of seed 1 come from the prior file
+    assert sorted(found["threshold"]) == [0.6, 0.85] and set(found["source"]) == {str(prior)}
+    bench.sweep_seed(args, 2, grid)
+    assert swept[1:] == [(2, [0.85], [4]), (2, [0.9], [4])]
