@@ -34,7 +34,7 @@ from stages.models import build_classifier, build_strong_augmentation
 from stages.ssl_methods import METHODS
 from stages.stage import Stage, main
 from stages.training import (EpochRecorder, TimeBudget, TwoStreamBatches, build_optimizer, cosine_schedule, epoch_callbacks,
-                             kept_model_summary, one_hot, training_seconds)
+                             kept_model_summary, one_hot, training_seconds, validation_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ class ConsistencyModel(keras.Model):
 def train(config: ConsistencyConfig, labeled: ImageTable, validation: ImageTable, images: np.ndarray,
           start: keras.Model | None = None):
     """Returns the classifier holding the EMA weights of the best validation epoch, the per-epoch
-    history and that epoch. ``start``: a trained classifier whose weights it begins with."""
+    history and that epoch. ``start``: a trained classifier whose weights it begins with; it is
+    epoch 0, kept when no epoch beats it on validation (as self-training keeps its iteration 0)."""
     schedule = config.classifier
     keras.utils.set_random_seed(schedule.seed)
     classifier = build_classifier(schedule)
@@ -123,6 +124,9 @@ def train(config: ConsistencyConfig, labeled: ImageTable, validation: ImageTable
     checks = ((validation.images,) * 2, one_hot(validation.labels))
     model.fit(batches, validation_data=checks, validation_batch_size=500, epochs=schedule.epochs, shuffle=False, verbose=0,
               callbacks=epoch_callbacks(schedule.seed, recorder, selector, (batches,), extra))
+    if start is not None and validation_metrics(start, validation, batch_size=500)["val_accuracy"] >= selector.best:
+        classifier.set_weights(start.get_weights())
+        return classifier, recorder.history(), 0
     return classifier, recorder.history(), selector.best_epoch + 1
 
 

@@ -291,6 +291,23 @@ def test_a_warm_start_begins_at_the_input_models_weights(method, split_artifact,
         assert ("model/model.keras" in manifest["reads"]) == warm
 
 
+@pytest.mark.parametrize("start_accuracy", [1.0, 0.0])
+def test_the_warm_start_is_kept_when_no_epoch_beats_it_on_validation(start_accuracy, split_artifact, model_artifact, smoke,
+                                                                     tmp_path, monkeypatch):
+    """The input model is epoch 0: kept when its validation accuracy is at least every epoch's."""
+    monkeypatch.setattr(consistency, "validation_metrics", lambda model, validation, batch_size: {"val_accuracy": start_accuracy})
+    output = tmp_path / "out"
+    consistency.run(smoke_consistency(smoke, warm_start=True), {"split": split_artifact, "model": model_artifact}, output)
+    kept = keras.saving.load_model(output / "model.keras")
+    start = keras.saving.load_model(model_artifact / "model.keras")
+    same = all(np.array_equal(a, b) for a, b in zip(kept.get_weights(), start.get_weights()))
+    best_epoch = json.loads((output / "metrics.json").read_text())["best_epoch"]
+    if start_accuracy == 1.0:  # no epoch reaches it
+        assert best_epoch == 0 and same
+    else:
+        assert best_epoch >= 1 and not same
+
+
 def test_a_warm_start_needs_a_model_of_the_configured_network(split_artifact, model_artifact, smoke, tmp_path):
     with pytest.raises(ValueError, match=r"warm_start is true but no model input.*--input model=DIR"):
         consistency.run(smoke_consistency(smoke, warm_start=True), {"split": split_artifact}, tmp_path / "a")
