@@ -154,7 +154,7 @@ def sweep_seed(args, seed: int, grid: list[tuple[float, int]]) -> pd.DataFrame:
 
     def known() -> pd.DataFrame:
         found = [store_runs(args.preset, seed, args.set, baseline_seconds()), *map(prior_runs, args.prior)]
-        runs = pd.concat([table for table in found if len(table)], ignore_index=True)
+        runs = pd.concat([table for table in found if len(table)] or found[:1], ignore_index=True)
         return runs[runs["seed"] == seed].drop_duplicates(["seed", *CONFIGURATION])
 
     def baseline_seconds() -> float:

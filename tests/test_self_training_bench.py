@@ -81,3 +81,6 @@ def test_a_seed_sweeps_only_what_neither_the_store_nor_a_prior_file_holds(tmp_pa
     assert sorted(found["threshold"]) == [0.6, 0.85] and set(found["source"]) == {str(prior)}
     bench.sweep_seed(args, 2, grid)
     assert swept[1:] == [(2, [0.85], [4]), (2, [0.9], [4])]
+    alone = argparse.Namespace(**{**vars(args), "prior": []})
+    assert bench.sweep_seed(alone, 0, grid).empty  # an empty store and no prior file: the whole grid
+    assert swept[3:] == [(0, [0.6], [4]), (0, [0.85], [4]), (0, [0.9], [4])]
