@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.report import mean_and_std, summary_table
+from pipelines.report import NO_FILTERING_EFFECT, filtering_effect, mean_and_std, summary_table
 
 RESULTS = Path(__file__).parent / "results"
 KEY = ["experiment", "unlabeled", "seed"]
@@ -57,6 +57,7 @@ def markdown(rows: pd.DataFrame, command: str) -> str:
         "|---|---|---|---|---|---|---|",
         *(f"| {r.experiment} | {r.unlabeled} | {r.seeds} | {mean_and_std(r.test_mean, r.test_std)} | {over(r.test_mean)} | "
           f"{r.val_mean:.2%} | {r.minutes:.1f} |" for r in summary.itertuples()),
+        "", "## Filtering", "", *(filtering_effect(rows) or [NO_FILTERING_EFFECT]),
         "", "| report | preset | overrides | rows used |", "|---|---|---|---|",
         *(f"| [{name}]({Path('../..') / name}/report.md) | {s.preset} | {s.overrides} | {s.runs} |"
           for name, s in sources.iterrows()),

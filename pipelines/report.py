@@ -36,6 +36,7 @@ SEED_RESULTS: dict[str, tuple[float | None, str]] = {
     "simclr_joint": (None, "did not train"),
 }
 SEED_FILTERED = "worse than unfiltered (no numbers given)"
+NO_FILTERING_EFFECT = "- no experiment ran on both unlabeled sets with the same training seed"
 
 
 def experiments_of(objective: str) -> tuple[str, ...]:
@@ -107,15 +108,18 @@ def mean_and_std(mean: float, std: float) -> str:
     return f"{mean:.2%} (one seed)" if math.isnan(std) else f"{mean:.2%} ± {std:.2%}"
 
 
-def filtering_effect(summary: pd.DataFrame) -> list[str]:
-    """Per experiment run on both sets: filtered minus all, in points, with whether it helped or hurt."""
+def filtering_effect(table: pd.DataFrame) -> list[str]:
+    """Per experiment run on both sets, from its configuration runs (one row per experiment, unlabeled
+    set, seed): filtered minus all in test points, on the training seeds both sets hold (a seed's
+    baseline moves every experiment of that seed alike), with whether it helped or hurt."""
     lines = []
-    for experiment, rows in summary.groupby("experiment", sort=False):
-        by_set = rows.set_index("unlabeled")["test_mean"]
-        if {"all", "filtered"} <= set(by_set.index):
-            change = 100 * (by_set["filtered"] - by_set["all"])
+    for experiment in sorted(table["experiment"].unique(), key=list(SEED_RESULTS).index):
+        by_set = table[table["experiment"] == experiment].pivot_table(index="seed", columns="unlabeled", values="test_accuracy")
+        if {"all", "filtered"} <= set(by_set.columns) and len(paired := (by_set["filtered"] - by_set["all"]).dropna()):
+            change = 100 * paired.mean()
             verdict = "helped" if change > 0 else "hurt" if change < 0 else "changed nothing"
-            lines.append(f"- {experiment}: filtering {verdict} ({change:+.2f} pts on test, mean over seeds)")
+            seeds = ", ".join(map(str, paired.index))
+            lines.append(f"- {experiment}: filtering {verdict} ({change:+.2f} pts on test, mean over training seeds {seeds})")
     return lines
 
 
@@ -187,7 +191,7 @@ def write_report(study: str, output: Path | None = None) -> Path:
         "", "`unlabeled`: `all` = every unlabeled image, `filtered` = those the outlier stage kept, `none` = the "
         "experiment uses none. Training minutes: the configuration's own stages (the shared split, baseline and "
         "outlier filter excluded).", "",
-        "## Filtering", "", *(filtering_effect(summary) or ["- no experiment ran on both unlabeled sets"]), "",
+        "## Filtering", "", *(filtering_effect(table) or [NO_FILTERING_EFFECT]), "",
         "## Figures", "", *(f"![{caption}](figures/{name})\n\n{caption}\n" for name, caption in figures),
     ]
     text = "\n".join(lines)
