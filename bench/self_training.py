@@ -139,7 +139,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ[settings.HOME_ENV] = str(args.home.resolve())
     grid = [(threshold, iterations) for threshold in args.thresholds for iterations in args.iterations]
-    runs = pd.concat([sweep_seed(args, seed, grid) for seed in args.seeds], ignore_index=True)
+    prior = pd.concat([prior_runs(path) for path in args.prior] or [pd.DataFrame(columns=RUN_COLUMNS)], ignore_index=True)
+    runs = pd.concat([sweep_seed(args, seed, grid, prior[prior["seed"] == seed]) for seed in args.seeds], ignore_index=True)
     pooled = pool(runs, len(args.seeds))
     chosen = choose(pooled)
     at_chosen = runs[(runs["threshold"] == chosen["threshold"]) & (runs["iterations"] == chosen["iterations"])]
@@ -148,14 +149,15 @@ def main() -> None:
     write_results(args, runs, pooled, per_seed)
 
 
-def sweep_seed(args, seed: int, grid: list[tuple[float, int]]) -> pd.DataFrame:
-    """The grid's runs of one seed: from the store and ``--prior`` files, and sweeps of what neither has."""
+def sweep_seed(args, seed: int, grid: list[tuple[float, int]], prior: pd.DataFrame) -> pd.DataFrame:
+    """The grid's runs of one seed: from the store and ``prior`` (this seed's runs of the ``--prior``
+    files), and sweeps of what neither has."""
     baselines = args.baselines_home or args.home
 
     def known() -> pd.DataFrame:
-        found = [store_runs(args.preset, seed, args.set, baseline_seconds()), *map(prior_runs, args.prior)]
+        found = [store_runs(args.preset, seed, args.set, baseline_seconds()), prior]
         runs = pd.concat([table for table in found if len(table)] or found[:1], ignore_index=True)
-        return runs[runs["seed"] == seed].drop_duplicates(["seed", *CONFIGURATION])
+        return runs.drop_duplicates(["seed", *CONFIGURATION])
 
     def baseline_seconds() -> float:
         try:
@@ -165,8 +167,8 @@ def sweep_seed(args, seed: int, grid: list[tuple[float, int]]) -> pd.DataFrame:
 
     have = set(map(tuple, known()[CONFIGURATION].itertuples(index=False)))
     missing = [point for point in grid if point not in have]
+    start = find_baseline(args.baselines_home, args.preset, seed) if args.baselines_home and missing else None
     for threshold in dict.fromkeys(point[0] for point in missing):
-        start = find_baseline(args.baselines_home, args.preset, seed) if args.baselines_home else None
         run_self_training(args.preset, seed, [threshold], [n for t, n in missing if t == threshold], start, args.set)
     runs = known()
     return runs[[point in grid for point in runs[CONFIGURATION].itertuples(index=False)]]

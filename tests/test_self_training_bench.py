@@ -74,13 +74,14 @@ def test_a_seed_sweeps_only_what_neither_the_store_nor_a_prior_file_holds(tmp_pa
     swept = []
     monkeypatch.setattr(bench, "run_self_training", lambda preset, seed, thresholds, iterations, start, sets:
                         swept.append((seed, thresholds, iterations)))
-    args = argparse.Namespace(preset="quick", set=[], prior=[prior], home=tmp_path / "home", baselines_home=None)
+    args = argparse.Namespace(preset="quick", set=[], home=tmp_path / "home", baselines_home=None)
     grid = [(0.6, 4), (0.85, 4), (0.9, 4)]
-    found = bench.sweep_seed(args, 1, grid)
+    held = bench.prior_runs(prior)
+    found = bench.sweep_seed(args, 1, grid, held[held["seed"] == 1])
     assert swept == [(1, [0.9], [4])]  # 0.6 and 0.85 of seed 1 come from the prior file
     assert sorted(found["threshold"]) == [0.6, 0.85] and set(found["source"]) == {str(prior)}
-    bench.sweep_seed(args, 2, grid)
+    bench.sweep_seed(args, 2, grid, held[held["seed"] == 2])
     assert swept[1:] == [(2, [0.85], [4]), (2, [0.9], [4])]
-    alone = argparse.Namespace(**{**vars(args), "prior": []})
-    assert bench.sweep_seed(alone, 0, grid).empty  # an empty store and no prior file: the whole grid
+    nothing = pd.DataFrame(columns=bench.RUN_COLUMNS)
+    assert bench.sweep_seed(args, 0, grid, nothing).empty  # an empty store and no prior file: the whole grid
     assert swept[3:] == [(0, [0.6], [4]), (0, [0.85], [4]), (0, [0.9], [4])]
