@@ -34,7 +34,7 @@ from stages.models import build_classifier, build_strong_augmentation
 from stages.ssl_methods import METHODS
 from stages.stage import Stage, main
 from stages.training import (EpochRecorder, TimeBudget, TwoStreamBatches, build_optimizer, cosine_schedule, epoch_callbacks,
-                             kept_model_summary, one_hot, training_seconds, validation_metrics)
+                             feed, kept_model_summary, one_hot, training_seconds, validation_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def train(config: ConsistencyConfig, labeled: ImageTable, validation: ImageTable
     extra = (keras.callbacks.SwapEMAWeights(swap_on_epoch=True),) + (
         (TimeBudget(budget * 60, schedule.learning_rate, recorder),) if budget else ())
     checks = ((validation.images,) * 2, one_hot(validation.labels))
-    model.fit(batches, validation_data=checks, validation_batch_size=500, epochs=schedule.epochs, shuffle=False, verbose=0,
+    model.fit(feed(batches), validation_data=checks, validation_batch_size=500, epochs=schedule.epochs, shuffle=False, verbose=0,
               callbacks=epoch_callbacks(schedule.seed, recorder, selector, (batches,), extra))
     if start is not None and validation_metrics(start, validation, batch_size=500)["val_accuracy"] >= selector.best:
         classifier.set_weights(start.get_weights())

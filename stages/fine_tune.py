@@ -31,7 +31,7 @@ from stages.objectives import OBJECTIVES
 from stages.pretrain import ENCODER_FILE, OBJECTIVE_WEIGHTS
 from stages.stage import Stage, main
 from stages.training import (BatchNormRecalibration, EpochRecorder, TwoStreamBatches, build_optimizer, cosine_schedule,
-                             epoch_callbacks, fit_classifier, kept_model_summary)
+                             epoch_callbacks, feed, fit_classifier, kept_model_summary)
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def joint(config: EncoderFineTuneConfig, encoder_artifact: Path, pretrained: Pre
         monitor="val_accuracy", mode="max", restore_best_weights=True,
         patience=config.classifier.early_stopping_patience or config.classifier.epochs)
     statistics = BatchNormRecalibration(classifier, labeled.images, config.classifier.batch_size, config.classifier.seed)
-    model.fit(train, validation_data=checks, epochs=config.classifier.epochs, shuffle=False, verbose=0,
+    model.fit(feed(train), validation_data=feed(checks), epochs=config.classifier.epochs, shuffle=False, verbose=0,
               callbacks=epoch_callbacks(config.classifier.seed, recorder, selector, (train,),
                                         (statistics,) if config.recalibrate_batchnorm else ()))
     return classifier, recorder.history().assign(phase="joint"), selector.best_epoch + 1

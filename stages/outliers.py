@@ -38,7 +38,7 @@ from stages.models import build_encoder, build_scaling, encoder_of
 from stages.pretrain import encode_with
 from stages.registry import Registry
 from stages.stage import Stage, main
-from stages.training import EpochBatches, EpochRecorder, cosine_schedule, epoch_callbacks
+from stages.training import EpochBatches, EpochRecorder, cosine_schedule, epoch_callbacks, feed
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def one_class_nn(config: OutlierConfig, labeled: np.ndarray, images: np.ndarray,
     batches = EpochBatches((labeled.astype("float32"),), config.batch_size, config.seed)
     recorder = EpochRecorder(config.epochs)
     radius = RadiusUpdate(lambda: distances(labeled))
-    model.fit(batches, epochs=config.epochs, shuffle=False, verbose=0,
+    model.fit(feed(batches), epochs=config.epochs, shuffle=False, verbose=0,
               callbacks=epoch_callbacks(config.seed, recorder, datasets=(batches,), extra=(radius,)))
     radius_squared = float(ops.convert_to_numpy(model.radius_squared))
     if radius_squared <= 1e-10:

@@ -29,7 +29,7 @@ from stages.data import ImageTable
 from stages.models import PIXEL_OFFSET, PIXEL_SCALE
 from stages.objectives import OBJECTIVES
 from stages.stage import Stage, main
-from stages.training import EpochBatches, EpochRecorder, cosine_schedule, epoch_callbacks, training_seconds
+from stages.training import EpochBatches, EpochRecorder, cosine_schedule, epoch_callbacks, feed, training_seconds
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def run(config: PretrainConfig, inputs: Mapping[str, Path], output: Path) -> dic
     recorder = EpochRecorder(config.epochs)
     untrained_probe = probe.accuracy() if config.probe_every else None  # epoch 0: a random encoder
     batches = EpochBatches((images,), config.batch_size, config.seed)
-    model.fit(batches, epochs=config.epochs, shuffle=False, verbose=0,
+    model.fit(feed(batches), epochs=config.epochs, shuffle=False, verbose=0,
               callbacks=epoch_callbacks(config.seed, recorder, datasets=(batches,), extra=(probe,)))
     history = recorder.history()
     metrics = summary(history, untrained_probe, len(images), model.encoder.count_params())
