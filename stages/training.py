@@ -192,8 +192,9 @@ class TwoStreamBatches(keras.utils.PyDataset):
         passes = math.ceil(self.steps * self.batch_size / len(self.labeled))
         self.rows.set(
             labeled=np.concatenate([rng.permutation(len(self.labeled)) for _ in range(passes)]),
-            unlabeled=np.stack([np.random.default_rng([self.seed, epoch, step]).integers(0, len(self.images), self.unlabeled_batch_size)
-                                for step in range(self.steps)]),  # (steps, unlabeled_batch_size)
+            unlabeled=np.stack([  # (steps, unlabeled_batch_size)
+                np.random.default_rng([self.seed, epoch, step]).integers(0, len(self.images), self.unlabeled_batch_size)
+                for step in range(self.steps)]),
         )
 
     def tf_dataset(self):
@@ -269,8 +270,9 @@ class EpochRows:
 
 def feed(batches: EpochBatches | TwoStreamBatches):
     """What ``fit`` reads ``batches`` from. On TensorFlow, an in-graph tf.data pipeline that gathers the
-    same rows: fed by the PyDataset's Python generator, the quick net trained at about 160 images/s on
-    2 cores against 330 from tf.data (bench/results/feed.md). Other backends iterate the PyDataset."""
+    same rows: fed by the PyDataset's Python generator, the quick baseline trained at 133 images/s on
+    2 cores against 330 from tf.data, FixMatch at 113 against 137 (bench/results/feed.md). Other
+    backends iterate the PyDataset."""
     return batches.tf_dataset() if keras.backend.backend() == "tensorflow" else batches
 
 
