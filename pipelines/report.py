@@ -119,7 +119,9 @@ def filtering_effect(table: pd.DataFrame) -> list[str]:
             change = 100 * paired.mean()
             verdict = "helped" if change > 0 else "hurt" if change < 0 else "changed nothing"
             seeds = ", ".join(map(str, paired.index))
-            lines.append(f"- {experiment}: filtering {verdict} ({change:+.2f} pts on test, mean over training seeds {seeds})")
+            evidence = (f"{change:+.2f} ± {100 * paired.std():.2f} pts on test, mean ± std over training seeds {seeds}"
+                        if len(paired) > 1 else f"{change:+.2f} pts on test, training seed {seeds} alone: no spread measured")
+            lines.append(f"- {experiment}: filtering {verdict} ({evidence})")
     return lines
 
 

@@ -32,9 +32,11 @@ class EpochRecorder(keras.callbacks.Callback):
         self.epochs = epochs
         self.rows: list[dict[str, float]] = []
         self._train_start = self._epoch_start = 0.0
+        self._epochs_this_fit = 0  # a resumed fit starts past epochs that took no time in it
 
     def on_train_begin(self, logs=None):
         self._train_start = time.perf_counter()
+        self._epochs_this_fit = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
@@ -50,7 +52,8 @@ class EpochRecorder(keras.callbacks.Callback):
             "timestamp_ms": time.time() * 1000,
         }
         self.rows.append(row)
-        per_epoch = (now - self._train_start) / (epoch + 1)
+        self._epochs_this_fit += 1
+        per_epoch = (now - self._train_start) / self._epochs_this_fit
         eta = per_epoch * (self.epochs - epoch - 1)
         values = "  ".join(f"{key} {float(value):.4g}" for key, value in (logs or {}).items())
         log.info("epoch %d/%d  %s | %.1f s/epoch, ETA %dm%02ds (at most)", epoch + 1, self.epochs, values,

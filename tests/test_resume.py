@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -17,7 +18,8 @@ import pytest
 from stages.artifacts import exclusive_output, staged_output
 from stages.config import EncoderFineTuneConfig
 from stages.stage import get_stage
-from stages.training import EpochCheckpoint
+from stages import training
+from stages.training import EpochCheckpoint, EpochRecorder
 
 TIMINGS = ["epoch_seconds", "timestamp_ms"]
 
@@ -101,6 +103,20 @@ def test_a_stopped_fit_stays_stopped_when_resumed(split_artifact, smoke, tmp_pat
             get_stage("baseline").execute(config, {"split": split_artifact}, tmp_path / "out")
     get_stage("baseline").execute(config, {"split": split_artifact}, tmp_path / "out")
     assert len(pd.read_parquet(tmp_path / "out" / "history.parquet")) == stopped_after
+
+
+def test_a_resumed_fit_estimates_its_eta_from_the_epochs_it_ran(monkeypatch, caplog):
+    clock = iter([0.0, 0.0, 10.0])  # the fit begins, resumed at epoch 3, which ends 10 s later
+    monkeypatch.setattr(training, "time", SimpleNamespace(perf_counter=lambda: next(clock), time=time.time))
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    recorder = EpochRecorder(epochs=10)
+    recorder.set_model(model)
+    with caplog.at_level(logging.INFO, logger="stages.training"):
+        recorder.on_train_begin()
+        recorder.on_epoch_begin(2)
+        recorder.on_epoch_end(2, {"loss": 1.0})
+    assert "epoch 3/10  loss 1 | 10.0 s/epoch, ETA 1m10s" in caplog.text  # 7 epochs left at 10 s, not 10 s / 3
 
 
 def test_one_writer_per_output_and_killed_writers_leave_nothing_behind(tmp_path):

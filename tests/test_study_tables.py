@@ -51,7 +51,11 @@ def test_filtering_is_judged_on_the_training_seeds_both_sets_hold(tmp_path):
     rows = study_tables.report_rows([unfiltered, filtered])
     # seed 0 alone pairs for SimCLR (0.41 - 0.43); the means over all seeds (45.5% vs 44.0%) would say it helped.
     # The autoencoder ran the two sets on different seeds: no verdict.
-    assert study_tables.filtering_effect(rows) == ["- simclr_joint: filtering hurt (-2.00 pts on test, mean over training seeds 0)"]
+    assert study_tables.filtering_effect(rows) == ["- simclr_joint: filtering hurt (-2.00 pts on test, training seed 0 alone: no spread measured)"]
     assert "## Filtering\n\n- simclr_joint: filtering hurt" in study_tables.markdown(rows, "cmd")
     alone = study_tables.report_rows([unfiltered])
     assert study_tables.NO_FILTERING_EFFECT in study_tables.markdown(alone, "cmd")
+    two_seeds = pd.DataFrame({"experiment": "self_training", "unlabeled": ["all", "all", "filtered", "filtered"],
+                              "seed": [0, 1, 0, 1], "test_accuracy": [0.46, 0.47, 0.45, 0.47]})
+    assert study_tables.filtering_effect(two_seeds) == [
+        "- self_training: filtering hurt (-0.50 ± 0.71 pts on test, mean ± std over training seeds 0, 1)"]
