@@ -61,8 +61,8 @@ def markdown_table(table: pd.DataFrame) -> str:
             return "—"
         if column.endswith("accuracy"):
             return f"{value:.2%}"
-        if isinstance(value, float) and value.is_integer():  # counts in a column that has gaps
-            return f"{int(value):,}"
+        if isinstance(value, float) and (value.is_integer() or abs(value) >= 1000):  # counts with gaps, seconds
+            return f"{value:,.0f}"
         if isinstance(value, float):
             return f"{value:.4g}"
         return f"{value:,}" if isinstance(value, int) else str(value)

@@ -14,6 +14,7 @@ from stages import data, pseudo_label, self_train
 from stages.artifacts import ArtifactError, write_manifest
 from stages.config import PseudoLabelConfig
 from stages.data import DataError
+from stages.reports import markdown_table
 
 
 def predictions(rows):
@@ -170,3 +171,10 @@ def test_a_pseudo_label_table_with_the_wrong_schema_is_refused(pseudo_label_arti
     pq.write_table(pa.table({"id": ["train-00001"], "label": [1]}), bad / pseudo_label.PSEUDO_LABELS_FILE)
     with pytest.raises(DataError, match="but pseudo-labels need"):
         pseudo_label.read_pseudo_labels(bad, data.read_table(split_artifact, "unlabeled"))
+
+
+def test_report_tables_print_seconds_and_counts_alike_whatever_their_fraction():
+    table = pd.DataFrame({"flow_seconds": [5104.0, 6052.3, 12.34], "samples_used": [1180.0, None, 3.0],
+                          "val_accuracy": [0.4, 0.41, 0.4387]})
+    assert markdown_table(table).splitlines()[2:] == [
+        "| 5,104 | 1,180 | 40.00% |", "| 6,052 | — | 41.00% |", "| 12.34 | 3 | 43.87% |"]
