@@ -16,9 +16,11 @@ import itertools
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,7 @@ def write_manifest(
         "files": {name: entry["sha256"] for name, entry in files.items()},
     }
     finished_at = dt.datetime.now(dt.timezone.utc)
+    earlier = seconds_before_resume()
     manifest = {
         **identity,
         "parents": {name: dict(parent) for name, parent in parents.items()},
@@ -150,7 +153,9 @@ def write_manifest(
         "digest": sha256_json(identity),
         "started_at": started_at.isoformat(),
         "finished_at": finished_at.isoformat(),
-        "seconds": round((finished_at - started_at).total_seconds(), 3),
+        # a resumed stage's seconds include what its killed attempts spent up to their last checkpoint
+        "seconds": round((finished_at - started_at).total_seconds() + earlier, 3),
+        **({"seconds_before_resume": round(earlier, 3)} if earlier else {}),
         **(extra or {}),
     }
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -215,8 +220,19 @@ def refuse_existing(output: Path) -> None:
         )
 
 
-# (work directory, counter of the training runs started in it) of the stage running in this context
-_work: ContextVar[tuple[Path, Iterator[int]] | None] = ContextVar("stage_work_directory", default=None)
+SPENT_FILE = "spent.json"  # in a work directory: seconds its attempts spent up to their last checkpoint
+
+
+@dataclass
+class StageWork:
+    """The work directory of the stage running in this context, and what this attempt has to count."""
+    directory: Path
+    fits: Iterator[int]  # numbers the training runs started in it
+    attempt_started: float  # time.perf_counter()
+    earlier_seconds: float  # spent by killed attempts up to their last checkpoint
+
+
+_work: ContextVar[StageWork | None] = ContextVar("stage_work_directory", default=None)
 
 
 @contextlib.contextmanager
@@ -234,7 +250,9 @@ def exclusive_output(output: Path) -> Iterator[Path]:
         for stale in output.parent.glob(f".{output.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         work = output.with_name(f".{output.name}.work")
-        token = _work.set((work, itertools.count(1)))
+        spent = work / SPENT_FILE
+        earlier = json.loads(spent.read_text())["seconds"] if spent.is_file() else 0.0
+        token = _work.set(StageWork(work, itertools.count(1), time.perf_counter(), earlier))
         try:
             yield work
         finally:
@@ -249,8 +267,23 @@ def checkpoint_directory() -> Path | None:
     current = _work.get()
     if current is None:
         return None
-    work, counter = current
-    return work / f"fit-{next(counter)}"
+    return current.directory / f"fit-{next(current.fits)}"
+
+
+def record_progress() -> None:
+    """After a checkpoint: the seconds the running stage has spent, which a rerun that resumes from
+    the checkpoint adds to its own (nothing outside ``exclusive_output``)."""
+    if (current := _work.get()) is None:
+        return
+    current.directory.mkdir(parents=True, exist_ok=True)
+    pending = current.directory / f"{SPENT_FILE}.tmp"
+    pending.write_text(json.dumps({"seconds": current.earlier_seconds + time.perf_counter() - current.attempt_started}))
+    os.replace(pending, current.directory / SPENT_FILE)
+
+
+def seconds_before_resume() -> float:
+    """What the running stage's killed attempts spent up to their last checkpoint; 0 for a first attempt."""
+    return 0.0 if (current := _work.get()) is None else current.earlier_seconds
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from stages.artifacts import checkpoint_directory
+from stages.artifacts import checkpoint_directory, record_progress
 from stages.config import NUM_CLASSES, Schedule, TrainConfig
 from stages.data import ImageTable
 from stages.models import build_classifier
@@ -372,6 +372,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for old in self.directory.glob("epoch-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
+        record_progress()
 
     def on_train_end(self, logs=None):
         self.model._initial_epoch = None

@@ -3,6 +3,7 @@ an uninterrupted run ends; the output lock and the left-overs of killed writers.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import subprocess
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.artifacts import exclusive_output, staged_output
+from stages.artifacts import exclusive_output, read_manifest, staged_output
 from stages.config import EncoderFineTuneConfig
 from stages.stage import get_stage
 from stages import training
@@ -89,6 +90,12 @@ def test_an_interrupted_stage_resumes_and_matches_an_uninterrupted_one(stage, mo
     epoch_seconds = history[1]["epoch_seconds"]
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["train_seconds"] == pytest.approx(epoch_seconds.sum(), abs=0.01) and epoch_seconds.iloc[:2].sum() > 0
+    # and so does the stage's own time, which the study report sums
+    manifest = read_manifest(output)
+    assert manifest["seconds_before_resume"] >= epoch_seconds.iloc[:2].sum()
+    wall = dt.datetime.fromisoformat(manifest["finished_at"]) - dt.datetime.fromisoformat(manifest["started_at"])
+    assert manifest["seconds"] == pytest.approx(wall.total_seconds() + manifest["seconds_before_resume"], abs=0.01)
+    assert "seconds_before_resume" not in read_manifest(tmp_path / "clean")
 
 
 def test_a_stopped_fit_stays_stopped_when_resumed(split_artifact, smoke, tmp_path, monkeypatch):
