@@ -84,7 +84,8 @@ def test_the_report_holds_the_numbers_mlflow_holds(study, report):
     assert "Preset `smoke` (changed: `none`)" in text
     assert set(pd.read_parquet(report.parent / "runs.parquet")[["preset", "overrides"]].itertuples(index=False)) == {
         ("smoke", "none")}
-    assert re.search(r"- self_training: filtering (helped|hurt|changed nothing) \([+-]\d+\.\d\d pts", text)
+    assert re.search(r"- self_training: filtering (helped|hurt|changed nothing) \([+-]\d+\.\d\d ± \d+\.\d\d pts on test, "
+                     r"mean ± std over training seeds \d+, \d+\)", text)
     assert (report.parent / "report.html").read_text().count("<tr>") == 4  # header + 3 rows
     images = FIGURE_LINK.findall(text)
     assert {"evaluate-baseline-network.png", "outliers-any-typical_and_atypical.png"} <= set(images)
