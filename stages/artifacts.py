@@ -276,9 +276,16 @@ def record_progress() -> None:
     if (current := _work.get()) is None:
         return
     current.directory.mkdir(parents=True, exist_ok=True)
-    pending = current.directory / f"{SPENT_FILE}.tmp"
-    pending.write_text(json.dumps({"seconds": current.earlier_seconds + time.perf_counter() - current.attempt_started}))
-    os.replace(pending, current.directory / SPENT_FILE)
+    replace_text(current.directory / SPENT_FILE,
+                 json.dumps({"seconds": current.earlier_seconds + time.perf_counter() - current.attempt_started}))
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file: a reader, or a kill, finds the old text or the
+    new, never part of it."""
+    pending = path.with_name(f"{path.name}.tmp")
+    pending.write_text(text)
+    os.replace(pending, path)
 
 
 def seconds_before_resume() -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from stages.artifacts import checkpoint_directory, record_progress
+from stages.artifacts import checkpoint_directory, record_progress, replace_text
 from stages.config import NUM_CLASSES, Schedule, TrainConfig
 from stages.data import ImageTable
 from stages.models import build_classifier
@@ -366,9 +365,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         shutil.rmtree(folder, ignore_errors=True)  # a save the last attempt did not finish
         folder.mkdir(parents=True)
         self._save(folder, epoch + 1)
-        pointer = self.directory / "latest.tmp"
-        pointer.write_text(name)
-        os.replace(pointer, self.directory / "latest")
+        replace_text(self.directory / "latest", name)
         for old in self.directory.glob("epoch-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)

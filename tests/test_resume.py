@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from stages import training
 from stages.artifacts import exclusive_output, read_manifest, staged_output
 from stages.config import EncoderFineTuneConfig
 from stages.stage import get_stage
-from stages import training
 from stages.training import EpochCheckpoint, EpochRecorder
 
 TIMINGS = ["epoch_seconds", "timestamp_ms"]
