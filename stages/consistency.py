@@ -115,7 +115,7 @@ def train(config: ConsistencyConfig, labeled: ImageTable, validation: ImageTable
     budget = config.time_budget_minutes
     learning_rate = schedule.learning_rate if budget else cosine_schedule(schedule, config.steps_per_epoch)
     model.compile(optimizer=build_optimizer(schedule, learning_rate, use_ema=True, ema_momentum=config.ema_momentum))
-    recorder = EpochRecorder(schedule.epochs)
+    recorder = EpochRecorder(schedule.epochs, budget_seconds=budget * 60 if budget else None)
     # after SwapEMAWeights, whose epoch end puts the EMA weights in the model: those are the ones kept
     selector = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", restore_best_weights=True,
                                              patience=schedule.early_stopping_patience or schedule.epochs)

@@ -24,11 +24,12 @@ log = logging.getLogger(__name__)
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """Records each epoch's logs, learning rate and wall time, and prints progress with an ETA."""
+    """Records each epoch's logs, learning rate and wall time, and prints progress with an ETA: the
+    epochs left at this fit's pace, or less when a time budget of ``budget_seconds`` ends sooner."""
 
-    def __init__(self, epochs: int):
+    def __init__(self, epochs: int, budget_seconds: float | None = None):
         super().__init__()
-        self.epochs = epochs
+        self.epochs, self.budget_seconds = epochs, budget_seconds
         self.rows: list[dict[str, float]] = []
         self._train_start = self._epoch_start = 0.0
         self._epochs_this_fit = 0  # a resumed fit starts past epochs that took no time in it
@@ -54,6 +55,8 @@ class EpochRecorder(keras.callbacks.Callback):
         self._epochs_this_fit += 1
         per_epoch = (now - self._train_start) / self._epochs_this_fit
         eta = per_epoch * (self.epochs - epoch - 1)
+        if self.budget_seconds is not None:  # the rows include epochs restored from a checkpoint
+            eta = min(eta, max(self.budget_seconds - training_seconds(self.history()), 0.0))
         values = "  ".join(f"{key} {float(value):.4g}" for key, value in (logs or {}).items())
         log.info("epoch %d/%d  %s | %.1f s/epoch, ETA %dm%02ds (at most)", epoch + 1, self.epochs, values,
                  row["epoch_seconds"], eta // 60, eta % 60)

@@ -112,18 +112,24 @@ def test_a_stopped_fit_stays_stopped_when_resumed(split_artifact, smoke, tmp_pat
     assert len(pd.read_parquet(tmp_path / "out" / "history.parquet")) == stopped_after
 
 
-def test_a_resumed_fit_estimates_its_eta_from_the_epochs_it_ran(monkeypatch, caplog):
+@pytest.mark.parametrize("budget_seconds, eta", [
+    (None, "ETA 1m10s"),  # 7 epochs left at this fit's 10 s each, not 10 s / 3
+    (250, "ETA 0m40s"),  # a budget ends first: 250 - (100 + 100 + 10) s left
+])
+def test_a_resumed_fit_estimates_its_eta_from_the_epochs_it_ran_and_the_budget_left(budget_seconds, eta, monkeypatch,
+                                                                                     caplog):
     clock = iter([0.0, 0.0, 10.0])  # the fit begins, resumed at epoch 3, which ends 10 s later
     monkeypatch.setattr(training, "time", SimpleNamespace(perf_counter=lambda: next(clock), time=time.time))
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
-    recorder = EpochRecorder(epochs=10)
+    recorder = EpochRecorder(epochs=10, budget_seconds=budget_seconds)
+    recorder.rows = [{"epoch": 1, "epoch_seconds": 100.0}, {"epoch": 2, "epoch_seconds": 100.0}]  # as restored
     recorder.set_model(model)
     with caplog.at_level(logging.INFO, logger="stages.training"):
         recorder.on_train_begin()
         recorder.on_epoch_begin(2)
         recorder.on_epoch_end(2, {"loss": 1.0})
-    assert "epoch 3/10  loss 1 | 10.0 s/epoch, ETA 1m10s" in caplog.text  # 7 epochs left at 10 s, not 10 s / 3
+    assert f"epoch 3/10  loss 1 | 10.0 s/epoch, {eta}" in caplog.text
 
 
 def test_one_writer_per_output_and_killed_writers_leave_nothing_behind(tmp_path):
