@@ -11,8 +11,11 @@ Every arm starts from nothing but the split and spends about the same training t
   ``--iterations``, 4 as in the seed) with ``--fine-tune-epochs`` epochs per iteration (``ssl-pipeline self-train --start-model``).
 
 Each arm is the README's command in a subprocess against one home; the numbers are read back from
-the artifacts its MLflow stage runs point to. Budgets count the stages' own seconds (their
-manifests), not imports or tracking. Writes ``bench/results/<--name>.{json,md,png}``
+the artifacts its MLflow stage runs point to. ``--trained NAME=DIR`` adds an arm already trained
+from ``--start-model`` (a consistency or self_train artifact in the home, e.g. one a study made),
+with the evaluation the home holds for it. Training minutes are the epochs' own time (the
+histories', which keep the epochs a resumed stage ran before its interruption), not labeling
+passes, imports or tracking. Writes ``bench/results/<--name>.{json,md,png}``
 (``consistency-budget-<preset>`` by default).
 
     CIFAR100_ARCHIVE=... .venv/bin/python bench/consistency_budget.py --home /tmp/cb --start-model DIR
@@ -38,6 +41,7 @@ import pandas as pd  # noqa: E402
 from pipelines import settings  # noqa: E402
 from stages.artifacts import read_manifest  # noqa: E402
 from stages.config import flat_fields, load_pipeline_config, parse_assignment  # noqa: E402
+from stages.training import training_seconds  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -83,8 +87,12 @@ def made_by(stage: str, artifacts: list[Path]) -> Path:
 
 
 def evaluation_of(model: Path, artifacts: list[Path]) -> Path:
-    return next(path for path in artifacts if read_manifest(path)["stage"] == "evaluate"
-                and Path(read_manifest(path)["parents"]["model"]["path"]) == model)
+    evaluations = (path for path in artifacts if read_manifest(path)["stage"] == "evaluate"
+                   and Path(read_manifest(path)["parents"]["model"]["path"]) == model)
+    evaluation = next(evaluations, None)
+    if evaluation is None:
+        raise SystemExit(f"{model}: no evaluate artifact of this model in the home; run its flow to the end first")
+    return evaluation
 
 
 def run_arm(args, command: list[str], sets: list[str], stage: str) -> tuple[list[Path], float | None]:
@@ -98,7 +106,13 @@ def run_arm(args, command: list[str], sets: list[str], stage: str) -> tuple[list
 
 
 def stage_seconds(artifact: Path) -> float:
+    """Seconds its manifest gives a stage: before 107d2bc, a resumed stage's last attempt only."""
     return float(read_manifest(artifact)["seconds"])
+
+
+def epoch_seconds(artifact: Path) -> float:
+    """Seconds the epochs of a training artifact took, resumed epochs included."""
+    return training_seconds(pd.read_parquet(artifact / "history.parquet"))
 
 
 def metrics(artifact: Path) -> dict:
@@ -123,12 +137,16 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=4, help="self-training: iterations")
     parser.add_argument("--consistency-minutes", type=float, help="fixmatch, freematch: training budget (default: the preset's)")
     parser.add_argument("--name", help="results file stem (default consistency-budget-<preset>)")
-    parser.add_argument("--arms", nargs="+", default=["fixmatch", "baseline-long", "self-training"],
+    parser.add_argument("--arms", nargs="*", default=["fixmatch", "baseline-long", "self-training"],
                         choices=["fixmatch", "freematch", "baseline-long", "self-training"])
     parser.add_argument("--variant", nargs="+", metavar="METHOD KEY=VALUE",
                         help="one more consistency arm: a method and its overrides, e.g. fixmatch consistency.threshold=0.7")
     parser.add_argument("--reuse", action="store_true", help="take arms already finished in --home from the store")
+    parser.add_argument("--trained", nargs="+", default=[], metavar="NAME=DIR",
+                        help="arms trained from --start-model already: a name and the artifact of its model")
     args = parser.parse_args()
+    if args.trained and not args.start_model:
+        parser.error("--trained arms continue a given baseline: name it with --start-model")
     os.environ[settings.HOME_ENV] = str(args.home.resolve())
     common = [f"baseline.seed={args.seed}"]
     if args.start_model:
@@ -136,34 +154,40 @@ def main() -> None:
     else:
         baseline = made_by("baseline", run_arm(args, ["run"], common, "baseline")[0])
     start = ["--start-model", str(baseline)]
-    base_seconds = stage_seconds(baseline)
-    # arm -> (command, its --set overrides, the stages whose time it spends, the last one its model's)
+    base_seconds = epoch_seconds(baseline)
+    # arm -> (command, its --set overrides, the stage that trains its model)
     budget = [f"consistency.time_budget_minutes={args.consistency_minutes}"] if args.consistency_minutes else []
     plans = {
-        **{method: (["consistency", "--methods", method, *start], [*common, *budget], ("consistency",))
+        **{method: (["consistency", "--methods", method, *start], [*common, *budget], "consistency")
            for method in ("fixmatch", "freematch")},
-        "baseline-long": (["run"], [*common, f"baseline.epochs={args.baseline_epochs}"], ("baseline",)),
+        "baseline-long": (["run"], [*common, f"baseline.epochs={args.baseline_epochs}"], "baseline"),
         "self-training": (["self-train", "--thresholds", "0.85", "--iterations", str(args.iterations), *start],
-                          [*common, f"self_training.fine_tune.epochs={args.fine_tune_epochs}"], ("pseudo_label", "self_train")),
+                          [*common, f"self_training.fine_tune.epochs={args.fine_tune_epochs}"], "self_train"),
     }
     if args.variant:
         method, *overrides = args.variant
         variant = f"{method} ({', '.join(overrides)})"
-        plans[variant] = (["consistency", "--methods", method, *start], [*common, *budget, *overrides], ("consistency",))
+        plans[variant] = (["consistency", "--methods", method, *start], [*common, *budget, *overrides], "consistency")
         args.arms.append(variant)
     arms = {}
     for arm in args.arms:
-        command, sets, trains = plans[arm]
-        artifacts, seconds = run_arm(args, command, sets, trains[-1])
-        trained = made_by(trains[-1], artifacts)
+        command, sets, stage = plans[arm]
+        artifacts, seconds = run_arm(args, command, sets, stage)
+        trained = made_by(stage, artifacts)
         offset = 0.0 if arm == "baseline-long" else base_seconds  # the continuations spent the baseline's time first
         arms[arm] = {"command_seconds": seconds, "trained": trained, "evaluate": evaluation_of(trained, artifacts),
-                     "offset": offset, "train_seconds": offset + sum(stage_seconds(made_by(s, artifacts)) for s in trains)}
+                     "offset": offset, "train_seconds": offset + epoch_seconds(trained)}
+    evaluations = sorted((settings.artifact_root() / "evaluate").glob("*/manifest.json"))
+    for name, directory in (text.split("=", 1) for text in args.trained):
+        trained = Path(directory).resolve()
+        arms[name] = {"command_seconds": None, "trained": trained, "offset": base_seconds,
+                      "evaluate": evaluation_of(trained, [path.parent for path in evaluations]),
+                      "train_seconds": base_seconds + epoch_seconds(trained)}
     write_results(args, baseline, arms)
 
 
 def write_results(args, baseline: Path, arms: dict[str, dict]) -> None:
-    rows = [{"arm": "baseline (start of the continuations)", "train_minutes": round(stage_seconds(baseline) / 60, 1),
+    rows = [{"arm": "baseline (start of the continuations)", "train_minutes": round(epoch_seconds(baseline) / 60, 1),
              "val_accuracy": metrics(baseline)["best_val_accuracy"], "test_accuracy": None, "command_seconds": None}]
     rows += [{"arm": name, "train_minutes": round(arm["train_seconds"] / 60, 1),
               "val_accuracy": metrics(arm["trained"])["best_val_accuracy"],
@@ -176,7 +200,7 @@ def write_results(args, baseline: Path, arms: dict[str, dict]) -> None:
     for arm_name, arm in arms.items():
         points = curve(arm["trained"], arm["offset"])
         axes.plot(points["minutes"], points["val_accuracy"], label=arm_name)
-    axes.set(xlabel="training minutes (stage time, this machine)", ylabel="validation top-1", title=f"{args.preset} preset, seed {args.seed}")
+    axes.set(xlabel="training minutes (epochs' time, this machine)", ylabel="validation top-1", title=f"{args.preset} preset, seed {args.seed}")
     axes.legend()
     figure.tight_layout()
     RESULTS.mkdir(exist_ok=True)
@@ -191,6 +215,8 @@ def write_results(args, baseline: Path, arms: dict[str, dict]) -> None:
              *(f"| {r['arm']} | {r['train_minutes']} | {r['val_accuracy']:.2%} | "
                f"{'—' if r['test_accuracy'] is None else format(r['test_accuracy'], '.2%')} | {r['command_seconds'] or '—'} |"
                for r in rows),
+             "", "Training minutes: the epochs' own time (the baseline's, then the arm's), resumed epochs included; "
+             "labeling passes, imports and tracking are not in them.",
              "", f"![learning curves]({name}.png)", "", f"Command: `{summary['command']}`", ""]
     (RESULTS / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
