@@ -106,7 +106,7 @@ def run_arm(args, command: list[str], sets: list[str], stage: str) -> tuple[list
 
 
 def stage_seconds(artifact: Path) -> float:
-    """Seconds its manifest gives a stage: before 107d2bc, a resumed stage's last attempt only."""
+    """Seconds its manifest gives a stage (a resumed stage's manifest written before 107d2bc counts its last attempt only)."""
     return float(read_manifest(artifact)["seconds"])
 
 
@@ -177,13 +177,19 @@ def main() -> None:
         offset = 0.0 if arm == "baseline-long" else base_seconds  # the continuations spent the baseline's time first
         arms[arm] = {"command_seconds": seconds, "trained": trained, "evaluate": evaluation_of(trained, artifacts),
                      "offset": offset, "train_seconds": offset + epoch_seconds(trained)}
-    evaluations = sorted((settings.artifact_root() / "evaluate").glob("*/manifest.json"))
-    for name, directory in (text.split("=", 1) for text in args.trained):
-        trained = Path(directory).resolve()
-        arms[name] = {"command_seconds": None, "trained": trained, "offset": base_seconds,
-                      "evaluate": evaluation_of(trained, [path.parent for path in evaluations]),
-                      "train_seconds": base_seconds + epoch_seconds(trained)}
+    arms.update(trained_arms(args.trained, base_seconds))
     write_results(args, baseline, arms)
+
+
+def trained_arms(named_artifacts: list[str], base_seconds: float) -> dict[str, dict]:
+    """``NAME=DIR`` arms: models trained from the baseline already, each with its evaluation in the home."""
+    evaluations = [path.parent for path in sorted((settings.artifact_root() / "evaluate").glob("*/manifest.json"))]
+    arms = {}
+    for name, directory in (text.split("=", 1) for text in named_artifacts):
+        trained = Path(directory).resolve()
+        arms[name] = {"command_seconds": None, "trained": trained, "evaluate": evaluation_of(trained, evaluations),
+                      "offset": base_seconds, "train_seconds": base_seconds + epoch_seconds(trained)}
+    return arms
 
 
 def write_results(args, baseline: Path, arms: dict[str, dict]) -> None:
