@@ -131,7 +131,7 @@ def _print_comparison(result: dict, minutes: float) -> int:
     import pandas as pd
 
     print(f"\n{markdown_table(pd.DataFrame(result['table']))}\nbaseline test top-1 "
-          f"{result['baseline_test_accuracy']:.2%} ({minutes:.1f} min). MLflow run {result['mlflow_run_id']}")
+          f"{result['baseline_test_accuracy']:.2%}; the flow took {minutes:.1f} min. MLflow run {result['mlflow_run_id']}")
     return 0
 
 

@@ -54,3 +54,12 @@ def test_self_train_rejects_a_bad_grid_before_any_work(capsys):
     error = capsys.readouterr().err
     assert "the sweep grid (threshold 1.5, iterations 2)" in error
     assert "selection.threshold: Input should be less than or equal to 1 (got 1.5)" in error
+
+
+def test_a_comparison_gives_the_baseline_accuracy_and_the_flow_time_apart(capsys):
+    """The minutes are the whole flow's: printed beside the baseline's accuracy, they read as its time."""
+    from pipelines.cli import _print_comparison
+
+    _print_comparison({"table": [{"method": "fixmatch", "test_accuracy": 0.4189}], "baseline_test_accuracy": 0.4014,
+                       "mlflow_run_id": "0" * 32}, minutes=39.1)
+    assert f"baseline test top-1 40.14%; the flow took 39.1 min. MLflow run {'0' * 32}" in capsys.readouterr().out
