@@ -40,6 +40,7 @@ import pandas as pd  # noqa: E402
 
 from pipelines import settings  # noqa: E402
 from stages.artifacts import read_manifest  # noqa: E402
+from stages.baseline import HISTORY_FILE  # noqa: E402
 from stages.config import flat_fields, load_pipeline_config, parse_assignment  # noqa: E402
 from stages.training import training_seconds  # noqa: E402
 
@@ -112,7 +113,7 @@ def stage_seconds(artifact: Path) -> float:
 
 def epoch_seconds(artifact: Path) -> float:
     """Seconds the epochs of a training artifact took, resumed epochs included."""
-    return training_seconds(pd.read_parquet(artifact / "history.parquet"))
+    return training_seconds(pd.read_parquet(artifact / HISTORY_FILE))
 
 
 def metrics(artifact: Path) -> dict:
@@ -121,7 +122,7 @@ def metrics(artifact: Path) -> dict:
 
 def curve(artifact: Path, offset_seconds: float) -> pd.DataFrame:
     """(minutes since the arm began, val_accuracy) per epoch of a training artifact."""
-    history = pd.read_parquet(artifact / "history.parquet")
+    history = pd.read_parquet(artifact / HISTORY_FILE)
     minutes = (offset_seconds + history["epoch_seconds"].cumsum()) / 60
     return pd.DataFrame({"minutes": minutes, "val_accuracy": history["val_accuracy"]})
 
