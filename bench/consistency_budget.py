@@ -177,7 +177,7 @@ def main() -> None:
         trained = made_by(stage, artifacts)
         offset = 0.0 if arm == "baseline-long" else base_seconds  # the continuations spent the baseline's time first
         arms[arm] = {"command_seconds": seconds, "trained": trained, "evaluate": evaluation_of(trained, artifacts),
-                     "offset": offset, "train_seconds": offset + epoch_seconds(trained)}
+                     "offset": offset}
     arms.update(trained_arms(args.trained, base_seconds))
     write_results(args, baseline, arms)
 
@@ -189,14 +189,14 @@ def trained_arms(named_artifacts: list[str], base_seconds: float) -> dict[str, d
     for name, directory in (text.split("=", 1) for text in named_artifacts):
         trained = Path(directory).resolve()
         arms[name] = {"command_seconds": None, "trained": trained, "evaluate": evaluation_of(trained, evaluations),
-                      "offset": base_seconds, "train_seconds": base_seconds + epoch_seconds(trained)}
+                      "offset": base_seconds}
     return arms
 
 
 def write_results(args, baseline: Path, arms: dict[str, dict]) -> None:
     rows = [{"arm": "baseline (start of the continuations)", "train_minutes": round(epoch_seconds(baseline) / 60, 1),
              "val_accuracy": metrics(baseline)["best_val_accuracy"], "test_accuracy": None, "command_seconds": None}]
-    rows += [{"arm": name, "train_minutes": round(arm["train_seconds"] / 60, 1),
+    rows += [{"arm": name, "train_minutes": round((arm["offset"] + epoch_seconds(arm["trained"])) / 60, 1),
               "val_accuracy": metrics(arm["trained"])["best_val_accuracy"],
               "test_accuracy": metrics(arm["evaluate"])["test_accuracy"], "command_seconds": arm["command_seconds"]}
              for name, arm in arms.items()]
