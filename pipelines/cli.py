@@ -64,7 +64,8 @@ def command_run(args: argparse.Namespace) -> int:
     result, minutes = _run_flow("pipelines.flow:baseline_pipeline", config=config, launcher=args.launcher,
                                 archive=args.archive)
     print(
-        f"\n{config.preset}: test top-1 accuracy {result['test_accuracy']:.2%}, top-5 "
+        f"\n{config.preset}: test top-1 accuracy {result['test_accuracy']:.2%} (single view "
+        f"{result['test_accuracy_single_view']:.2%}), top-5 "
         f"{result['test_top5_accuracy']:.2%} on {result['test_images']:,} test images "
         f"({minutes:.1f} min). MLflow run {result['mlflow_run_id']}; model in {result['artifacts']['model']}"
     )

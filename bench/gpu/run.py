@@ -82,7 +82,7 @@ def report(args, config, device: str, data_seconds: float, total_seconds: float)
         "preset": args.preset, "device": device, "backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
         "python": platform.python_version(), "budget_minutes": args.minutes,
         "method": config.consistency.method, "architecture": config.consistency.classifier.architecture.name,
-        **{key: tested[key] for key in ("test_accuracy", "test_top5_accuracy", "test_images")},
+        **{key: tested[key] for key in ("test_accuracy", "test_accuracy_single_view", "test_top5_accuracy", "test_images")},
         **{key: trained[key] for key in ("best_val_accuracy", "best_epoch", "epochs_run", "steps", "steps_per_second",
                                          "images_per_second", "train_seconds", "parameters")},
         "data_seconds": round(data_seconds, 1), "total_seconds": round(total_seconds, 1),
