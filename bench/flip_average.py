@@ -37,16 +37,13 @@ def single_and_averaged(views: np.ndarray, labels: np.ndarray) -> dict[str, floa
             "gain_standard_error": float(gain.std(ddof=1) / np.sqrt(len(gain)))}
 
 
-def measure(split: Path, model_dir: Path) -> dict:
+def measure(model_dir: Path, validation: data.ImageTable, unlabeled: data.ImageTable, audit_labels: np.ndarray) -> dict:
     manifest = json.loads((model_dir / "manifest.json").read_text())
     model = load_classifier(model_dir)
-    row = {"model": f"{manifest['stage']}/{model_dir.name}", "trained_on_unlabeled_images": UNLABELED_READ in manifest["reads"]}
-    validation = data.read_table(split, "validation")
-    row["validation"] = single_and_averaged(view_probabilities(model, validation.images, 500, True), validation.labels)
-    unlabeled, audit = data.read_table(split, "unlabeled"), data.read_table(split, "unlabeled_audit")
-    row["unlabeled"] = single_and_averaged(view_probabilities(model, unlabeled.images, 500, True), audit.labels)
-    row["unlabeled_images"] = len(audit.labels)
-    return row
+    return {"model": f"{manifest['stage']}/{model_dir.name}", "trained_on_unlabeled_images": UNLABELED_READ in manifest["reads"],
+            "validation": single_and_averaged(view_probabilities(model, validation.images, 500, True), validation.labels),
+            "unlabeled": single_and_averaged(view_probabilities(model, unlabeled.images, 500, True), audit_labels),
+            "unlabeled_images": len(audit_labels)}
 
 
 def cell(scores: dict[str, float]) -> str:
@@ -60,7 +57,9 @@ def main() -> None:
     parser.add_argument("--models", type=Path, nargs="+", required=True, help="finished artifacts with a model")
     parser.add_argument("--name", required=True, help="results file stem")
     args = parser.parse_args()
-    rows = [measure(args.split, model_dir) for model_dir in args.models]
+    validation, unlabeled = data.read_table(args.split, "validation"), data.read_table(args.split, "unlabeled")
+    audit_labels = data.read_table(args.split, "unlabeled_audit").labels
+    rows = [measure(model_dir, validation, unlabeled, audit_labels) for model_dir in args.models]
     summary = {"command": "python bench/flip_average.py " + " ".join(sys.argv[1:]), "split": str(args.split), "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
