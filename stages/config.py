@@ -240,11 +240,27 @@ class ConsistencyConfig(StrictModel):
     threshold: float = Field(0.95, gt=0, le=1, description="fixmatch: confidence a pseudo-label needs")
     adaptive_momentum: float = Field(0.999, gt=0, lt=1, description="freematch: EMA momentum of its thresholds")
     ema_momentum: float = Field(0.999, gt=0, lt=1, description="EMA of the weights that are evaluated and kept")
+    concatenate_views: bool = Field(
+        True, description="one training-mode pass over the labeled, weak and strong views, so BatchNorm normalises them "
+                          "together (USB's use_cat); false: the weak view in a pass of its own outside the gradient, "
+                          "which spares its backward pass")
+    strong_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of each unlabeled batch given a strong view: the images with a target "
+                                     "first, the surest first. 1 = all (FixMatch as published); below the mask rate, "
+                                     "targets go unused (the capped_rate metric). Needs concatenate_views false")
     strong: StrongAugmentConfig = StrongAugmentConfig()
     time_budget_minutes: float | None = Field(
         None, gt=0, description="stop before an epoch would overrun this; the learning rate then follows the "
                                 "budget's clock instead of the step count. None = run every epoch"
     )
+
+    @model_validator(mode="after")
+    def _strong_share_after_the_weak_pass(self) -> ConsistencyConfig:
+        if self.strong_fraction < 1 and self.concatenate_views:
+            raise ValueError(f"strong_fraction {self.strong_fraction} picks the strong views from the weak view's "
+                             "predictions, which a shared pass gives too late: set concatenate_views to false, "
+                             "or strong_fraction to 1")
+        return self
 
 
 class OutlierConfig(Schedule):

@@ -155,6 +155,8 @@ def test_configuration_errors_name_the_field():
         load_pipeline_config("smoke", [{"consistency": {"threshold": 1.5}}])
     with pytest.raises(ConfigError, match="consistency.method"):
         load_pipeline_config("smoke", [{"consistency": {"method": "mixmatch"}}])
+    with pytest.raises(ConfigError, match="consistency.*set concatenate_views to false"):
+        load_pipeline_config("smoke", [{"consistency": {"strong_fraction": 0.5}}])
 
 
 def smoke_consistency(smoke, **update) -> ConsistencyConfig:
@@ -193,6 +195,62 @@ def test_pixels_travel_as_uint8_and_the_model_casts_them(split_artifact, smoke):
     as_uint8 = model((labeled_images, unlabeled_images), training=False)["labeled"]
     as_float = model((labeled_images.astype("float32"), unlabeled_images.astype("float32")), training=False)["labeled"]
     np.testing.assert_allclose(*as_numpy(as_uint8, as_float), rtol=1e-6)
+
+
+def one_step(smoke, threshold: float, **update):
+    """A dense softmax on pixels (no BatchNorm: the views' passes then agree) in a ConsistencyModel whose
+    strong view is the image itself: its training-mode outputs, its weights before and after one SGD step
+    and the step's metrics, and its confidence on the unlabeled images. The same data and start each call."""
+    rng = np.random.default_rng(0)
+    labeled, unlabeled = (rng.integers(0, 256, (n, *data.IMAGE_SHAPE), dtype="uint8") for n in (8, 16))
+    keras.utils.set_random_seed(0)
+    classifier = keras.Sequential([keras.Input(data.IMAGE_SHAPE), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                                   keras.layers.Dense(100, activation="softmax")])
+    config = smoke_consistency(smoke, threshold=threshold, strong=StrongAugmentConfig(num_ops=0, cutout=0.0), **update,
+                               classifier=smoke.consistency.classifier.model_copy(update={"batch_size": 8}),
+                               unlabeled_ratio=2)
+    model = consistency.ConsistencyModel(classifier, config)
+    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    outputs = {name: keras.ops.convert_to_numpy(value) for name, value in model((labeled, unlabeled), training=True).items()}
+    start, confidence = classifier.get_weights(), classifier.predict(unlabeled, verbose=0).max(axis=1)
+    metrics = model.train_on_batch((labeled, unlabeled), training.one_hot(rng.integers(0, 100, 8)), return_dict=True)
+    return outputs, start, classifier.get_weights(), metrics, confidence
+
+
+def assert_same_step(one, other):
+    (_, start, one_weights, one_metrics, _), (_, _, other_weights, other_metrics, _) = one, other
+    for after_one, after_other, before in zip(one_weights, other_weights, start):
+        assert np.abs(after_one - before).max() > 1e-4  # the step moved the weights, and alike
+        np.testing.assert_allclose(after_one, after_other, rtol=1e-4, atol=1e-6)
+    for name in ("loss", "unsupervised_loss", "mask_rate"):
+        assert one_metrics[name] == pytest.approx(other_metrics[name], rel=1e-5)
+
+
+def test_the_weak_view_s_own_pass_predicts_and_trains_as_the_shared_pass_does(smoke):
+    """Every image a target (a softmax over 100 classes peaks at 0.01 or more): the weak view's pass of its
+    own gives the same predictions, targets and training step as one pass over every view."""
+    shared, own = (one_step(smoke, 0.001, concatenate_views=concatenate) for concatenate in (True, False))
+    assert shared[0]["mask"].all() and len(np.unique(shared[0]["pseudo_labels"])) > 1
+    for name in shared[0]:
+        np.testing.assert_allclose(shared[0][name], own[0][name], rtol=1e-5, atol=1e-7)
+    assert_same_step(shared, own)
+
+
+def test_strong_views_go_to_the_images_with_targets_first(smoke):
+    """Half of the unlabeled images pass the threshold: strong views for half of them train exactly as
+    strong views for all (the others' loss is masked to zero); for a quarter, the surest quarter gets them
+    and the other targets are counted as capped."""
+    confidence = one_step(smoke, 0.001, concatenate_views=False)[4]
+    threshold = float(np.sort(confidence)[len(confidence) // 2])  # 8 of 16 reach it
+    every = one_step(smoke, threshold, concatenate_views=False)
+    half = one_step(smoke, threshold, concatenate_views=False, strong_fraction=0.5)
+    assert every[3]["mask_rate"] == pytest.approx(0.5) and half[3]["capped_rate"] == 0
+    assert len(half[0]["strong"]) == 8 and half[0]["mask"].all()
+    assert_same_step(every, half)
+    quarter = one_step(smoke, threshold, concatenate_views=False, strong_fraction=0.25)
+    assert quarter[3]["mask_rate"] == pytest.approx(0.5) and quarter[3]["capped_rate"] == pytest.approx(0.25)
+    surest = np.sort(np.argsort(confidence)[-4:])
+    np.testing.assert_array_equal(np.sort(quarter[0]["pseudo_labels"]), np.sort(every[0]["pseudo_labels"][surest]))
 
 
 def test_the_stage_writes_a_classifier_with_its_evidence(split_artifact, smoke, tmp_path):
@@ -235,8 +293,9 @@ def test_a_time_budget_stops_training_early(split_artifact, smoke, tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
-def test_freematch_trains_on_the_jax_backend(split_artifact, smoke, tmp_path):
-    config = smoke_consistency(smoke, method="freematch")
+@pytest.mark.parametrize("concatenate_views, strong_fraction", [(True, 1.0), (False, 0.5)])
+def test_freematch_trains_on_the_jax_backend(concatenate_views, strong_fraction, split_artifact, smoke, tmp_path):
+    config = smoke_consistency(smoke, method="freematch", concatenate_views=concatenate_views, strong_fraction=strong_fraction)
     (tmp_path / "config.json").write_text(config.model_dump_json())
     subprocess.run([sys.executable, "-m", "stages.consistency", "--config", str(tmp_path / "config.json"),
                     "--input", f"split={split_artifact}", "--output", str(tmp_path / "out")],
