@@ -172,6 +172,14 @@ def stage_minutes(runs: list) -> float:
     return sum(seconds.values()) / 60
 
 
+def processor_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name where Linux gives it (the development machines' times differ by model), else
+    what ``platform`` knows (on Linux only the architecture)."""
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                platform.processor() or platform.machine())
+
+
 def write_report(study: str, output: Path | None = None) -> Path:
     """The study's report in ``output`` (created; default ``<home>/reports/<study>``); also logged to its
     parent run. Returns report.md."""
@@ -192,7 +200,7 @@ def write_report(study: str, output: Path | None = None) -> Path:
         f"Preset `{preset}` (changed: `{overrides}`), training seeds "
         f"{', '.join(map(str, sorted(table['seed'].unique())))}; {flow_duration(parent.info)}, stages "
         f"{stage_minutes(runs):.1f} min (each artifact once, cached ones at what they took to make) on "
-        f"{len(os.sched_getaffinity(0))} CPUs ({platform.processor() or platform.machine()}); MLflow parent run "
+        f"{len(os.sched_getaffinity(0))} CPUs ({processor_name()}); MLflow parent run "
         f"`{parent.info.run_id}`.", "",
         "| experiment | unlabeled | seeds | test top-1 (mean ± std) | single view | val top-1 | training min | seed study |",
         "|---|---|---|---|---|---|---|---|",

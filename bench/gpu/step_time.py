@@ -2,7 +2,7 @@
 view, each as ``fit`` runs it (jitted where the backend compiles), at a preset's batch shapes on random images.
 
     KERAS_BACKEND=jax .venv/bin/python bench/gpu/step_time.py [--preset ssl-gpu] [--set KEY=VALUE] [--steps 50]
-        [--labeled-batches 64 128 256] [--no-ablation] [--out DIR]
+        [--labeled-batches 64 128 256] [--no-ablation] [--out DIR] [--name STEM]
 
 Run it first on a new accelerator (a minute or two): a slow component shows up before a long run, and
 ``--labeled-batches`` shows which batch fills the card.
@@ -78,6 +78,7 @@ def main() -> None:
                         help="also time the step without the strong view")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--name", help="results file stem (default: consistency-step-time, then each --set's value)")
     args = parser.parse_args()
     config = load_pipeline_config(args.preset, [parse_assignment(text) for text in args.assignments]).consistency
     rows = [row for batch in args.labeled_batches or [config.classifier.batch_size]
@@ -86,7 +87,7 @@ def main() -> None:
               "backend": keras.backend.backend(), "device": device(), "machine": platform.processor() or platform.machine(),
               "steps": args.steps, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "consistency-step-time" + "".join(f"-{text.rpartition('=')[2]}" for text in args.assignments)
+    name = args.name or "consistency-step-time" + "".join(f"-{text.rpartition('=')[2]}" for text in args.assignments)
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     table = "\n".join(f"| {row['step']} | {row['labeled_batch']} + {row['unlabeled_batch']} | {row['jit_compile']} | "
                       f"{row['first_seconds']} | {row['ms_per_step']} | {row['images_per_second']:,} |" for row in rows)
