@@ -81,8 +81,11 @@ def test_an_interrupted_stage_resumes_and_matches_an_uninterrupted_one(stage, mo
     assert "resuming from the checkpoint of epoch 2" in caplog.text
     assert not (tmp_path / ".resumed.work").exists()
 
+    # Equal up to float32 rounding: TensorFlow's CPU kernels may sum in a thread-dependent order (CI
+    # once saw one weight of 16 differ by 5e-10); a resume that loses state (optimizer step, RNG,
+    # history) moves the weights by orders of magnitude more.
     for clean, resumed in zip(weights(tmp_path / "clean" / model_file), weights(output / model_file)):
-        np.testing.assert_array_equal(clean, resumed)
+        np.testing.assert_allclose(resumed, clean, rtol=1e-5, atol=1e-7)
     history = [pd.read_parquet(path / "history.parquet") for path in (tmp_path / "clean", output)]
     pd.testing.assert_frame_equal(*(frame.drop(columns=TIMINGS) for frame in history))
     assert len(history[1]) == 3
