@@ -41,4 +41,5 @@ def test_a_fit_from_the_feed_equals_one_from_the_pydataset(monkeypatch):
     for through in (feed, lambda batches: batches):
         monkeypatch.setattr(training, "feed", through)
         weights.append(training.train_classifier(config, table(slice(0, 250)), table(slice(250, None))).model.get_weights())
-    assert all(np.array_equal(fed, iterated) for fed, iterated in zip(*weights, strict=True))
+    for fed, iterated in zip(*weights, strict=True):  # up to float32 rounding, as in test_resume
+        np.testing.assert_allclose(fed, iterated, rtol=1e-5, atol=1e-7)
