@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from pipelines import settings  # noqa: E402
 from stages.artifacts import read_manifest  # noqa: E402
 from stages.baseline import HISTORY_FILE  # noqa: E402
 from stages.config import flat_fields, load_pipeline_config, parse_assignment  # noqa: E402
+from stages.machine import describe  # noqa: E402
 from stages.training import training_seconds  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -213,8 +213,7 @@ def write_results(args, baseline: Path, arms: dict[str, dict]) -> None:
     RESULTS.mkdir(exist_ok=True)
     figure.savefig(RESULTS / f"{name}.png", dpi=120)
     summary = {"preset": args.preset, "seed": args.seed, "command": "python bench/consistency_budget.py " + " ".join(sys.argv[1:]),
-               "machine": {"cpus": len(os.sched_getaffinity(0)), "processor": platform.processor() or platform.machine(),
-                           "python": platform.python_version()},
+               "machine": describe(),
                "baseline_artifact": str(baseline), "rows": rows}
     (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [f"# {' vs '.join(arms)} on one training budget, `{args.preset}` preset, seed {args.seed}", "",

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from pipelines.launchers import LAUNCHERS  # noqa: E402
 from stages import cifar  # noqa: E402
 from stages.config import load_pipeline_config  # noqa: E402
+from stages.machine import processor_name  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 STAGE_IMAGE = "ssl-pipeline/stage:cpu"
@@ -84,7 +85,7 @@ def main() -> None:
         builds["rebuild_after_source_change_seconds"] = time_build(no_cache=False)
     if args.cold:
         builds["cold_build_seconds"] = time_build(no_cache=True)
-    result = {"machine": f"{platform.node()} ({platform.processor() or platform.machine()})",
+    result = {"machine": f"{platform.node()} ({processor_name()})",
               "date": time.strftime("%Y-%m-%d"), "repeats": args.repeats,
               "command": " ".join(["python", *sys.argv]), "median": summary, "runs": runs, "builds": builds}
     RESULTS.mkdir(parents=True, exist_ok=True)

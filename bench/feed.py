@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
-# a sibling script: bench/ is on sys.path when this one runs
-from throughput import _cpus, _vector_extensions
+from stages.machine import describe
 
 RESULTS = Path(__file__).parent / "results"
 FEEDS = ("pydataset", "tf.data")
@@ -74,8 +72,7 @@ def main() -> None:
 
     rows = [child(stage, through) for stage in STAGES for through in FEEDS]
     report = {"command": "python bench/feed.py " + " ".join(sys.argv[1:]),
-              "machine": {"processor": platform.processor() or platform.machine(), "cpus": _cpus(),
-                          "vector": _vector_extensions()}, "rows": rows}
+              "machine": describe(), "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     rate = {(row["stage"], row["feed"]): row["images_per_second"] for row in rows}

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -25,6 +23,7 @@ import pandas as pd
 from stages import outliers
 from stages.config import load_pipeline_config
 from stages.data import OUTLIER_SCORES_FILE
+from stages.machine import describe
 
 RESULTS = Path(__file__).parent / "results"
 DOCS = Path(__file__).parent.parent / "docs" / "outliers"
@@ -78,7 +77,7 @@ def agreement(rows: list[dict]) -> list[dict]:
 def write_results(args, rows: list[dict], agreements: list[dict]) -> None:
     rows = [{k: v for k, v in row.items() if k != "scores"} for row in rows]
     summary = {"preset": args.preset, "command": "python bench/outliers.py " + " ".join(sys.argv[1:]),
-               "machine": {"cpus": len(os.sched_getaffinity(0)), "processor": platform.processor() or platform.machine()},
+               "machine": describe(),
                "seed_kept_fraction": SEED_KEPT, "rows": rows, "agreement": agreements}
     RESULTS.mkdir(exist_ok=True)
     name = f"outliers-{args.preset}"

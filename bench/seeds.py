@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 from pipelines import settings
+from stages.machine import describe
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -82,8 +82,7 @@ def main() -> None:
     summary = {
         "preset": args.preset,
         "command": "python bench/seeds.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
+        "machine": describe(),
         "test_accuracy_mean": statistics.mean(accuracies),
         "test_accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
         "runs": rows,

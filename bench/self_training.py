@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -40,6 +39,7 @@ from consistency_budget import evaluation_of, made_by, metrics, ran_with, run_ar
 
 from pipelines import settings
 from stages.config import load_pipeline_config, parse_assignment
+from stages.machine import describe
 from stages.reports import SEED_ITERATIONS, SEED_SELF_TRAINING, markdown_table
 
 RESULTS = Path(__file__).parent / "results"
@@ -208,8 +208,7 @@ def write_results(args, runs: pd.DataFrame, pooled: pd.DataFrame, per_seed: list
     summary = {
         "preset": args.preset,
         "command": "python bench/self_training.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
+        "machine": describe(),
         "overrides": args.set,
         "chosen_on_validation": {"threshold": threshold, "iterations": iterations, "rule": "best mean val over seeds"},
         **{f"{arm}_test_accuracy": {"mean": mean, "std": std} for arm, (mean, std) in accuracy.items()},

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from stages.machine import describe
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -108,8 +109,7 @@ def main() -> None:
         network["fraction_of_gemm_rate"] = round(network["achieved_train_gflops"] / gemm, 3)
     report = {
         "command": "python bench/throughput.py " + " ".join(sys.argv[1:]),
-        "machine": {"processor": platform.processor() or platform.machine(), "cpus": _cpus(), "vector": _vector_extensions(),
-                    "python": platform.python_version(), "keras": keras.__version__, "backend": keras.backend.backend()},
+        "machine": {**describe(), "keras": keras.__version__, "backend": keras.backend.backend()},
         "batch_size": args.batch_size,
         "gemm_float32_gflops": round(gemm, 1),
         "networks": networks,
@@ -126,20 +126,6 @@ def main() -> None:
         "| preset | filters | parameters | forward GFLOP/image | train images/s | train GFLOP/s | of GEMM rate |",
         "|---|---|---|---|---|---|---|", *rows, "", f"Command: `{report['command']}`", ""]))
     print((RESULTS / f"{args.name}.md").read_text())
-
-
-def _vector_extensions() -> list[str]:
-    """The CPU's AVX flags from /proc/cpuinfo: the development machines differ in them (AVX-512 and its
-    bfloat16 instructions or AVX2 alone), and the training rate with them."""
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    return sorted(flag for flag in flags if flag.startswith("avx"))
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -25,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import settings, tracking
 from stages.config import EXPERIMENTS
+from stages.machine import processor_name
 
 # The seed study's test top-1 per experiment (../shared/SEED.md); None where it reports no number.
 SEED_RESULTS: dict[str, tuple[float | None, str]] = {
@@ -170,14 +170,6 @@ def stage_minutes(runs: list) -> float:
     seconds = {run.data.tags[tracking.TAG_DIGEST]: run.data.metrics.get("stage_seconds", 0.0)
                for run in runs if tracking.TAG_DIGEST in run.data.tags}
     return sum(seconds.values()) / 60
-
-
-def processor_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name where Linux gives it (the development machines' times differ by model), else
-    what ``platform`` knows (on Linux only the architecture)."""
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-                platform.processor() or platform.machine())
 
 
 def write_report(study: str, output: Path | None = None) -> Path:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 import time
@@ -27,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from stages.config import ConsistencyConfig, load_pipeline_config, parse_assignment  # noqa: E402
 from stages.consistency import ConsistencyModel  # noqa: E402
+from stages.machine import describe  # noqa: E402
 from stages.models import build_classifier  # noqa: E402
 from stages.training import build_optimizer, one_hot  # noqa: E402
 
@@ -84,7 +84,7 @@ def main() -> None:
     rows = [row for batch in args.labeled_batches or [config.classifier.batch_size]
             for row in batch_rows(config, batch, args.steps, args.ablation)]
     result = {"preset": args.preset, "overrides": args.assignments, "precision": config.classifier.precision,
-              "backend": keras.backend.backend(), "device": device(), "machine": platform.processor() or platform.machine(),
+              "backend": keras.backend.backend(), "device": device(), "machine": describe(),
               "steps": args.steps, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     name = args.name or "consistency-step-time" + "".join(f"-{text.rpartition('=')[2]}" for text in args.assignments)
