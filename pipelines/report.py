@@ -12,7 +12,6 @@ so rows of several studies can be put side by side.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -24,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import settings, tracking
 from stages.config import EXPERIMENTS
-from stages.machine import processor_name
+from stages.machine import cpus, processor_name
 
 # The seed study's test top-1 per experiment (../shared/SEED.md); None where it reports no number.
 SEED_RESULTS: dict[str, tuple[float | None, str]] = {
@@ -192,7 +191,7 @@ def write_report(study: str, output: Path | None = None) -> Path:
         f"Preset `{preset}` (changed: `{overrides}`), training seeds "
         f"{', '.join(map(str, sorted(table['seed'].unique())))}; {flow_duration(parent.info)}, stages "
         f"{stage_minutes(runs):.1f} min (each artifact once, cached ones at what they took to make) on "
-        f"{len(os.sched_getaffinity(0))} CPUs ({processor_name()}); MLflow parent run "
+        f"{cpus()} CPUs ({processor_name()}); MLflow parent run "
         f"`{parent.info.run_id}`.", "",
         "| experiment | unlabeled | seeds | test top-1 (mean ± std) | single view | val top-1 | training min | seed study |",
         "|---|---|---|---|---|---|---|---|",

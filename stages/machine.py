@@ -26,7 +26,12 @@ def vector_extensions(cpuinfo: Path = CPUINFO) -> list[str]:
     return sorted(flag for flag in (_cpuinfo_field("flags", cpuinfo) or "").split() if flag.startswith("avx"))
 
 
+def cpus() -> int:
+    """The CPUs this process may run on (a container's or taskset's share, not the host's count)."""
+    return len(os.sched_getaffinity(0))
+
+
 def describe() -> dict:
     """The machine as bench results record it."""
-    return {"processor": processor_name(), "cpus": len(os.sched_getaffinity(0)), "vector": vector_extensions(),
+    return {"processor": processor_name(), "cpus": cpus(), "vector": vector_extensions(),
             "python": platform.python_version()}
