@@ -2,7 +2,8 @@
 
 The table has one line per experiment and unlabeled set: test top-1 mean ± std over the study's
 training seeds, validation top-1, training minutes, and the seed study's result for the same
-experiment; above it, the preset and what the study changed of it (``ssl.overrides``). The figures
+experiment; above it, the preset and what the study changed of it (``ssl.overrides``); below it, where
+filtering helped or hurt, and what the outlier filter kept beside the seed's nu and kept fraction. The figures
 are the ones the seed shows, downloaded from the stage runs that logged them. Written as
 ``report.md`` and ``report.html`` (with ``figures/``) and logged to the study's parent run under
 ``report/``, with ``runs.parquet``: one row per configuration run, preset and overrides included,
@@ -35,6 +36,10 @@ SEED_RESULTS: dict[str, tuple[float | None, str]] = {
     "simclr_joint": (None, "did not train"),
 }
 SEED_FILTERED = "worse than unfiltered (no numbers given)"
+SEED_OUTLIERS = ("The seed: nu = 0.9, 89.8% of the unlabeled images kept. Here nu is the fraction of the labeled "
+                 "images left outside the boundary (the one-class objective's bound), so the seed's 89.8% kept is "
+                 "nu = 0.1 here and its 0.9 counted the inside; what nu = 0.9 keeps here: "
+                 "`bench/results/outliers-quick.md`.")
 NO_FILTERING_EFFECT = "- no experiment ran on both unlabeled sets with the same training seed"
 
 
@@ -132,6 +137,20 @@ def filtering_effect(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def outlier_filter_lines(runs: list) -> list[str]:
+    """One line per outlier-filter artifact the study used (by digest): scorer, nu, what it kept of the
+    unlabeled images and what it left outside of the labeled ones it was fitted on."""
+    by_digest = {run.data.tags[tracking.TAG_DIGEST]: run for run in runs
+                 if run.data.tags.get(tracking.TAG_STAGE) == "outliers" and tracking.TAG_DIGEST in run.data.tags}
+    lines = []
+    for run in by_digest.values():
+        metrics = run.data.metrics
+        lines.append(f"- `{run.data.params.get('scorer', '?')}`, nu {metrics['nu']:.2f}: kept {metrics['kept']:,.0f} of "
+                     f"{metrics['kept'] + metrics['dropped']:,.0f} unlabeled images ({metrics['kept_fraction']:.1%}); "
+                     f"{metrics['train_outside_fraction']:.1%} of the labeled images fall outside its boundary")
+    return lines
+
+
 def collect_figures(client: MlflowClient, runs: list, directory: Path) -> list[tuple[str, str]]:
     """(file under ``directory``, caption) of each of ``FIGURES`` that a stage run of the study logged,
     or, for a stage the study took from the cache, the run that made its artifact."""
@@ -204,6 +223,7 @@ def write_report(study: str, output: Path | None = None) -> Path:
         "seed study and validation measure it (mean over seeds; — where the evaluation recorded only one view). "
         "Training minutes: the configuration's own stages (the shared split, baseline and outlier filter excluded).", "",
         "## Filtering", "", *(filtering_effect(table) or [NO_FILTERING_EFFECT]), "",
+        *(["## Outlier filter", "", *outliers, "", SEED_OUTLIERS, ""] if (outliers := outlier_filter_lines(runs)) else []),
         "## Figures", "", *(f"![{caption}](figures/{name})\n\n{caption}\n" for name, caption in figures),
     ]
     text = "\n".join(lines)

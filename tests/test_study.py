@@ -86,6 +86,10 @@ def test_the_report_holds_the_numbers_mlflow_holds(study, report):
         ("smoke", "none")}
     assert re.search(r"- self_training: filtering (helped|hurt|changed nothing) \([+-]\d+\.\d\d ± \d+\.\d\d pts on test, "
                      r"mean ± std over training seeds \d+, \d+\)", text)
+    outliers = next(r for r in runs if r.data.tags.get("ssl.stage") == "outliers").data.metrics
+    assert (f"- `one_class_nn`, nu 0.10: kept {outliers['kept']:.0f} of 200 unlabeled images "
+            f"({outliers['kept_fraction']:.1%}); {outliers['train_outside_fraction']:.1%} of the labeled images") in text
+    assert "the seed's 89.8% kept is nu = 0.1 here" in text
     assert (report.parent / "report.html").read_text().count("<tr>") == 4  # header + 3 rows
     images = FIGURE_LINK.findall(text)
     assert {"evaluate-baseline-network.png", "outliers-any-typical_and_atypical.png"} <= set(images)
