@@ -40,7 +40,8 @@ from consistency_budget import evaluation_of, made_by, metrics, ran_with, run_ar
 from pipelines import settings
 from stages.config import load_pipeline_config, parse_assignment
 from stages.machine import describe
-from stages.reports import SEED_ITERATIONS, SEED_SELF_TRAINING, markdown_table
+from stages.reports import markdown_table
+from stages.seed_study import SEED_ITERATIONS, SEED_SELF_TRAINING
 
 RESULTS = Path(__file__).parent / "results"
 CONFIGURATION = ["threshold", "iterations"]

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.report import NO_FILTERING_EFFECT, filtering_effect, mean_and_std, summary_table
+from pipelines.report import (NO_FILTERING_EFFECT, experiment_label, filtering_effect, mean_and_std, summary_table,
+                              with_optional_columns)
 
 RESULTS = Path(__file__).parent / "results"
-KEY = ["experiment", "unlabeled", "seed"]
+KEY = ["experiment", "threshold", "unlabeled", "seed"]  # threshold: self-training's, NaN for the others
 
 
 def report_rows(reports: list[Path]) -> pd.DataFrame:
-    """The configuration runs of every report, one row per (experiment, unlabeled set, seed), with the
+    """The configuration runs of every report, one row per (experiment, threshold, unlabeled set, seed), with the
     report each came from; ``preset`` and ``overrides`` say "not recorded" for reports older than them."""
     frames = []
     for report in reports:
@@ -37,12 +38,13 @@ def report_rows(reports: list[Path]) -> pd.DataFrame:
         frames.append(rows.assign(report=str(report), preset=rows.get("preset", "not recorded"),
                                   overrides=rows.get("overrides", "not recorded")))
     rows = pd.concat(frames, ignore_index=True)
-    for key, same in rows.groupby(KEY):
+    keyed = with_optional_columns(rows)  # reports older than a key column hold none
+    for key, same in keyed.groupby(KEY, dropna=False):
         if same["test_accuracy"].nunique() > 1:
             raise SystemExit(f"{dict(zip(KEY, key))} differs between reports: "
                              + "; ".join(f"{r.report}: {r.test_accuracy:.2%}" for r in same.itertuples())
                              + ". Give only the reports of one configuration and machine type")
-    return rows.drop_duplicates(KEY).reset_index(drop=True)
+    return rows[~keyed.duplicated(KEY)].reset_index(drop=True)
 
 
 def markdown(rows: pd.DataFrame, command: str) -> str:
@@ -55,7 +57,7 @@ def markdown(rows: pd.DataFrame, command: str) -> str:
         "# Studies put together: test top-1 per experiment over every seed measured", "",
         "| experiment | unlabeled | seeds | test top-1 (mean ± std) | pts over the baseline | val top-1 | training min |",
         "|---|---|---|---|---|---|---|",
-        *(f"| {r.experiment} | {r.unlabeled} | {r.seeds} | {mean_and_std(r.test_mean, r.test_std)} | {over(r.test_mean)} | "
+        *(f"| {experiment_label(r.experiment, r.threshold)} | {r.unlabeled} | {r.seeds} | {mean_and_std(r.test_mean, r.test_std)} | {over(r.test_mean)} | "
           f"{r.val_mean:.2%} | {r.minutes:.1f} |" for r in summary.itertuples()),
         "", "## Filtering", "", *(filtering_effect(rows) or [NO_FILTERING_EFFECT]),
         "", "| report | preset | overrides | rows used |", "|---|---|---|---|",
@@ -73,7 +75,8 @@ def main() -> None:
     rows = report_rows(args.reports)
     command = "python bench/study_tables.py " + " ".join(sys.argv[1:])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({"command": command, "runs": rows.to_dict("records")}, indent=2) + "\n")
+    runs = rows.astype(object).where(rows.notna(), None).to_dict("records")  # NaN is not JSON: null
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"command": command, "runs": runs}, indent=2) + "\n")
     text = markdown(rows, command)
     (RESULTS / f"{args.name}.md").write_text(text)
     print(text)

@@ -147,9 +147,10 @@ def command_consistency(args: argparse.Namespace) -> int:
 def command_study(args: argparse.Namespace) -> int:
     config = _config_from(args)
     study_grid(config, args.seeds, args.experiments, args.unlabeled)  # bad names fail before any server starts
+    sweep_grid(config.self_training, args.thresholds, None)  # and bad thresholds
     result, minutes = _run_flow("pipelines.study:study_pipeline", config=config, seeds=args.seeds,
-                                experiments=args.experiments, unlabeled=args.unlabeled, launcher=args.launcher,
-                                archive=args.archive)
+                                experiments=args.experiments, unlabeled=args.unlabeled, thresholds=args.thresholds,
+                                launcher=args.launcher, archive=args.archive)
     from pipelines.report import write_report
 
     report = write_report(result["study"], args.report)
@@ -311,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("--seeds", type=int, nargs="+", metavar="N", help="training seeds (default: baseline.seed)")
     study.add_argument("--experiments", nargs="+", metavar="NAME", help=f"of {', '.join(EXPERIMENTS)} (default: all)")
     study.add_argument("--unlabeled", nargs="+", metavar="SET", help="all, filtered (default: both)")
+    study.add_argument("--thresholds", type=float, nargs="+", metavar="T",
+                       help="self-training's confidence thresholds, one run each (default: self_training.selection.threshold)")
     study.add_argument("--report", type=Path, metavar="DIR", help="where the report goes (default: $SSL_PIPELINE_HOME/reports/STUDY)")
     study.set_defaults(handler=command_study)
     report = commands.add_parser("report", help="write a study's report from its MLflow runs")

@@ -25,21 +25,9 @@ from mlflow.tracking import MlflowClient
 from pipelines import settings, tracking
 from stages.config import EXPERIMENTS
 from stages.machine import cpus, processor_name
+from stages.seed_study import (SEED_FILTERED, SEED_ITERATIONS, SEED_OUTLIERS, SEED_RESULTS,
+                               SEED_SELF_TRAINING)
 
-# The seed study's test top-1 per experiment (../shared/SEED.md); None where it reports no number.
-SEED_RESULTS: dict[str, tuple[float | None, str]] = {
-    "baseline": (0.30, "about 30%"),
-    "self_training": (0.3411, "34.11% (threshold 0.85, 4 iterations)"),
-    "autoencoder_two_step": (0.01, "under 1%"),
-    "autoencoder_joint": (0.0249, "2.49%"),
-    "simclr_two_step": (None, "did not train"),
-    "simclr_joint": (None, "did not train"),
-}
-SEED_FILTERED = "worse than unfiltered (no numbers given)"
-SEED_OUTLIERS = ("The seed: nu = 0.9, 89.8% of the unlabeled images kept. Here nu is the fraction of the labeled "
-                 "images left outside the boundary (the one-class objective's bound), so the seed's 89.8% kept is "
-                 "nu = 0.1 here and its 0.9 counted the inside; what nu = 0.9 keeps here: "
-                 "`bench/results/outliers-quick.md`.")
 NO_FILTERING_EFFECT = "- no experiment ran on both unlabeled sets with the same training seed"
 
 
@@ -78,6 +66,25 @@ def study_runs(client: MlflowClient, study: str) -> list:
     return runs
 
 
+THRESHOLD_PARAM = "self_training.selection.threshold"  # a self-training configuration run's param
+
+
+def threshold_of(run) -> float | None:
+    """A self-training configuration run's confidence threshold; None for the other experiments' runs."""
+    value = run.data.params.get(THRESHOLD_PARAM)
+    return None if value is None else float(value)
+
+
+def experiment_label(experiment: str, threshold: float) -> str:
+    """The experiment as the report names it: self-training with its threshold (NaN: none recorded)."""
+    return experiment if math.isnan(threshold) else f"{experiment}, threshold {threshold:g}"
+
+
+def with_optional_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """Tables of reports written before a column was recorded (``runs.parquet``) get it empty (NaN)."""
+    return table.assign(**{column: math.nan for column in ("test_single_view", "threshold") if column not in table})
+
+
 def is_configuration_run(run) -> bool:
     """A study's configuration run: it has an experiment but is neither a stage's run nor a
     self-training iteration's (those carry the experiment too)."""
@@ -87,28 +94,35 @@ def is_configuration_run(run) -> bool:
 
 def configuration_table(runs: list) -> pd.DataFrame:
     """One row per finished configuration run: experiment, unlabeled set, seed and its metrics."""
-    rows = [{"experiment": run.data.tags[tracking.TAG_EXPERIMENT], "unlabeled": run.data.tags[tracking.TAG_UNLABELED],
-             "seed": int(run.data.tags[tracking.TAG_SEED]), "val_accuracy": run.data.metrics.get("best_val_accuracy"),
+    rows = [{"experiment": run.data.tags[tracking.TAG_EXPERIMENT], "threshold": threshold_of(run),
+             "unlabeled": run.data.tags[tracking.TAG_UNLABELED], "seed": int(run.data.tags[tracking.TAG_SEED]), "val_accuracy": run.data.metrics.get("best_val_accuracy"),
              "test_accuracy": run.data.metrics.get("test_accuracy"),
              "test_single_view": run.data.metrics.get("test_accuracy_single_view", math.nan),
              "train_minutes": run.data.metrics.get("train_minutes"), "run_id": run.info.run_id}
             for run in runs if is_configuration_run(run) and run.info.status == "FINISHED"]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"threshold": float})  # None -> NaN
+
+
+def seed_result(experiment: str, threshold: float, unlabeled: str) -> str:
+    """The seed study's result for the same experiment: at the same threshold where it ran that one."""
+    if unlabeled == "filtered":
+        return SEED_FILTERED
+    seed = SEED_SELF_TRAINING.get(threshold, {}) if experiment == "self_training" else {}
+    if "seed_test_accuracy" in seed:
+        return f"{seed['seed_test_accuracy']:.2%} (threshold {threshold:g}, {SEED_ITERATIONS} iterations)"
+    return f"{seed['seed_note']} (threshold {threshold:g})" if "seed_note" in seed else SEED_RESULTS[experiment]
 
 
 def summary_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds per (experiment, unlabeled set), in the seed's order, with its result beside."""
+    """Mean ± std over seeds per (experiment, threshold, unlabeled set), in the seed's order, with its result beside."""
     order = {name: i for i, name in enumerate(SEED_RESULTS)}
-    if "test_single_view" not in table:  # tables of reports written before evaluate recorded it
-        table = table.assign(test_single_view=math.nan)
-    grouped = table.groupby(["experiment", "unlabeled"], sort=False)
+    grouped = with_optional_columns(table).groupby(["experiment", "threshold", "unlabeled"], sort=False, dropna=False)
     summary = grouped.agg(seeds=("seed", "nunique"), test_mean=("test_accuracy", "mean"), test_std=("test_accuracy", "std"),
                           single_view_mean=("test_single_view", "mean"), val_mean=("val_accuracy", "mean"),
                           minutes=("train_minutes", "mean")).reset_index()
-    summary["seed_study"] = [SEED_FILTERED if unlabeled == "filtered" else SEED_RESULTS[experiment][1]
-                             for experiment, unlabeled in zip(summary["experiment"], summary["unlabeled"])]
-    return summary.sort_values(["experiment", "unlabeled"], key=lambda column: column.map(order) if column.name == "experiment"
-                               else column).reset_index(drop=True)
+    summary["seed_study"] = [seed_result(*key) for key in zip(summary["experiment"], summary["threshold"], summary["unlabeled"])]
+    return summary.sort_values(["experiment", "threshold", "unlabeled"], key=lambda column: column.map(order)
+                               if column.name == "experiment" else column).reset_index(drop=True)
 
 
 def mean_and_std(mean: float, std: float) -> str:
@@ -121,19 +135,22 @@ def percent_or_dash(value: float) -> str:
 
 
 def filtering_effect(table: pd.DataFrame) -> list[str]:
-    """Per experiment run on both sets, from its configuration runs (one row per experiment, unlabeled
-    set, seed): filtered minus all in test points, on the training seeds both sets hold (a seed's
-    baseline moves every experiment of that seed alike), with whether it helped or hurt."""
+    """Per experiment (and threshold) run on both sets, from its configuration runs (one row per
+    experiment, threshold, unlabeled set, seed): filtered minus all in test points, on the training
+    seeds both sets hold (a seed's baseline moves every experiment of that seed alike), with whether
+    it helped or hurt."""
     lines = []
-    for experiment in sorted(table["experiment"].unique(), key=list(SEED_RESULTS).index):
-        by_set = table[table["experiment"] == experiment].pivot_table(index="seed", columns="unlabeled", values="test_accuracy")
+    configurations = with_optional_columns(table).groupby(["experiment", "threshold"], dropna=False)
+    for (experiment, threshold), runs in sorted(configurations, key=lambda group: (list(SEED_RESULTS).index(group[0][0]),
+                                                                                   group[0][1])):
+        by_set = runs.pivot_table(index="seed", columns="unlabeled", values="test_accuracy")
         if {"all", "filtered"} <= set(by_set.columns) and len(paired := (by_set["filtered"] - by_set["all"]).dropna()):
             change = 100 * paired.mean()
             verdict = "helped" if change > 0 else "hurt" if change < 0 else "changed nothing"
             seeds = ", ".join(map(str, paired.index))
             evidence = (f"{change:+.2f} ± {100 * paired.std():.2f} pts on test, mean ± std over training seeds {seeds}"
                         if len(paired) > 1 else f"{change:+.2f} pts on test, training seed {seeds} alone: no spread measured")
-            lines.append(f"- {experiment}: filtering {verdict} ({evidence})")
+            lines.append(f"- {experiment_label(experiment, threshold)}: filtering {verdict} ({evidence})")
     return lines
 
 
@@ -153,24 +170,48 @@ def outlier_filter_lines(runs: list) -> list[str]:
 
 def collect_figures(client: MlflowClient, runs: list, directory: Path) -> list[tuple[str, str]]:
     """(file under ``directory``, caption) of each of ``FIGURES`` that a stage run of the study logged,
-    or, for a stage the study took from the cache, the run that made its artifact."""
+    or, for a stage the study took from the cache, the run that made its artifact; self-training's
+    once per threshold (its configuration run's, the stage run's parent), lowest first."""
+    thresholds = {run.info.run_id: threshold_of(run) for run in runs if is_configuration_run(run)}
     found = []
     directory.mkdir(parents=True, exist_ok=True)
     for stage, experiments, name, caption in FIGURES:
+        shown: dict[float | None, tuple[str, str]] = {}  # by threshold, None: not self-training
         for run in runs:
             tags = run.data.tags
             if tags.get(tracking.TAG_STAGE) != stage or (experiments and tags.get(tracking.TAG_EXPERIMENT) not in experiments):
+                continue
+            if (threshold := thresholds.get(tags.get("mlflow.parentRunId"))) in shown:
                 continue
             # a cached stage's light run holds no figures; the run it names does (none named: made elsewhere)
             source = tags.get(tracking.TAG_CACHED_FROM) if tags.get(tracking.TAG_CACHED) == "true" else run.info.run_id
             if source is None or name not in {Path(f.path).name for f in client.list_artifacts(source, "figures")}:
                 continue
-            target = f"{stage}-{tags.get(tracking.TAG_EXPERIMENT) if experiments else 'any'}-{name}"
+            at = "" if threshold is None else f"-t{threshold:g}"
+            target = f"{stage}-{tags.get(tracking.TAG_EXPERIMENT) if experiments else 'any'}{at}-{name}"
             with tempfile.TemporaryDirectory() as download:
                 shutil.copyfile(client.download_artifacts(source, f"figures/{name}", download), directory / target)
-            found.append((target, caption))
-            break
+            shown[threshold] = (target, caption if threshold is None else f"{caption}, threshold {threshold:g}")
+        found += [shown[key] for key in sorted(shown, key=lambda threshold: threshold or 0.0)]
     return found
+
+
+def threshold_comparison(summary: pd.DataFrame, directory: Path) -> list[str]:
+    """Markdown of self-training per threshold: where the study ran two or more, the seed's figure 5
+    (test top-1 per threshold and unlabeled set against our baseline and the seed's results), drawn
+    into ``directory``; else which one ran. Nothing when self-training did not run."""
+    self_training = summary[(summary["experiment"] == "self_training") & summary["threshold"].notna()]
+    thresholds = sorted(self_training["threshold"].unique())
+    if len(thresholds) < 2:
+        return [f"Self-training ran at one threshold ({thresholds[0]:g}); `ssl-pipeline study --thresholds 0.6 0.85 0.9` "
+                "compares the seed's three.", ""] if thresholds else []
+    from stages import figures  # imports Keras: only for a study that has this figure
+
+    baseline = summary.loc[summary["experiment"] == "baseline", "test_mean"].mean()
+    seed = {threshold: row["seed_test_accuracy"] for threshold, row in SEED_SELF_TRAINING.items() if "seed_test_accuracy" in row}
+    figures.thresholds_per_unlabeled_set(self_training, baseline, seed, directory / "self_training-thresholds.png")
+    caption = "Self-training per threshold: test top-1 against our baseline and the seed's (figure 5)"
+    return [f"![{caption}](figures/self_training-thresholds.png)", "", caption, ""]
 
 
 def flow_duration(info, now_ms: float | None = None) -> str:
@@ -214,7 +255,7 @@ def write_report(study: str, output: Path | None = None) -> Path:
         f"`{parent.info.run_id}`.", "",
         "| experiment | unlabeled | seeds | test top-1 (mean ± std) | single view | val top-1 | training min | seed study |",
         "|---|---|---|---|---|---|---|---|",
-        *(f"| {r.experiment} | {r.unlabeled} | {r.seeds} | {mean_and_std(r.test_mean, r.test_std)} | "
+        *(f"| {experiment_label(r.experiment, r.threshold)} | {r.unlabeled} | {r.seeds} | {mean_and_std(r.test_mean, r.test_std)} | "
           f"{percent_or_dash(r.single_view_mean)} | {r.val_mean:.2%} | {r.minutes:.1f} | {r.seed_study} |"
           for r in summary.itertuples()),
         "", "`unlabeled`: `all` = every unlabeled image, `filtered` = those the outlier stage kept, `none` = the "
@@ -223,6 +264,8 @@ def write_report(study: str, output: Path | None = None) -> Path:
         "seed study and validation measure it (mean over seeds; — where the evaluation recorded only one view). "
         "Training minutes: the configuration's own stages (the shared split, baseline and outlier filter excluded).", "",
         "## Filtering", "", *(filtering_effect(table) or [NO_FILTERING_EFFECT]), "",
+        *(["## Self-training thresholds", "", *thresholds] if (thresholds := threshold_comparison(summary, output / "figures"))
+          else []),
         *(["## Outlier filter", "", *outliers, "", SEED_OUTLIERS, ""] if (outliers := outlier_filter_lines(runs)) else []),
         "## Figures", "", *(f"![{caption}](figures/{name})\n\n{caption}\n" for name, caption in figures),
     ]

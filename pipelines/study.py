@@ -2,8 +2,9 @@
 
 One split; per training seed a baseline (labeled data only, so both unlabeled sets share it) and,
 when asked, the outlier stage's filtered split. Then per unlabeled set and experiment one MLflow
-configuration run: self-training (pseudo_label -> self_train -> evaluate) or an encoder objective
-fine-tuned one way (pretrain -> fine_tune -> evaluate). Every stage is cached, so a rerun with one
+configuration run: self-training (pseudo_label -> self_train -> evaluate, one run per confidence
+threshold, as the seed compared them) or an encoder objective fine-tuned one way
+(pretrain -> fine_tune -> evaluate). Every stage is cached, so a rerun with one
 more seed or experiment trains only that. Every run of one study carries ``ssl.study``;
 configuration runs also carry ``ssl.experiment``, ``ssl.unlabeled`` and ``ssl.seed`` and the
 metrics ``best_val_accuracy``, ``test_accuracy`` and ``train_minutes``: ``ssl-pipeline report``
@@ -23,7 +24,7 @@ from pipelines import tracking
 from pipelines.flow import Steps, configuration_run, fetch_archive, log_comparison, metrics_of, pipeline_run, train_minutes
 from pipelines.pretraining import pretrain_configuration
 from pipelines.self_training import self_train_configuration
-from stages.config import PipelineConfig, pretraining_grid, study_grid, with_training_seed
+from stages.config import PipelineConfig, pretraining_grid, study_grid, sweep_grid, with_training_seed
 
 
 def tagged(steps: Steps, seed: int, unlabeled: str, experiment: str) -> Steps:
@@ -32,14 +33,17 @@ def tagged(steps: Steps, seed: int, unlabeled: str, experiment: str) -> Steps:
 
 
 def run_experiment(steps: Steps, config: PipelineConfig, experiment: str, split: Path, model: Path,
-                   label: str) -> tuple[Path, Path]:
-    """(trained model, its evaluation) of one experiment on one split, under its configuration run."""
+                   label: str, thresholds: list[float] | None) -> list[tuple[float | None, Path, Path]]:
+    """(confidence threshold, trained model, its evaluation) of each configuration of one experiment on
+    one split, each under its configuration run: self-training has one per threshold (none given: the
+    config's); the other experiments have one, without a threshold."""
     if experiment == "self_training":
-        return self_train_configuration(steps, config.self_training, config, split, model, label)
+        return [(point.selection.threshold, *self_train_configuration(steps, point, config, split, model, label))
+                for point in sweep_grid(config.self_training, thresholds, None)]
     objective, mode = experiment.split("_", 1)
     [(pretrain, fine_tune)] = pretraining_grid(config, [objective], [mode])
     tuned, evaluation, _ = pretrain_configuration(steps, pretrain, fine_tune, config, split, label)
-    return tuned, evaluation
+    return [(None, tuned, evaluation)]
 
 
 def baseline_experiment(steps: Steps, config: PipelineConfig, split: Path) -> tuple[Path, Path]:
@@ -55,10 +59,13 @@ def baseline_experiment(steps: Steps, config: PipelineConfig, split: Path) -> tu
 @flow(name="ssl-study")
 def study_pipeline(config: PipelineConfig = PipelineConfig(), seeds: list[int] | None = None,
                    experiments: list[str] | None = None, unlabeled: list[str] | None = None,
-                   launcher: str = "in-process", archive: str | None = None) -> dict[str, Any]:
-    """The seed study's experiments x unlabeled sets (``all``, ``filtered``) x training seeds. The
-    baseline runs for every seed whatever ``experiments`` holds: self-training starts from it."""
+                   thresholds: list[float] | None = None, launcher: str = "in-process",
+                   archive: str | None = None) -> dict[str, Any]:
+    """The seed study's experiments x unlabeled sets (``all``, ``filtered``) x training seeds, self-training
+    at each of ``thresholds``. The baseline runs for every seed whatever ``experiments`` holds:
+    self-training starts from it."""
     seeds, experiments, unlabeled = study_grid(config, seeds, experiments, unlabeled)  # bad names fail before any work
+    sweep_grid(config.self_training, thresholds, None)  # and bad thresholds
     study = f"{flow_run.name}-{str(flow_run.id)[:8]}"
     rows = []
     with pipeline_run(config, launcher, {tracking.TAG_STUDY: study}) as (steps, metrics):
@@ -73,17 +80,23 @@ def study_pipeline(config: PipelineConfig = PipelineConfig(), seeds: list[int] |
                 splits["filtered"] = steps.run("outliers", seeded.outliers, {"split": split, **({"model": model} if needs_model else {})})
             for variant in unlabeled:
                 for experiment in (e for e in experiments if e != "baseline"):
-                    trained, evaluation = run_experiment(tagged(steps, seed, variant, experiment), seeded, experiment,
-                                                         splits[variant], model, f"{variant} seed={seed} ")
-                    rows.append(study_row(seed, variant, experiment, trained, evaluation))
+                    done = run_experiment(tagged(steps, seed, variant, experiment), seeded, experiment, splits[variant],
+                                          model, f"{variant} seed={seed} ", thresholds)
+                    rows += [study_row(seed, variant, experiment, trained, evaluation, threshold)
+                             for threshold, trained, evaluation in done]
         log_comparison(steps.parent_run_id, rows)
-        metrics.update({f"{row['unlabeled']}_{row['experiment']}_seed{row['seed']}_test_accuracy": row["test_accuracy"]
-                        for row in rows})
+        metrics.update({f"{row['unlabeled']}_{row['experiment']}{threshold_suffix(row['threshold'])}_seed{row['seed']}"
+                        "_test_accuracy": row["test_accuracy"] for row in rows})
     return {**metrics, "study": study, "mlflow_run_id": steps.parent_run_id, "table": rows}
 
 
-def study_row(seed: int, unlabeled: str, experiment: str, trained: Path, evaluation: Path) -> dict[str, Any]:
-    return {"experiment": experiment, "unlabeled": unlabeled, "seed": seed,
+def threshold_suffix(threshold: float | None) -> str:
+    return "" if threshold is None else f"_t{threshold}"
+
+
+def study_row(seed: int, unlabeled: str, experiment: str, trained: Path, evaluation: Path,
+              threshold: float | None = None) -> dict[str, Any]:
+    return {"experiment": experiment, "threshold": threshold, "unlabeled": unlabeled, "seed": seed,
             "val_accuracy": metrics_of(trained)["best_val_accuracy"], "test_accuracy": metrics_of(evaluation)["test_accuracy"],
             "train_minutes": train_minutes(trained)}
 

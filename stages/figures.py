@@ -114,6 +114,30 @@ def threshold_comparison(table: pd.DataFrame, baseline_accuracy: float, path: Pa
     return path
 
 
+def thresholds_per_unlabeled_set(table: pd.DataFrame, baseline_accuracy: float, seed_accuracy: dict[float, float],
+                                 path: Path) -> Path:
+    """Self-training's test top-1 per confidence threshold, a bar per unlabeled set (mean, whiskers ± std
+    over training seeds), against our baseline and the seed study's result at that threshold (the seed's
+    figure 5); ``table`` has threshold, unlabeled, test_mean, test_std."""
+    thresholds = sorted(table["threshold"].unique())
+    sets = list(dict.fromkeys(table["unlabeled"]))
+    figure = Figure(figsize=(max(8, 1.6 * len(thresholds) + 4), 4), layout="constrained")
+    axis = figure.subplots()
+    positions, width = np.arange(len(thresholds)), 0.8 / len(sets)
+    for i, unlabeled in enumerate(sets):
+        rows = table[table["unlabeled"] == unlabeled].set_index("threshold").reindex(thresholds)
+        bars = axis.bar(positions + (i - (len(sets) - 1) / 2) * width, rows["test_mean"], width,
+                        yerr=rows["test_std"].fillna(0), capsize=3, label=f"ours, {unlabeled} unlabeled")
+        axis.bar_label(bars, fmt="%.3f", fontsize=8)
+    axis.plot(positions, [seed_accuracy.get(t, np.nan) for t in thresholds], "k^", label="the seed study")
+    axis.axhline(baseline_accuracy, color="black", linestyle="--", label=f"our baseline {baseline_accuracy:.3f}")
+    axis.set_xticks(positions, [f"t={t:g}" for t in thresholds])
+    axis.set(xlabel="confidence threshold", ylabel="test top-1", title="self-training per threshold")
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the bars, not over them
+    figure.savefig(path, dpi=110)
+    return path
+
+
 def image_pairs(top: np.ndarray, bottom: np.ndarray, titles: tuple[str, str], path: Path, columns: int = 8) -> Path:
     """Two rows of images per group: ``top[i]`` above ``bottom[i]`` (0..255 values, (N, 32, 32, 3))."""
     count = min(len(top), 2 * columns)

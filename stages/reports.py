@@ -15,17 +15,7 @@ from stages import figures
 from stages.artifacts import read_manifest
 from stages.baseline import METRICS_FILE
 from stages.data import ITERATIONS_FILE
-
-# The seed study's exercise 2 at 4 iterations (../shared/SEED.md), for the table's reference
-# columns. Its "vs baseline" figures imply two different baselines (30.80% and 29.52%).
-SEED_SELF_TRAINING = {
-    0.6: {"seed_samples_used": 19757, "seed_val_accuracy": 0.2600, "seed_test_accuracy": 0.2931,
-          "seed_vs_baseline_pts": -0.21},
-    0.85: {"seed_samples_used": 15296, "seed_val_accuracy": 0.3180, "seed_test_accuracy": 0.3411,
-           "seed_vs_baseline_pts": 3.31},
-    0.9: {"seed_note": "too few samples added; no real gain"},
-}
-SEED_ITERATIONS = 4
+from stages.seed_study import SEED_ITERATIONS, SEED_SELF_TRAINING
 
 
 def self_training_row(self_train: Path, evaluation: Path, baseline_test_accuracy: float) -> dict:

@@ -56,6 +56,11 @@ def test_self_train_rejects_a_bad_grid_before_any_work(capsys):
     assert "selection.threshold: Input should be less than or equal to 1 (got 1.5)" in error
 
 
+def test_study_rejects_a_bad_threshold_before_any_work(capsys):
+    assert main(["study", "--preset", "smoke", "--experiments", "self_training", "--thresholds", "0"]) == 2
+    assert "selection.threshold: Input should be greater than 0 (got 0.0)" in capsys.readouterr().err
+
+
 def test_a_comparison_gives_the_baseline_accuracy_and_the_flow_time_apart(capsys):
     """The minutes are the whole flow's: printed beside the baseline's accuracy, they read as its time."""
     from pipelines.cli import _print_comparison

@@ -12,8 +12,8 @@ import pytest
 from mlflow.entities import RunInfo
 from mlflow.tracking import MlflowClient
 
-from pipelines.report import (collect_figures, flow_duration, is_configuration_run, mean_and_std,
-                              stage_minutes, summary_table, write_report)
+from pipelines.report import (collect_figures, experiment_label, flow_duration, is_configuration_run, mean_and_std,
+                              stage_minutes, summary_table, threshold_of, write_report)
 from pipelines.study import study_pipeline
 from stages.config import study_grid
 
@@ -73,18 +73,21 @@ def test_the_report_holds_the_numbers_mlflow_holds(study, report):
     client = MlflowClient()
     parent = client.get_run(study["mlflow_run_id"])
     runs = client.search_runs([parent.info.experiment_id], f"tags.`ssl.study` = '{study['study']}'")
-    tests = pd.DataFrame([{"experiment": r.data.tags["ssl.experiment"], "unlabeled": r.data.tags["ssl.unlabeled"],
-                           "test": r.data.metrics["test_accuracy"], "single": r.data.metrics["test_accuracy_single_view"]}
+    tests = pd.DataFrame([{"experiment": experiment_label(r.data.tags["ssl.experiment"], threshold_of(r) or float("nan")),
+                           "unlabeled": r.data.tags["ssl.unlabeled"], "test": r.data.metrics["test_accuracy"],
+                           "single": r.data.metrics["test_accuracy_single_view"]}
                           for r in runs if is_configuration_run(r)])
     text = report.read_text()
     for (experiment, unlabeled), values in tests.groupby(["experiment", "unlabeled"]):
         line = next(line for line in text.splitlines() if line.startswith(f"| {experiment} | {unlabeled} |"))
         assert f"| {values['test'].mean():.2%} ± {values['test'].std():.2%} | {values['single'].mean():.2%} |" in line
-    assert "| self_training | all | 2 |" in text and "34.11%" in text  # the seed's number beside ours
+    # smoke's threshold, which the seed did not run: its best result beside ours
+    assert "| self_training, threshold 0.01 | all | 2 |" in text and "34.11% (threshold 0.85" in text
+    assert "Self-training ran at one threshold (0.01)" in text
     assert "Preset `smoke` (changed: `none`)" in text
     assert set(pd.read_parquet(report.parent / "runs.parquet")[["preset", "overrides"]].itertuples(index=False)) == {
         ("smoke", "none")}
-    assert re.search(r"- self_training: filtering (helped|hurt|changed nothing) \([+-]\d+\.\d\d ± \d+\.\d\d pts on test, "
+    assert re.search(r"- self_training, threshold 0.01: filtering (helped|hurt|changed nothing) \([+-]\d+\.\d\d ± \d+\.\d\d pts on test, "
                      r"mean ± std over training seeds \d+, \d+\)", text)
     outliers = next(r for r in runs if r.data.tags.get("ssl.stage") == "outliers").data.metrics
     assert (f"- `one_class_nn`, nu 0.10: kept {outliers['kept']:.0f} of 200 unlabeled images "
@@ -106,6 +109,35 @@ def test_a_study_served_from_the_cache_reports_the_same_figures(study, report, s
     assert {r.data.tags["ssl.cached"] for r in runs if "ssl.stage" in r.data.tags} == {"true"}
     rerun_report = write_report(again["study"], tmp_path)
     assert FIGURE_LINK.findall(rerun_report.read_text()) == FIGURE_LINK.findall(report.read_text())
+
+
+def test_self_training_at_two_thresholds_has_a_run_a_row_and_curves_each_and_the_seed_s_figure_5(study, smoke, archive,
+                                                                                                  tmp_path):
+    """One seed and set, so only the new threshold trains: the rest comes from the module's study's cache.
+    A softmax over 100 classes peaks at 0.01 or more, so both thresholds select every image of smoke's barely
+    trained models."""
+    again = study_pipeline(config=smoke, seeds=[0], experiments=["self_training"], unlabeled=["all"],
+                           thresholds=[0.005, 0.01], archive=str(archive))
+    assert {(row["experiment"], row["threshold"]) for row in again["table"]} == {
+        ("baseline", None), ("self_training", 0.005), ("self_training", 0.01)}
+    assert {"all_self_training_t0.005_seed0_test_accuracy", "all_self_training_t0.01_seed0_test_accuracy"} <= set(again)
+    text = write_report(again["study"], tmp_path).read_text()
+    for threshold in ("0.005", "0.01"):
+        row = next(r for r in again["table"] if str(r["threshold"]) == threshold)
+        assert f"| self_training, threshold {threshold} | all | 1 | {row['test_accuracy']:.2%} (one seed) |" in text
+    images = FIGURE_LINK.findall(text)
+    assert {"evaluate-self_training-t0.005-learning_curves.png", "evaluate-self_training-t0.01-learning_curves.png",
+            "self_train-self_training-t0.005-iterations.png", "self_training-thresholds.png"} <= set(images)
+    assert all((tmp_path / "figures" / name).is_file() for name in images)
+
+
+def test_the_seed_s_result_stands_beside_the_same_threshold():
+    table = pd.DataFrame({"experiment": ["self_training"] * 4, "threshold": [0.6, 0.85, 0.9, 0.6],
+                          "unlabeled": ["all", "all", "all", "filtered"], "seed": [0] * 4, "test_accuracy": [0.45] * 4,
+                          "val_accuracy": [0.44] * 4, "train_minutes": [50.0] * 4})
+    assert list(summary_table(table)["seed_study"]) == [
+        "29.31% (threshold 0.6, 4 iterations)", "worse than unfiltered (no numbers given)",
+        "34.11% (threshold 0.85, 4 iterations)", "too few samples added; no real gain (threshold 0.9)"]
 
 
 def test_unknown_experiments_and_sets_fail_before_any_work(smoke):

@@ -59,3 +59,15 @@ def test_filtering_is_judged_on_the_training_seeds_both_sets_hold(tmp_path):
                               "seed": [0, 1, 0, 1], "test_accuracy": [0.46, 0.47, 0.45, 0.47]})
     assert study_tables.filtering_effect(two_seeds) == [
         "- self_training: filtering hurt (-0.50 ± 0.71 pts on test, mean ± std over training seeds 0, 1)"]
+
+
+def test_self_training_at_two_thresholds_is_two_configurations_not_a_disagreement(tmp_path):
+    study = report(tmp_path / "thresholds", [("self_training", "all", 1, 0.45), ("self_training", "all", 1, 0.47),
+                                             ("self_training", "filtered", 1, 0.44), ("self_training", "filtered", 1, 0.48)])
+    table = pd.read_parquet(study / "runs.parquet").assign(threshold=[0.6, 0.85, 0.6, 0.85])
+    table.to_parquet(study / "runs.parquet", index=False)
+    rows = study_tables.report_rows([study])
+    assert len(rows) == 4
+    text = study_tables.markdown(rows, "cmd")
+    assert "| self_training, threshold 0.6 | all | 1 | 45.00% (one seed) |" in text
+    assert "- self_training, threshold 0.85: filtering helped (+1.00 pts on test" in text
