@@ -1,10 +1,11 @@
 """``ssl-pipeline report``: one page for a study, read back from its MLflow runs, beside the seed's numbers.
 
-The table has one line per experiment and unlabeled set: test top-1 mean ± std over the study's
-training seeds, validation top-1, training minutes, and the seed study's result for the same
-experiment; above it, the preset and what the study changed of it (``ssl.overrides``); below it, where
-filtering helped or hurt, and what the outlier filter kept beside the seed's nu and kept fraction. The figures
-are the ones the seed shows, downloaded from the stage runs that logged them. Written as
+The table has one line per experiment (self-training: per confidence threshold) and unlabeled set:
+test top-1 mean ± std over the study's training seeds, validation top-1, training minutes, and the
+seed study's result for the same experiment; above it, the preset and what the study changed of it (``ssl.overrides``); below it, where
+filtering helped or hurt, self-training per threshold (the seed's figure 5, drawn from the table) and
+what the outlier filter kept beside the seed's nu and kept fraction. The other figures are the ones the
+seed shows, downloaded from the stage runs that logged them. Written as
 ``report.md`` and ``report.html`` (with ``figures/``) and logged to the study's parent run under
 ``report/``, with ``runs.parquet``: one row per configuration run, preset and overrides included,
 so rows of several studies can be put side by side.
@@ -93,10 +94,11 @@ def is_configuration_run(run) -> bool:
 
 
 def configuration_table(runs: list) -> pd.DataFrame:
-    """One row per finished configuration run: experiment, unlabeled set, seed and its metrics."""
+    """One row per finished configuration run: experiment, threshold (self-training's), unlabeled set, seed
+    and its metrics."""
     rows = [{"experiment": run.data.tags[tracking.TAG_EXPERIMENT], "threshold": threshold_of(run),
-             "unlabeled": run.data.tags[tracking.TAG_UNLABELED], "seed": int(run.data.tags[tracking.TAG_SEED]), "val_accuracy": run.data.metrics.get("best_val_accuracy"),
-             "test_accuracy": run.data.metrics.get("test_accuracy"),
+             "unlabeled": run.data.tags[tracking.TAG_UNLABELED], "seed": int(run.data.tags[tracking.TAG_SEED]),
+             "val_accuracy": run.data.metrics.get("best_val_accuracy"), "test_accuracy": run.data.metrics.get("test_accuracy"),
              "test_single_view": run.data.metrics.get("test_accuracy_single_view", math.nan),
              "train_minutes": run.data.metrics.get("train_minutes"), "run_id": run.info.run_id}
             for run in runs if is_configuration_run(run) and run.info.status == "FINISHED"]
