@@ -102,6 +102,8 @@ def configuration_table(runs: list) -> pd.DataFrame:
              "test_single_view": run.data.metrics.get("test_accuracy_single_view", math.nan),
              "train_minutes": run.data.metrics.get("train_minutes"), "run_id": run.info.run_id}
             for run in runs if is_configuration_run(run) and run.info.status == "FINISHED"]
+    if not rows:  # no column to convert: an empty table, which write_report turns into a clear error
+        return pd.DataFrame()
     return pd.DataFrame(rows).astype({"threshold": float})  # None -> NaN
 
 

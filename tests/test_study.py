@@ -12,7 +12,7 @@ import pytest
 from mlflow.entities import RunInfo
 from mlflow.tracking import MlflowClient
 
-from pipelines.report import (collect_figures, experiment_label, flow_duration, is_configuration_run, mean_and_std,
+from pipelines.report import (collect_figures, configuration_table, experiment_label, flow_duration, is_configuration_run, mean_and_std,
                               stage_minutes, summary_table, threshold_of, write_report)
 from pipelines.study import study_pipeline
 from stages.config import study_grid
@@ -129,6 +129,14 @@ def test_self_training_at_two_thresholds_has_a_run_a_row_and_curves_each_and_the
     assert {"evaluate-self_training-t0.005-learning_curves.png", "evaluate-self_training-t0.01-learning_curves.png",
             "self_train-self_training-t0.005-iterations.png", "self_training-thresholds.png"} <= set(images)
     assert all((tmp_path / "figures" / name).is_file() for name in images)
+
+
+def test_a_study_without_a_finished_configuration_run_has_an_empty_table():
+    """What write_report turns into "has no finished configuration run yet" (a report asked for too early)."""
+    running = SimpleNamespace(info=SimpleNamespace(status="RUNNING", run_id="r"),
+                              data=SimpleNamespace(tags={"ssl.experiment": "baseline", "ssl.unlabeled": "none", "ssl.seed": "0"},
+                                                   params={}, metrics={}))
+    assert configuration_table([running]).empty
 
 
 def test_the_seed_s_result_stands_beside_the_same_threshold():
