@@ -208,14 +208,14 @@ def finishing(run_id: str) -> Iterator[dict[str, float]]:
 @contextlib.contextmanager
 def pipeline_run(config: PipelineConfig, launcher: str,
                  tags: dict[str, str] | None = None) -> Iterator[tuple[Steps, dict[str, float]]]:
-    """This flow run's MLflow parent run (``tags`` also go on every stage run under it).
+    """This flow run's MLflow parent run (``tags`` also go on every stage run under it), with system metrics.
 
     Yields the steps that run and track the stages, and a dict to fill with the flow's metrics.
     """
     LAUNCHERS[launcher]  # fail before any work on an unknown launcher
     tags = {**(tags or {}), tracking.TAG_PROCESS: tracking.this_process()}  # on every run: see fail_abandoned_runs
     experiment_id, parent_run_id = open_parent_run(config, tags)
-    with finishing(parent_run_id) as metrics:
+    with finishing(parent_run_id) as metrics, tracking.system_metrics(parent_run_id):
         yield Steps(launcher, config.resources, experiment_id, parent_run_id, tags), metrics
 
 

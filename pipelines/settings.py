@@ -12,6 +12,7 @@ from pathlib import Path
 HOME_ENV = "SSL_PIPELINE_HOME"
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"  # MLflow's own variable
 DEFAULT_EXPERIMENT = "ssl-pipeline"
+REGISTERED_MODEL_ENV = "SSL_PIPELINE_REGISTERED_MODEL"
 
 
 def home() -> Path:
@@ -37,3 +38,8 @@ def mlflow_artifact_location() -> str:
 
 def experiment_name() -> str:
     return os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
+
+
+def registered_model_name() -> str:
+    """The registered model every trained classifier becomes a version of: ``<experiment>-classifier``."""
+    return os.environ.get(REGISTERED_MODEL_ENV, f"{experiment_name()}-classifier")

@@ -4,7 +4,9 @@ Stages never talk to MLflow: they write artifacts with manifests, and this modul
 those hold (config as params, metrics, per-epoch history with its real timestamps, figures,
 the datasets read, the model through the Keras flavor). A stage is therefore tracked the same
 way whether it ran in-process, in a subprocess or in a container, and a tracking outage never
-costs a trained model.
+costs a trained model. Each classifier a stage trains becomes a version of one registered model,
+whose ``champion`` alias follows the best version on validation; each flow's parent run gets
+MLflow's system metrics for as long as the flow runs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,9 @@ import sqlalchemy.exc
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import Metric, Param
+from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
 from mlflow.exceptions import MlflowException
+from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
 from pipelines import settings
@@ -54,6 +58,8 @@ TAG_OVERRIDES = "ssl.overrides"  # on a parent run: "key=value; ..." of the fiel
 ITERATION_METRICS = ("selected", "pseudo_label_accuracy", "mean_confidence", "val_accuracy", "val_loss",
                      "train_accuracy", "train_loss")
 MODEL_FILE = "model.keras"
+CHAMPION = "champion"  # registry alias of the registered classifier's best version on validation (never test)
+TAG_VALIDATION = "ssl.validation_sha256"  # on a model version: the validation table its accuracy was measured on
 
 
 class TrackingUnavailable(RuntimeError):
@@ -88,8 +94,8 @@ def configure() -> str:
     mlflow.set_tracking_uri(uri)
     # Flows starting together on one SQLite store would each migrate a new database and create the
     # experiment: one at a time (the first open of the store in a process is what migrates it).
-    database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-    with file_lock(database.with_name(f".{database.name}.lock")) if database else contextlib.nullcontext():
+    database = _sqlite_database(uri)
+    with _store_lock(uri):
         if database and not database.exists():
             create_sqlite_store(database)
         name = settings.experiment_name()
@@ -104,6 +110,16 @@ def configure() -> str:
                 if experiment is None:
                     raise
         return experiment.experiment_id
+
+
+def _sqlite_database(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def _store_lock(uri: str) -> contextlib.AbstractContextManager:
+    """Serialises this host's flows on a SQLite store; a tracking server orders its own writes."""
+    database = _sqlite_database(uri)
+    return file_lock(database.with_name(f".{database.name}.lock")) if database else contextlib.nullcontext()
 
 
 def create_sqlite_store(database: Path) -> None:
@@ -206,6 +222,28 @@ def link_resumed(killed_run_ids: list[str], parent_run_id: str) -> None:
         client.set_tag(run_id, TAG_RESUMED_BY, parent_run_id)
 
 
+@contextlib.contextmanager
+def system_metrics(run_id: str) -> Iterator[None]:
+    """MLflow's system metrics into ``run_id`` while the block runs: ``system/cpu_utilization_percentage``,
+    memory, disk and network (GPU too where ``pynvml`` finds one), every
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (10). psutil measures the whole machine, so stages
+    in subprocesses and containers count. On unless ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false``.
+    """
+    if MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.defined and not MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get():
+        yield
+        return
+    # the monitor mlflow.start_run(log_system_metrics=True) starts for a fluent run; a parent run is a
+    # client run that outlives every fluent context, so it gets the monitor directly
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
 def finish_parent_run(run_id: str, metrics: Mapping[str, float], status: str) -> None:
     client = MlflowClient()
     for key, value in metrics.items():
@@ -269,8 +307,8 @@ def log_stage(
                           tags=run_tags) as run:
         mlflow.log_params(flat_fields(manifest["config"]))
         metrics_file = artifact / "metrics.json"
-        if metrics_file.is_file():
-            mlflow.log_metrics(json.loads(metrics_file.read_text()))
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        mlflow.log_metrics(metrics)
         mlflow.log_metric("stage_seconds", manifest["seconds"])
         for dataset, context in _datasets_read(manifest):
             _log_input(dataset, context)
@@ -279,6 +317,10 @@ def log_stage(
             MlflowClient().log_batch(run.info.run_id, metrics=_iteration_metrics(pd.read_parquet(iterations)))
         if not cached:
             _log_files(artifact)
+            if (artifact / MODEL_FILE).is_file():
+                name = settings.registered_model_name()
+                version = log_keras_model(artifact / MODEL_FILE, name).registered_model_version
+                register_classifier(name, str(version), manifest, metrics)
             if iterations.is_file():
                 _log_iteration_runs(experiment_id, run.info.run_id, artifact, tags)
     return run.info.run_id
@@ -331,12 +373,11 @@ def _log_files(artifact: Path) -> None:
     figures = artifact / "figures"
     if figures.is_dir():
         mlflow.log_artifacts(str(figures), "figures")
-    if (artifact / MODEL_FILE).is_file():
-        log_keras_model(artifact / MODEL_FILE)
 
 
-def log_keras_model(path: Path) -> None:
-    """Log the model through MLflow's Keras flavor, loadable with ``mlflow.pyfunc.load_model``."""
+def log_keras_model(path: Path, registered_model_name: str) -> ModelInfo:
+    """Log the model through MLflow's Keras flavor as a new version of ``registered_model_name``,
+    loadable with ``mlflow.pyfunc.load_model``."""
     import keras
     import numpy as np
 
@@ -345,7 +386,35 @@ def log_keras_model(path: Path) -> None:
     signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
     # explicit requirements: inferring them loads the model in a subprocess (about 25 s here)
     requirements = [f"keras=={keras.__version__}", _backend_requirement(keras.backend.backend())]
-    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements)
+    return mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements,
+                                  registered_model_name=registered_model_name)
+
+
+def register_classifier(name: str, version: str, manifest: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+    """Tag a classifier's new registry version with what it was selected on, then move ``champion``."""
+    validation = read_manifest(Path(manifest["parents"]["split"]["path"]))["files"]["validation.parquet"]["sha256"]
+    # the validation tag last: a version is a candidate only once it holds all the others
+    tags = {TAG_STAGE: manifest["stage"], TAG_DIGEST: manifest["digest"],
+            "val_accuracy": str(metrics["best_val_accuracy"]), TAG_VALIDATION: validation}
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    promote_champion(name, validation)
+
+
+def promote_champion(name: str, validation: str) -> int:
+    """Point the ``champion`` alias at the most accurate version on validation (of equals, the older) and
+    return its number. Accuracies compare on one validation set only, so the versions measured on
+    ``validation`` (the newest version's) compete and those of other splits do not."""
+    client = MlflowClient()
+    with _store_lock(settings.tracking_uri()):  # two flows promoting at once: the later one sees both versions
+        versions = [v for v in client.search_model_versions(f"name = '{name}'")
+                    if v.tags.get(TAG_VALIDATION) == validation]
+        best = max(versions, key=lambda v: (float(v.tags["val_accuracy"]), -int(v.version)))
+        client.set_registered_model_alias(name, CHAMPION, best.version)
+    log.info("registered model %s: version %s is the %s (val accuracy %.4f)", name, best.version, CHAMPION,
+             float(best.tags["val_accuracy"]))
+    return int(best.version)
 
 
 def _backend_requirement(backend: str) -> str:

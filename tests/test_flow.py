@@ -1,5 +1,6 @@
 """The whole flow on the smoke preset, against the embedded Prefect and MLflow defaults."""
 
+import time
 from pathlib import Path
 
 import keras
@@ -8,11 +9,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import settings
+from pipelines import settings, tracking
 from pipelines.flow import baseline_pipeline
 from pipelines.launchers import StageFailed, SubprocessLauncher
 from stages import data
-from stages.artifacts import sha256_file
+from stages.artifacts import read_manifest, sha256_file
 
 
 pytestmark = pytest.mark.usefixtures("fresh_home")  # the first run must build every stage
@@ -20,7 +21,9 @@ pytestmark = pytest.mark.usefixtures("fresh_home")  # the first run must build e
 
 @pytest.fixture(scope="module")
 def first_run(fresh_home, prefect, archive, smoke):
-    return baseline_pipeline(config=smoke, archive=str(archive))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # a smoke flow lasts seconds, not minutes
+        return baseline_pipeline(config=smoke, archive=str(archive))
 
 
 def nested_runs(parent_run_id):
@@ -65,6 +68,53 @@ def test_logged_model_loads_through_pyfunc_and_agrees_with_keras(first_run):
     served = np.asarray(pyfunc.predict(images))
     trained = keras.saving.load_model(Path(first_run["artifacts"]["model"]) / "model.keras")
     assert np.array_equal(served.argmax(axis=1), trained.predict(images, verbose=0).argmax(axis=1))
+
+
+def test_parent_run_samples_system_metrics(first_run):
+    metrics = MlflowClient().get_run(first_run["mlflow_run_id"]).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
+
+
+def test_system_metrics_can_be_turned_off(first_run, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    client = MlflowClient()
+    experiment_id = client.get_run(first_run["mlflow_run_id"]).info.experiment_id
+    sampled = {}
+    for enabled in ("true", "false"):
+        monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", enabled)
+        run_id = client.create_run(experiment_id).info.run_id
+        with tracking.system_metrics(run_id):
+            time.sleep(2.5)
+        sampled[enabled] = any(key.startswith("system/") for key in client.get_run(run_id).data.metrics)
+    assert sampled == {"true": True, "false": False}
+
+
+def test_trained_classifier_is_the_registered_champion(first_run):
+    client = MlflowClient()
+    name = settings.registered_model_name()
+    champion = client.get_model_version_by_alias(name, tracking.CHAMPION)
+    baseline_run = nested_runs(first_run["mlflow_run_id"])["baseline"]
+    model = Path(first_run["artifacts"]["model"])
+    assert champion.run_id == baseline_run.info.run_id
+    assert champion.tags["ssl.artifact_digest"] == read_manifest(model)["digest"]
+    assert float(champion.tags["val_accuracy"]) == baseline_run.data.metrics["best_val_accuracy"]
+    images = data.read_table(Path(first_run["artifacts"]["split"]), "test").images[:16].astype("float32")
+    served = np.asarray(mlflow.pyfunc.load_model(f"models:/{name}@{tracking.CHAMPION}").predict(images))
+    trained = keras.saving.load_model(model / "model.keras")
+    assert np.array_equal(served.argmax(axis=1), trained.predict(images, verbose=0).argmax(axis=1))
+
+
+def test_champion_is_the_best_on_its_validation_set_and_of_equals_the_older(first_run, tmp_path):
+    client = MlflowClient()
+    name = "champion-rule"
+    client.create_registered_model(name)
+    for accuracy, validation in [(0.3, "split-a"), (0.5, "split-a"), (0.5, "split-a"), (0.9, "split-b")]:
+        version = client.create_model_version(name, source=str(tmp_path)).version
+        client.set_model_version_tag(name, version, "val_accuracy", str(accuracy))
+        client.set_model_version_tag(name, version, tracking.TAG_VALIDATION, validation)
+    assert tracking.promote_champion(name, "split-a") == 2
+    assert int(client.get_model_version_by_alias(name, tracking.CHAMPION).version) == 2
+    assert tracking.promote_champion(name, "split-b") == 4
 
 
 def test_rerun_hits_the_cache_for_every_stage(first_run, archive, smoke):
