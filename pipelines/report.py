@@ -141,21 +141,34 @@ def percent_or_dash(value: float) -> str:
 def filtering_effect(table: pd.DataFrame) -> list[str]:
     """Per experiment (and threshold) run on both sets, from its configuration runs (one row per
     experiment, threshold, unlabeled set, seed): filtered minus all in test points, on the training
-    seeds both sets hold (a seed's baseline moves every experiment of that seed alike), with whether
-    it helped or hurt."""
+    seeds both sets hold (a seed's baseline moves every experiment of that seed alike), judged by
+    ``filtering_verdict``."""
     lines = []
     configurations = with_optional_columns(table).groupby(["experiment", "threshold"], dropna=False)
     for (experiment, threshold), runs in sorted(configurations, key=lambda group: (list(SEED_RESULTS).index(group[0][0]),
                                                                                    group[0][1])):
         by_set = runs.pivot_table(index="seed", columns="unlabeled", values="test_accuracy")
         if {"all", "filtered"} <= set(by_set.columns) and len(paired := (by_set["filtered"] - by_set["all"]).dropna()):
-            change = 100 * paired.mean()
-            verdict = "helped" if change > 0 else "hurt" if change < 0 else "changed nothing"
-            seeds = ", ".join(map(str, paired.index))
-            evidence = (f"{change:+.2f} ± {100 * paired.std():.2f} pts on test, mean ± std over training seeds {seeds}"
-                        if len(paired) > 1 else f"{change:+.2f} pts on test, training seed {seeds} alone: no spread measured")
-            lines.append(f"- {experiment_label(experiment, threshold)}: filtering {verdict} ({evidence})")
+            lines.append(f"- {experiment_label(experiment, threshold)}: {filtering_verdict(100 * paired)}")
     return lines
+
+
+def filtering_verdict(change: pd.Series) -> str:
+    """Whether filtering helped or hurt, from the filtered-minus-all change in test points per training
+    seed: only when a paired t-test over the seeds puts the mean change away from zero (p < 0.05);
+    one seed cannot tell a change from the seed-to-seed spread, so it gets the number alone."""
+    from scipy.stats import ttest_1samp
+
+    change = change.round(4)  # float noise: equal changes must have no spread
+    seeds = ", ".join(map(str, change.index))
+    if len(change) == 1:
+        return (f"filtered minus all {change.iloc[0]:+.2f} pts on test (training seed {seeds} alone: "
+                "too few seeds to tell it from seed-to-seed noise)")
+    p_value = ttest_1samp(change, 0.0).pvalue if change.std() > 0 else 0.0 if change.mean() != 0 else 1.0
+    verdict = ("filtering helped" if change.mean() > 0 else "filtering hurt") if p_value < 0.05 else \
+        "no clear effect of filtering"
+    return (f"{verdict} ({change.mean():+.2f} ± {change.std():.2f} pts on test, mean ± std over training seeds "
+            f"{seeds}; paired t-test p = {p_value:.2f})")
 
 
 def outlier_filter_lines(runs: list) -> list[str]:

@@ -87,8 +87,9 @@ def test_the_report_holds_the_numbers_mlflow_holds(study, report):
     assert "Preset `smoke` (changed: `none`)" in text
     assert set(pd.read_parquet(report.parent / "runs.parquet")[["preset", "overrides"]].itertuples(index=False)) == {
         ("smoke", "none")}
-    assert re.search(r"- self_training, threshold 0.01: filtering (helped|hurt|changed nothing) \([+-]\d+\.\d\d ± \d+\.\d\d pts on test, "
-                     r"mean ± std over training seeds \d+, \d+\)", text)
+    assert re.search(r"- self_training, threshold 0.01: (filtering helped|filtering hurt|no clear effect of filtering) "
+                     r"\([+-]\d+\.\d\d ± \d+\.\d\d pts on test, mean ± std over training seeds \d+, \d+; "
+                     r"paired t-test p = \d\.\d\d\)", text)
     outliers = next(r for r in runs if r.data.tags.get("ssl.stage") == "outliers").data.metrics
     assert (f"- `one_class_nn`, nu 0.10: kept {outliers['kept']:.0f} of 200 unlabeled images "
             f"({outliers['kept_fraction']:.1%}); {outliers['train_outside_fraction']:.1%} of the labeled images") in text

@@ -51,14 +51,23 @@ def test_filtering_is_judged_on_the_training_seeds_both_sets_hold(tmp_path):
     rows = study_tables.report_rows([unfiltered, filtered])
     # seed 0 alone pairs for SimCLR (0.41 - 0.43); the means over all seeds (45.5% vs 44.0%) would say it helped.
     # The autoencoder ran the two sets on different seeds: no verdict.
-    assert study_tables.filtering_effect(rows) == ["- simclr_joint: filtering hurt (-2.00 pts on test, training seed 0 alone: no spread measured)"]
-    assert "## Filtering\n\n- simclr_joint: filtering hurt" in study_tables.markdown(rows, "cmd")
+    assert study_tables.filtering_effect(rows) == [
+        "- simclr_joint: filtered minus all -2.00 pts on test (training seed 0 alone: too few seeds to tell it from "
+        "seed-to-seed noise)"]
+    assert "## Filtering\n\n- simclr_joint: filtered minus all -2.00" in study_tables.markdown(rows, "cmd")
     alone = study_tables.report_rows([unfiltered])
     assert study_tables.NO_FILTERING_EFFECT in study_tables.markdown(alone, "cmd")
-    two_seeds = pd.DataFrame({"experiment": "self_training", "unlabeled": ["all", "all", "filtered", "filtered"],
-                              "seed": [0, 1, 0, 1], "test_accuracy": [0.46, 0.47, 0.45, 0.47]})
-    assert study_tables.filtering_effect(two_seeds) == [
-        "- self_training: filtering hurt (-0.50 ± 0.71 pts on test, mean ± std over training seeds 0, 1)"]
+    three_seeds = pd.DataFrame({"experiment": "self_training", "unlabeled": ["all"] * 3 + ["filtered"] * 3,
+                                "seed": [0, 1, 2] * 2, "test_accuracy": [0.46, 0.47, 0.46, 0.45, 0.475, 0.47]})
+    assert study_tables.filtering_effect(three_seeds) == [  # changes -1, +0.5, +1: the seeds disagree
+        "- self_training: no clear effect of filtering (+0.17 ± 1.04 pts on test, mean ± std over training seeds "
+        "0, 1, 2; paired t-test p = 0.81)"]
+    consistent = three_seeds.assign(test_accuracy=[0.46, 0.47, 0.46, 0.44, 0.45, 0.445])
+    assert study_tables.filtering_effect(consistent) == [  # changes -2, -2, -1.5
+        "- self_training: filtering hurt (-1.83 ± 0.29 pts on test, mean ± std over training seeds 0, 1, 2; "
+        "paired t-test p = 0.01)"]
+    identical = consistent.assign(test_accuracy=[0.46, 0.47, 0.46, 0.44, 0.45, 0.44])
+    assert "filtering hurt (-2.00 ± 0.00 pts" in study_tables.filtering_effect(identical)[0]  # no spread at all
 
 
 def test_self_training_at_two_thresholds_is_two_configurations_not_a_disagreement(tmp_path):
@@ -70,4 +79,4 @@ def test_self_training_at_two_thresholds_is_two_configurations_not_a_disagreemen
     assert len(rows) == 4
     text = study_tables.markdown(rows, "cmd")
     assert "| self_training, threshold 0.6 | all | 1 | 45.00% (one seed) |" in text
-    assert "- self_training, threshold 0.85: filtering helped (+1.00 pts on test" in text
+    assert "- self_training, threshold 0.85: filtered minus all +1.00 pts on test" in text
