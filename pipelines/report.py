@@ -164,9 +164,14 @@ def filtering_verdict(change: pd.Series) -> str:
     if len(change) == 1:
         return (f"filtered minus all {change.iloc[0]:+.2f} pts on test (training seed {seeds} alone: "
                 "too few seeds to tell it from seed-to-seed noise)")
-    p_value = ttest_1samp(change, 0.0).pvalue if change.std() > 0 else 0.0 if change.mean() != 0 else 1.0
-    verdict = ("filtering helped" if change.mean() > 0 else "filtering hurt") if p_value < 0.05 else \
-        "no clear effect of filtering"
+    if change.std() > 0:
+        p_value = ttest_1samp(change, 0.0).pvalue
+    else:  # every seed moved alike: no spread for the test to divide by
+        p_value = 0.0 if change.mean() != 0 else 1.0
+    if p_value >= 0.05:
+        verdict = "no clear effect of filtering"
+    else:
+        verdict = "filtering helped" if change.mean() > 0 else "filtering hurt"
     return (f"{verdict} ({change.mean():+.2f} ± {change.std():.2f} pts on test, mean ± std over training seeds "
             f"{seeds}; paired t-test p = {p_value:.2f})")
 
