@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import settings
 from stages.artifacts import file_lock, read_manifest
 from stages.config import flat_fields
-from stages.data import ITERATIONS_FILE
+from stages.data import ITERATIONS_FILE, MODEL_FILE
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,6 @@ TAG_RESUMED_BY = "ssl.resumed_by"  # on a killed attempt: the parent run that to
 TAG_OVERRIDES = "ssl.overrides"  # on a parent run: "key=value; ..." of the fields its config changed from the preset
 ITERATION_METRICS = ("selected", "pseudo_label_accuracy", "mean_confidence", "val_accuracy", "val_loss",
                      "train_accuracy", "train_loss")
-MODEL_FILE = "model.keras"
 CHAMPION = "champion"  # registry alias of the registered classifier's best version on validation (never test)
 TAG_VALIDATION = "ssl.validation_sha256"  # on a model version: the validation table its accuracy was measured on
 

@@ -16,12 +16,12 @@ import keras
 from stages import data
 from stages.artifacts import ArtifactError, parent_entry, staged_output, verify, write_manifest
 from stages.config import NUM_CLASSES, TrainConfig
+from stages.data import MODEL_FILE
 from stages.stage import Stage, main
 from stages.training import train_classifier
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"  # to train on
 SAVED_MODEL_DIR = "saved_model"  # to serve (TensorFlow SavedModel)
 HISTORY_FILE = "history.parquet"  # one row per epoch
 METRICS_FILE = "metrics.json"

@@ -30,9 +30,9 @@ from keras import ops
 
 from stages import data, losses
 from stages.artifacts import ArtifactError, parent_entry, staged_output, verify, write_manifest
-from stages.baseline import MODEL_FILE, load_classifier, save_classifier
+from stages.baseline import load_classifier, save_classifier
 from stages.config import NUM_CLASSES, ConsistencyConfig
-from stages.data import ImageTable
+from stages.data import MODEL_FILE, ImageTable
 from stages.models import build_classifier, build_strong_augmentation
 from stages.ssl_methods import METHODS
 from stages.stage import Stage, main

@@ -38,8 +38,9 @@ OUTLIER_SCORE_SCHEMA = pa.schema([
     _ID, pa.field("score", pa.float32(), nullable=False), pa.field("kept", pa.bool_(), nullable=False),
 ])
 
-# one row per self-training iteration (0 = the input model), in a self_train artifact; named here
-# so that tracking can find it without importing the stage (and Keras)
+# named here so that tracking can find them without importing the stages (and Keras): a classifier
+# artifact's Keras model (to train on), and a self_train artifact's one row per iteration (0 = the input model)
+MODEL_FILE = "model.keras"
 ITERATIONS_FILE = "iterations.parquet"
 
 # table name -> (file inside the split artifact, schema)
