@@ -28,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -206,9 +207,9 @@ def write_results(args, baseline: Path, arms: dict[str, dict]) -> None:
     axes.plot(base_curve["minutes"], base_curve["val_accuracy"], color="grey", label="baseline")
     for arm_name, arm in arms.items():
         points = curve(arm["trained"], arm["offset"])
-        axes.plot(points["minutes"], points["val_accuracy"], label=arm_name)
+        axes.plot(points["minutes"], points["val_accuracy"], label=textwrap.fill(arm_name, 40))  # a variant's name lists its overrides
     axes.set(xlabel="training minutes (epochs' time, this machine)", ylabel="validation top-1", title=f"{args.preset} preset, seed {args.seed}")
-    axes.legend()
+    axes.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
     RESULTS.mkdir(exist_ok=True)
     figure.savefig(RESULTS / f"{name}.png", dpi=120)
