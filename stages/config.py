@@ -244,6 +244,12 @@ class ConsistencyConfig(StrictModel):
         True, description="one training-mode pass over the labeled, weak and strong views, so BatchNorm normalises them "
                           "together (USB's use_cat); false: the weak view in a pass of its own outside the gradient, "
                           "which spares its backward pass")
+    target_view: Literal["weak", "clean"] = Field(
+        "weak", description="what the targets are predicted from. weak: the weak view (the classifier's flip and shift) "
+                            "in a training-mode pass, FixMatch as published; clean: the images as they are, in an "
+                            "inference-mode pass (no dropout, BatchNorm's moving statistics), as self-training labels "
+                            "the unlabeled set, so the classifier can keep its dropout without blurring the targets. "
+                            "Needs concatenate_views false")
     strong_fraction: float = Field(
         1.0, gt=0, le=1, description="share of each unlabeled batch given a strong view: the images with a target "
                                      "first, the surest first. 1 = all (FixMatch as published); below the mask rate, "
@@ -260,6 +266,9 @@ class ConsistencyConfig(StrictModel):
             raise ValueError(f"strong_fraction {self.strong_fraction} picks the strong views from the weak view's "
                              "predictions, which a shared pass gives too late: set concatenate_views to false, "
                              "or strong_fraction to 1")
+        if self.target_view == "clean" and self.concatenate_views:
+            raise ValueError("target_view clean predicts the targets in an inference-mode pass of their own, which a "
+                             "shared training-mode pass cannot give: set concatenate_views to false, or target_view to weak")
         return self
 
 

@@ -6,7 +6,9 @@ predictions on the labeled images, on a weak view of the others (the classifier'
 augmentation: flip and shift) and on a strong view (RandAugment and Cutout on top). With
 ``concatenate_views`` off, the weak view has a pass of its own outside the gradient, and
 ``strong_fraction`` can then give strong views to the images most likely to have a target only,
-sparing the passes that the mask would zero (the CPU's case: 16-28% of images pass at 0.6). The method
+sparing the passes that the mask would zero (the CPU's case: 16-28% of images pass at 0.6), and
+``target_view`` "clean" can take the targets from an inference-mode pass over the images as they
+are (no dropout, BatchNorm's moving statistics: the self-training stage's teacher). The method
 (``stages.ssl_methods``) turns the weak-view predictions into pseudo-labels and a mask; the loss is
 the labeled cross-entropy plus ``unlabeled_weight`` times the masked cross-entropy of the strong
 view against those pseudo-labels. The optimizer keeps an EMA of the weights; validation, the kept
@@ -55,6 +57,7 @@ class ConsistencyModel(keras.Model):
         self.method = METHODS[config.method](config, name=config.method)
         self.unlabeled_weight = config.unlabeled_weight
         self.concatenate_views = config.concatenate_views
+        self.weak_targets = config.target_view == "weak"  # else an inference-mode pass over the clean images
         unlabeled_batch = config.classifier.batch_size * config.unlabeled_ratio
         # strong views a step (a static count, for top_k); None: every unlabeled image's
         self.strong_views = max(1, round(config.strong_fraction * unlabeled_batch)) if config.strong_fraction < 1 else None
@@ -84,12 +87,12 @@ class ConsistencyModel(keras.Model):
             pseudo_labels, mask = self.method(weak, training=True)
             return {"labeled": probabilities[:n_labeled], "strong": probabilities[n_labeled + n_unlabeled:],
                     "pseudo_labels": pseudo_labels, "mask": mask, "passing": mask}
-        # the weak view's pass feeds only the stop_gradient, so no backward pass is run for it
-        weak = ops.stop_gradient(self.classifier(unlabeled, training=True))
-        pseudo_labels, passing = self.method(weak, training=True)
+        # the target pass feeds only the stop_gradient, so no backward pass is run for it
+        targets = ops.stop_gradient(self.classifier(unlabeled, training=self.weak_targets))
+        pseudo_labels, passing = self.method(targets, training=True)
         mask = passing
         if self.strong_views is not None:  # the strong view only where a target is likely: targets first, surest first
-            chosen = ops.top_k(passing + ops.max(weak, axis=-1), self.strong_views)[1]
+            chosen = ops.top_k(passing + ops.max(targets, axis=-1), self.strong_views)[1]
             unlabeled, pseudo_labels, mask = (ops.take(tensor, chosen, axis=0) for tensor in (unlabeled, pseudo_labels, passing))
         probabilities = self.classifier(ops.concatenate([labeled, self.strong_view(unlabeled)]), training=True)
         return {"labeled": probabilities[:n_labeled], "strong": probabilities[n_labeled:], "pseudo_labels": pseudo_labels,

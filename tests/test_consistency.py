@@ -157,6 +157,8 @@ def test_configuration_errors_name_the_field():
         load_pipeline_config("smoke", [{"consistency": {"method": "mixmatch"}}])
     with pytest.raises(ConfigError, match="consistency.*set concatenate_views to false"):
         load_pipeline_config("smoke", [{"consistency": {"strong_fraction": 0.5}}])
+    with pytest.raises(ConfigError, match="consistency.*set concatenate_views to false"):
+        load_pipeline_config("smoke", [{"consistency": {"target_view": "clean"}}])
 
 
 def smoke_consistency(smoke, **update) -> ConsistencyConfig:
@@ -253,6 +255,25 @@ def test_strong_views_go_to_the_images_with_targets_first(smoke):
     np.testing.assert_array_equal(np.sort(quarter[0]["pseudo_labels"]), np.sort(every[0]["pseudo_labels"][surest]))
 
 
+def test_clean_targets_are_the_inference_mode_predictions_of_the_images(smoke):
+    """Behind heavy dropout, a training-mode pass scatters the targets; target_view clean takes them from
+    the inference-mode pass over the images, the predictions the self-training stage labels with."""
+    rng = np.random.default_rng(0)
+    labeled, unlabeled = (rng.integers(0, 256, (n, *data.IMAGE_SHAPE), dtype="uint8") for n in (8, 16))
+    keras.utils.set_random_seed(0)
+    classifier = keras.Sequential([keras.Input(data.IMAGE_SHAPE), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                                   keras.layers.Dropout(0.9), keras.layers.Dense(100, activation="softmax")])
+    inference = classifier.predict(unlabeled, verbose=0).argmax(axis=1)
+    targets = {}
+    for view in ("clean", "weak"):
+        config = smoke_consistency(smoke, threshold=0.001, concatenate_views=False, target_view=view, unlabeled_ratio=2,
+                                   classifier=smoke.consistency.classifier.model_copy(update={"batch_size": 8}))
+        outputs = consistency.ConsistencyModel(classifier, config)((labeled, unlabeled), training=True)
+        targets[view] = keras.ops.convert_to_numpy(outputs["pseudo_labels"])
+    np.testing.assert_array_equal(targets["clean"], inference)
+    assert (targets["weak"] != inference).mean() > 0.5
+
+
 def test_the_stage_writes_a_classifier_with_its_evidence(split_artifact, smoke, tmp_path):
     manifest = consistency.run(smoke.consistency, {"split": split_artifact}, tmp_path / "out")
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -293,9 +314,10 @@ def test_a_time_budget_stops_training_early(split_artifact, smoke, tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
-@pytest.mark.parametrize("concatenate_views, strong_fraction", [(True, 1.0), (False, 0.5)])
-def test_freematch_trains_on_the_jax_backend(concatenate_views, strong_fraction, split_artifact, smoke, tmp_path):
-    config = smoke_consistency(smoke, method="freematch", concatenate_views=concatenate_views, strong_fraction=strong_fraction)
+@pytest.mark.parametrize("concatenate_views, strong_fraction, target_view", [(True, 1.0, "weak"), (False, 0.5, "clean")])
+def test_freematch_trains_on_the_jax_backend(concatenate_views, strong_fraction, target_view, split_artifact, smoke, tmp_path):
+    config = smoke_consistency(smoke, method="freematch", concatenate_views=concatenate_views, strong_fraction=strong_fraction,
+                               target_view=target_view)
     (tmp_path / "config.json").write_text(config.model_dump_json())
     subprocess.run([sys.executable, "-m", "stages.consistency", "--config", str(tmp_path / "config.json"),
                     "--input", f"split={split_artifact}", "--output", str(tmp_path / "out")],
