@@ -199,24 +199,32 @@ def test_pixels_travel_as_uint8_and_the_model_casts_them(split_artifact, smoke):
     np.testing.assert_allclose(*as_numpy(as_uint8, as_float), rtol=1e-6)
 
 
-def one_step(smoke, threshold: float, **update):
-    """A dense softmax on pixels (no BatchNorm: the views' passes then agree) in a ConsistencyModel whose
-    strong view is the image itself: its training-mode outputs, its weights before and after one SGD step
-    and the step's metrics, and its confidence on the unlabeled images. The same data and start each call."""
+def pixel_softmax_model(smoke, threshold: float, dropout: float = 0.0, **update):
+    """A dense softmax on pixels (no BatchNorm: the views' passes then agree; ``dropout`` in front of it) in a
+    ConsistencyModel whose strong view is the image itself, and random data for it: 8 labeled images, their
+    labels and 16 unlabeled images. (model, labeled, labels, unlabeled), the same each call."""
     rng = np.random.default_rng(0)
     labeled, unlabeled = (rng.integers(0, 256, (n, *data.IMAGE_SHAPE), dtype="uint8") for n in (8, 16))
+    labels = training.one_hot(rng.integers(0, 100, 8))
     keras.utils.set_random_seed(0)
     classifier = keras.Sequential([keras.Input(data.IMAGE_SHAPE), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                                   *([keras.layers.Dropout(dropout)] if dropout else []),
                                    keras.layers.Dense(100, activation="softmax")])
     config = smoke_consistency(smoke, threshold=threshold, strong=StrongAugmentConfig(num_ops=0, cutout=0.0), **update,
                                classifier=smoke.consistency.classifier.model_copy(update={"batch_size": 8}),
                                unlabeled_ratio=2)
-    model = consistency.ConsistencyModel(classifier, config)
+    return consistency.ConsistencyModel(classifier, config), labeled, labels, unlabeled
+
+
+def one_step(smoke, threshold: float, **update):
+    """``pixel_softmax_model``'s training-mode outputs, its weights before and after one SGD step and the step's
+    metrics, and its confidence on the unlabeled images."""
+    model, labeled, labels, unlabeled = pixel_softmax_model(smoke, threshold, **update)
     model.compile(optimizer=keras.optimizers.SGD(0.5))
     outputs = {name: keras.ops.convert_to_numpy(value) for name, value in model((labeled, unlabeled), training=True).items()}
-    start, confidence = classifier.get_weights(), classifier.predict(unlabeled, verbose=0).max(axis=1)
-    metrics = model.train_on_batch((labeled, unlabeled), training.one_hot(rng.integers(0, 100, 8)), return_dict=True)
-    return outputs, start, classifier.get_weights(), metrics, confidence
+    start, confidence = model.classifier.get_weights(), model.classifier.predict(unlabeled, verbose=0).max(axis=1)
+    metrics = model.train_on_batch((labeled, unlabeled), labels, return_dict=True)
+    return outputs, start, model.classifier.get_weights(), metrics, confidence
 
 
 def assert_same_step(one, other):
@@ -258,18 +266,11 @@ def test_strong_views_go_to_the_images_with_targets_first(smoke):
 def test_clean_targets_are_the_inference_mode_predictions_of_the_images(smoke):
     """Behind heavy dropout, a training-mode pass scatters the targets; target_view clean takes them from
     the inference-mode pass over the images, the predictions the self-training stage labels with."""
-    rng = np.random.default_rng(0)
-    labeled, unlabeled = (rng.integers(0, 256, (n, *data.IMAGE_SHAPE), dtype="uint8") for n in (8, 16))
-    keras.utils.set_random_seed(0)
-    classifier = keras.Sequential([keras.Input(data.IMAGE_SHAPE), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
-                                   keras.layers.Dropout(0.9), keras.layers.Dense(100, activation="softmax")])
-    inference = classifier.predict(unlabeled, verbose=0).argmax(axis=1)
     targets = {}
-    for view in ("clean", "weak"):
-        config = smoke_consistency(smoke, threshold=0.001, concatenate_views=False, target_view=view, unlabeled_ratio=2,
-                                   classifier=smoke.consistency.classifier.model_copy(update={"batch_size": 8}))
-        outputs = consistency.ConsistencyModel(classifier, config)((labeled, unlabeled), training=True)
-        targets[view] = keras.ops.convert_to_numpy(outputs["pseudo_labels"])
+    for view in ("clean", "weak"):  # the same weights and images each time
+        model, labeled, _, unlabeled = pixel_softmax_model(smoke, 0.001, dropout=0.9, concatenate_views=False, target_view=view)
+        targets[view] = keras.ops.convert_to_numpy(model((labeled, unlabeled), training=True)["pseudo_labels"])
+    inference = model.classifier.predict(unlabeled, verbose=0).argmax(axis=1)
     np.testing.assert_array_equal(targets["clean"], inference)
     assert (targets["weak"] != inference).mean() > 0.5
 
