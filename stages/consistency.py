@@ -9,7 +9,7 @@ augmentation: flip and shift) and on a strong view (RandAugment and Cutout on to
 sparing the passes that the mask would zero (the CPU's case: 16-28% of images pass at 0.6), and
 ``target_view`` "clean" can take the targets from an inference-mode pass over the images as they
 are (no dropout, BatchNorm's moving statistics: the self-training stage's teacher). The method
-(``stages.ssl_methods``) turns the weak-view predictions into pseudo-labels and a mask; the loss is
+(``stages.ssl_methods``) turns the target predictions into pseudo-labels and a mask; the loss is
 the labeled cross-entropy plus ``unlabeled_weight`` times the masked cross-entropy of the strong
 view against those pseudo-labels. The optimizer keeps an EMA of the weights; validation, the kept
 epoch and the output model use the EMA weights. The output is a plain classifier, evaluated and
