@@ -16,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from stages import data
-from stages.baseline import load_classifier
-from stages.pseudo_label import audit_accuracy, predict, select
+from stages.lib import catalog
+from stages.lib.catalog import load_classifier
+from stages.lib.pseudo_labels import audit_accuracy, predict, select
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -30,8 +30,8 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95])
     parser.add_argument("--name", required=True, help="results file stem")
     args = parser.parse_args()
-    predictions = predict(load_classifier(args.model), data.read_table(args.split, "unlabeled"), batch_size=500)
-    audit = data.read_table(args.split, "unlabeled_audit")
+    predictions = predict(load_classifier(args.model), catalog.read_table(args.split, "unlabeled"), batch_size=500)
+    audit = catalog.read_table(args.split, "unlabeled_audit")
     rows = [{"threshold": threshold, "passing": len(chosen) / len(predictions),
              "accuracy": audit_accuracy(chosen, audit) if len(chosen) else None}
             for threshold in args.thresholds for chosen in [select(predictions, threshold)]]

@@ -1,4 +1,4 @@
-"""FixMatch and FreeMatch against the seed study's methods on one wall-clock budget (issue 8's CPU comparison).
+"""FixMatch and FreeMatch against the seed study's methods on one wall-clock budget on a CPU.
 
 Every arm starts from nothing but the split and spends about the same training time:
 
@@ -39,11 +39,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pipelines import settings  # noqa: E402
-from stages.artifacts import read_manifest  # noqa: E402
-from stages.baseline import HISTORY_FILE  # noqa: E402
-from stages.config import flat_fields, load_pipeline_config, parse_assignment  # noqa: E402
-from stages.machine import describe  # noqa: E402
-from stages.training import training_seconds  # noqa: E402
+from pipelines.config import flat_fields, load_pipeline_config, parse_assignment  # noqa: E402
+from stages.lib.artifacts import read_manifest  # noqa: E402
+from stages.lib.catalog import HISTORY_FILE  # noqa: E402
+from stages.lib.machine import describe  # noqa: E402
+from stages.lib.training import training_seconds  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="*", default=["fixmatch", "baseline-long", "self-training"],
                         choices=["fixmatch", "freematch", "baseline-long", "self-training"])
     parser.add_argument("--variant", nargs="+", metavar="METHOD KEY=VALUE",
-                        help="one more consistency arm: a method and its overrides, e.g. fixmatch consistency.threshold=0.7")
+                        help="one more consistency arm: a method and its overrides, e.g. fixmatch consistency.fixmatch.threshold=0.7")
     parser.add_argument("--reuse", action="store_true", help="take arms already finished in --home from the store")
     parser.add_argument("--trained", nargs="+", default=[], metavar="NAME=DIR",
                         help="arms trained from --start-model already: a name and the artifact of its model")

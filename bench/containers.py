@@ -26,10 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipelines.config import load_pipeline_config  # noqa: E402
 from pipelines.launchers import LAUNCHERS  # noqa: E402
-from stages import cifar  # noqa: E402
-from stages.config import load_pipeline_config  # noqa: E402
-from stages.machine import processor_name  # noqa: E402
+from stages.lib import cifar  # noqa: E402
+from stages.lib.machine import processor_name  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 STAGE_IMAGE = "ssl-pipeline/stage:cpu"

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stages.machine import describe
+from stages.lib.machine import describe
 
 RESULTS = Path(__file__).parent / "results"
 FEEDS = ("pydataset", "tf.data")
@@ -26,9 +26,10 @@ STAGES = ("baseline", "consistency")
 def measure(stage: str, through: str, epochs: int) -> dict:
     import numpy as np
 
-    from stages import consistency, training
-    from stages.config import load_pipeline_config
-    from stages.data import ImageTable
+    from pipelines.config import load_pipeline_config
+    from stages import consistency
+    from stages.lib import training
+    from stages.lib.catalog import ImageTable
 
     if through == "pydataset":
         training.feed = consistency.feed = lambda batches: batches

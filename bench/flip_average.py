@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import data
-from stages.baseline import load_classifier
 from stages.evaluate import view_probabilities
+from stages.lib import catalog
+from stages.lib.catalog import load_classifier
 
 RESULTS = Path(__file__).parent / "results"
 UNLABELED_READ = "split/unlabeled.parquet"
@@ -37,7 +37,7 @@ def single_and_averaged(views: np.ndarray, labels: np.ndarray) -> dict[str, floa
             "gain_standard_error": float(gain.std(ddof=1) / np.sqrt(len(gain)))}
 
 
-def measure(model_dir: Path, validation: data.ImageTable, unlabeled: data.ImageTable, audit_labels: np.ndarray) -> dict:
+def measure(model_dir: Path, validation: catalog.ImageTable, unlabeled: catalog.ImageTable, audit_labels: np.ndarray) -> dict:
     manifest = json.loads((model_dir / "manifest.json").read_text())
     model = load_classifier(model_dir)
     return {"model": f"{manifest['stage']}/{model_dir.name}", "trained_on_unlabeled_images": UNLABELED_READ in manifest["reads"],
@@ -57,8 +57,8 @@ def main() -> None:
     parser.add_argument("--models", type=Path, nargs="+", required=True, help="finished artifacts with a model")
     parser.add_argument("--name", required=True, help="results file stem")
     args = parser.parse_args()
-    validation, unlabeled = data.read_table(args.split, "validation"), data.read_table(args.split, "unlabeled")
-    audit_labels = data.read_table(args.split, "unlabeled_audit").labels
+    validation, unlabeled = catalog.read_table(args.split, "validation"), catalog.read_table(args.split, "unlabeled")
+    audit_labels = catalog.read_table(args.split, "unlabeled_audit").labels
     rows = [measure(model_dir, validation, unlabeled, audit_labels) for model_dir in args.models]
     summary = {"command": "python bench/flip_average.py " + " ".join(sys.argv[1:]), "split": str(args.split), "rows": rows}
     RESULTS.mkdir(exist_ok=True)

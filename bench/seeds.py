@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from pipelines import settings
-from stages.machine import describe
+from stages.lib.machine import describe
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -38,10 +38,10 @@ import pandas as pd
 from consistency_budget import evaluation_of, made_by, metrics, ran_with, run_arm, run_command, stage_seconds
 
 from pipelines import settings
-from stages.config import load_pipeline_config, parse_assignment
-from stages.machine import describe
-from stages.reports import markdown_table
-from stages.seed_study import SEED_ITERATIONS, SEED_SELF_TRAINING
+from pipelines.config import load_pipeline_config, parse_assignment
+from stages.lib.machine import describe
+from stages.lib.reports import markdown_table
+from stages.lib.seed_study import SEED_ITERATIONS, SEED_SELF_TRAINING
 
 RESULTS = Path(__file__).parent / "results"
 CONFIGURATION = ["threshold", "iterations"]

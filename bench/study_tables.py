@@ -19,8 +19,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.report import (NO_FILTERING_EFFECT, experiment_label, filtering_effect, mean_and_std, summary_table,
-                              with_optional_columns)
+from pipelines.report import (
+    NO_FILTERING_EFFECT,
+    experiment_label,
+    filtering_effect,
+    mean_and_std,
+    summary_table,
+    with_optional_columns,
+)
 
 RESULTS = Path(__file__).parent / "results"
 KEY = ["experiment", "threshold", "unlabeled", "seed"]  # threshold: self-training's, NaN for the others

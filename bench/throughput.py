@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from stages.machine import describe
+from stages.lib.machine import describe
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -58,9 +58,8 @@ def _all_layers(model):
 def measure_network(preset: str, images: int, batch_size: int) -> dict:
     import numpy as np
 
-    from stages.config import load_pipeline_config
-    from stages.models import build_classifier
-    from stages.training import compile_classifier, one_hot
+    from pipelines.config import load_pipeline_config
+    from stages.lib.training import build_classifier, compile_classifier, one_hot
 
     config = load_pipeline_config(preset).baseline.model_copy(update={"batch_size": batch_size})
     model = build_classifier(config)

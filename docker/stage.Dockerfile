@@ -56,7 +56,7 @@ COPY --from=install /tmp/dist /tmp/dist
 COPY docker/entrypoint.sh /usr/local/bin/ssl-pipeline-entrypoint
 RUN uv pip install --quiet --no-cache --no-deps --compile-bytecode --python /opt/venv/bin/python /tmp/dist/*.whl \
     && rm -rf /tmp/dist \
-    && python -c "from stages.stage import STAGE_NAMES; print(*STAGE_NAMES, sep='\n')" > /etc/ssl-pipeline-stages \
+    && python -c "from stages.lib.stage import STAGE_NAMES; print(*STAGE_NAMES, sep='\n')" > /etc/ssl-pipeline-stages \
     && useradd --uid 1000 --create-home ssl \
     && mkdir -p /data && chown ssl:ssl /data
 USER ssl

@@ -13,15 +13,27 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.config import (
+    DEFAULT_PRESET,
+    EXPERIMENTS,
+    PRESETS,
+    consistency_grid,
+    load_pipeline_config,
+    parse_assignment,
+    pipeline_data,
+    pretraining_grid,
+    resolve_inheritance,
+    study_grid,
+    sweep_grid,
+)
 from pipelines.launchers import LAUNCHERS
-from stages.artifacts import file_lock
-from stages.config import (EXPERIMENTS, PRESETS, consistency_grid, load_pipeline_config, parse_assignment, pretraining_grid,
-                           study_grid, sweep_grid)
-from stages.stage import STAGE_NAMES, get_stage
-from stages.stage import main as stage_main
+from stages.lib.artifacts import file_lock
+from stages.lib.stage import STAGE_NAMES, get_stage
+from stages.lib.stage import main as stage_main
 
 
-def _config_from(args: argparse.Namespace):
+def _overrides_from(args: argparse.Namespace) -> tuple[list[dict], str]:
+    """The overrides of ``--config`` and ``--set``, and where they come from (for errors)."""
     overrides, source = [], f"preset {args.preset}"
     if args.config:
         overrides.append(yaml.safe_load(args.config.read_text()) or {})
@@ -29,11 +41,16 @@ def _config_from(args: argparse.Namespace):
     overrides += [parse_assignment(text) for text in args.set]
     if args.set:
         source += " + --set " + " ".join(args.set)
+    return overrides, source
+
+
+def _config_from(args: argparse.Namespace):
+    overrides, source = _overrides_from(args)
     return load_pipeline_config(args.preset, overrides, source)
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=PRESETS, default="quick", help="starting configuration")
+    parser.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET, help="starting configuration")
     parser.add_argument("--config", type=Path, help="YAML file of overrides, e.g. {baseline: {epochs: 10}}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="one override, e.g. --set baseline.seed=1 (repeatable)")
@@ -128,8 +145,9 @@ def command_pretrain(args: argparse.Namespace) -> int:
 
 def _print_comparison(result: dict, minutes: float) -> int:
     """A comparison flow's table and its baseline."""
-    from stages.reports import markdown_table  # imports Keras: only once there is something to show
     import pandas as pd
+
+    from stages.lib.reports import markdown_table  # imports Keras: only once there is something to show
 
     print(f"\n{markdown_table(pd.DataFrame(result['table']))}\nbaseline test top-1 "
           f"{result['baseline_test_accuracy']:.2%}; the flow took {minutes:.1f} min. MLflow run {result['mlflow_run_id']}")
@@ -268,7 +286,12 @@ def command_stages(args: argparse.Namespace) -> int:
 
 
 def command_config(args: argparse.Namespace) -> int:
-    print(yaml.safe_dump(_config_from(args).model_dump(mode="json"), sort_keys=False), end="")
+    """The resolved configuration as YAML, after a comment line per section that inherits another."""
+    config = _config_from(args)
+    _, taken = resolve_inheritance(pipeline_data(args.preset, _overrides_from(args)[0]))
+    for target, (source, own) in taken.items():
+        print(f"# {target}: inherits {source}" + (f", then sets {', '.join(own)}" if own else ""))
+    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
     return 0
 
 

@@ -13,12 +13,13 @@ from typing import Any
 
 from prefect import flow
 
-from pipelines.flow import baseline_steps, configuration_run, log_comparison, metrics_of, pipeline_run, train_minutes
-from stages.config import PipelineConfig, consistency_grid
+from pipelines.config import PipelineConfig, consistency_grid, load_pipeline_config
+from pipelines.flow import baseline_steps, configuration_run, log_comparison, pipeline_run, train_minutes
+from stages.lib.catalog import read_metrics
 
 
 @flow(name="ssl-consistency")
-def consistency_pipeline(config: PipelineConfig = PipelineConfig(), methods: list[str] | None = None,
+def consistency_pipeline(config: PipelineConfig = load_pipeline_config(), methods: list[str] | None = None,
                          launcher: str = "in-process", archive: str | None = None,
                          start_model: str | None = None) -> dict[str, Any]:
     """Train each consistency method, evaluate it on test, and compare it with the baseline.
@@ -30,14 +31,14 @@ def consistency_pipeline(config: PipelineConfig = PipelineConfig(), methods: lis
     rows = []
     with pipeline_run(config, launcher) as (steps, metrics):
         split, model = baseline_steps(steps, config, archive, start_model)
-        baseline_test = metrics_of(steps.run("evaluate", config.evaluate, {"split": split, "model": model}))["test_accuracy"]
+        baseline_test = read_metrics(steps.run("evaluate", config.evaluate, {"split": split, "model": model}))["test_accuracy"]
         for method in grid:
             inputs: dict[str, Path] = {"split": split, **({"model": model} if method.warm_start else {})}
             with configuration_run(steps, method.method, {"preset": config.preset, "consistency": method.model_dump()}) as (
                     nested, run_metrics):
                 trained = nested.run("consistency", method, inputs)
                 evaluation = nested.run("evaluate", config.evaluate, {"split": split, "model": trained})
-                run_metrics.update({**metrics_of(trained), **metrics_of(evaluation), "train_minutes": train_minutes(trained)})
+                run_metrics.update({**read_metrics(trained), **read_metrics(evaluation), "train_minutes": train_minutes(trained)})
             rows.append({"method": method.method, "warm_start": method.warm_start, "steps": run_metrics["steps"],
                          "images_per_second": run_metrics["images_per_second"],
                          "val_accuracy": run_metrics["best_val_accuracy"], "test_accuracy": run_metrics["test_accuracy"],

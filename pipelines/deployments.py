@@ -20,9 +20,9 @@ from prefect.deployments.runner import EntrypointType
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.asyncutils import run_coro_as_sync
 
+from pipelines.config import PipelineConfig, ResourcesConfig
 from pipelines.flow import baseline_pipeline
 from pipelines.launchers import container_limits
-from stages.config import PipelineConfig, ResourcesConfig
 
 FLOW = baseline_pipeline
 

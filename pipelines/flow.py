@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import requests
 import sqlalchemy.exc
 from prefect import flow, task
@@ -27,11 +25,13 @@ from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
+import mlflow
 from pipelines import settings, tracking
+from pipelines.config import PipelineConfig, ResourcesConfig, load_pipeline_config, preset_differences
 from pipelines.launchers import LAUNCHERS
-from stages import cifar
-from stages.artifacts import code_version, file_lock, read_manifest, sha256_file, sha256_json, verify
-from stages.config import PipelineConfig, ResourcesConfig, preset_differences
+from stages.lib import cifar
+from stages.lib.artifacts import code_version, file_lock, read_manifest, sha256_file, sha256_json, verify
+from stages.lib.catalog import read_metrics
 
 log = logging.getLogger(__name__)
 # Stage progress (epochs, container logs) is INFO: with PREFECT_LOGGING_EXTRA_LOGGERS=stages,pipelines
@@ -235,7 +235,7 @@ def log_comparison(parent_run_id: str, rows: list[dict[str, Any]]) -> None:
     """A comparison's table, one row per configuration, as ``comparison.md`` of the flow's run."""
     import pandas as pd
 
-    from stages.reports import markdown_table  # imports Keras: not at start-up of every flow
+    from stages.lib.reports import markdown_table  # imports Keras: not at start-up of every flow
 
     with mlflow.start_run(run_id=parent_run_id):
         mlflow.log_text(markdown_table(pd.DataFrame(rows)), "comparison.md")
@@ -252,19 +252,14 @@ def train_minutes(artifact: Path) -> float:
     return round((manifest["seconds"] + sum(own)) / 60, 2)
 
 
-def metrics_of(artifact: Path) -> dict[str, Any]:
-    """A stage artifact's ``metrics.json``."""
-    return json.loads((artifact / "metrics.json").read_text())
-
-
 @flow(name="ssl-baseline")
-def baseline_pipeline(config: PipelineConfig = PipelineConfig(), launcher: str = "in-process",
+def baseline_pipeline(config: PipelineConfig = load_pipeline_config(), launcher: str = "in-process",
                       archive: str | None = None) -> dict[str, Any]:
     """Split CIFAR-100, train the supervised baseline, evaluate it on the test set."""
     with pipeline_run(config, launcher) as (steps, metrics):
         split, model = baseline_steps(steps, config, archive)
         evaluation = steps.run("evaluate", config.evaluate, {"split": split, "model": model})
-        metrics.update(metrics_of(evaluation))
+        metrics.update(read_metrics(evaluation))
     return {**metrics, "mlflow_run_id": steps.parent_run_id,
             "artifacts": {"split": str(split), "model": str(model), "evaluate": str(evaluation)}}
 

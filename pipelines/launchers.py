@@ -28,9 +28,9 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from stages.config import ResourcesConfig
-from stages.registry import Registry
-from stages.stage import get_stage
+from pipelines.config import ResourcesConfig
+from stages.lib.registry import Registry
+from stages.lib.stage import get_stage
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,11 @@ from typing import Any
 
 from prefect import flow
 
-from pipelines.flow import Steps, baseline_steps, configuration_run, log_comparison, metrics_of, pipeline_run, train_minutes
-from stages.config import EncoderFineTuneConfig, PipelineConfig, PretrainConfig, pretraining_grid
+from pipelines.config import PipelineConfig, load_pipeline_config, pretraining_grid
+from pipelines.flow import Steps, baseline_steps, configuration_run, log_comparison, pipeline_run, train_minutes
+from stages.fine_tune import EncoderFineTuneConfig
+from stages.lib.catalog import read_metrics
+from stages.pretrain import PretrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +32,12 @@ def pretrain_configuration(steps: Steps, pretrain: PretrainConfig, fine_tune: En
         encoder = nested.run("pretrain", pretrain, {"split": split})
         tuned = nested.run("fine_tune", fine_tune, {"split": split, "encoder": encoder})
         evaluation = nested.run("evaluate", pipeline.evaluate, {"split": split, "model": tuned})
-        metrics.update({**metrics_of(tuned), **metrics_of(evaluation), "train_minutes": train_minutes(tuned)})
-    return tuned, evaluation, {**metrics, "probe_accuracy": metrics_of(encoder).get("final_probe_accuracy")}
+        metrics.update({**read_metrics(tuned), **read_metrics(evaluation), "train_minutes": train_minutes(tuned)})
+    return tuned, evaluation, {**metrics, "probe_accuracy": read_metrics(encoder).get("final_probe_accuracy")}
 
 
 @flow(name="ssl-pretraining")
-def pretraining_pipeline(config: PipelineConfig = PipelineConfig(), objectives: list[str] | None = None,
+def pretraining_pipeline(config: PipelineConfig = load_pipeline_config(), objectives: list[str] | None = None,
                          modes: list[str] | None = None, launcher: str = "in-process",
                          archive: str | None = None) -> dict[str, Any]:
     """Pretrain the baseline's encoder with each objective and fine-tune it each way; compare on test."""
@@ -42,7 +45,7 @@ def pretraining_pipeline(config: PipelineConfig = PipelineConfig(), objectives: 
     rows = []
     with pipeline_run(config, launcher) as (steps, metrics):
         split, model = baseline_steps(steps, config, archive)
-        baseline_test = metrics_of(steps.run("evaluate", config.evaluate, {"split": split, "model": model}))["test_accuracy"]
+        baseline_test = read_metrics(steps.run("evaluate", config.evaluate, {"split": split, "model": model}))["test_accuracy"]
         for pretrain, fine_tune in grid:
             _, _, result = pretrain_configuration(steps, pretrain, fine_tune, config, split)
             rows.append({"objective": pretrain.objective, "mode": fine_tune.mode, "probe_accuracy": result["probe_accuracy"],

@@ -24,10 +24,9 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from pipelines import settings, tracking
-from stages.config import EXPERIMENTS
-from stages.machine import cpus, processor_name
-from stages.seed_study import (SEED_FILTERED, SEED_ITERATIONS, SEED_OUTLIERS, SEED_RESULTS,
-                               SEED_SELF_TRAINING)
+from pipelines.config import EXPERIMENTS
+from stages.lib.machine import cpus, processor_name
+from stages.lib.seed_study import SEED_FILTERED, SEED_ITERATIONS, SEED_OUTLIERS, SEED_RESULTS, SEED_SELF_TRAINING
 
 NO_FILTERING_EFFECT = "- no experiment ran on both unlabeled sets with the same training seed"
 
@@ -227,7 +226,7 @@ def threshold_comparison(summary: pd.DataFrame, directory: Path) -> list[str]:
     if len(thresholds) < 2:
         return [f"Self-training ran at one threshold ({thresholds[0]:g}); `ssl-pipeline study --thresholds 0.6 0.85 0.9` "
                 "compares the seed's three.", ""] if thresholds else []
-    from stages import figures  # imports Keras: only for a study that has this figure
+    from stages.lib import figures  # imports Keras: only for a study that has this figure
 
     baseline = summary.loc[summary["experiment"] == "baseline", "test_mean"].mean()
     seed = {threshold: row["seed_test_accuracy"] for threshold, row in SEED_SELF_TRAINING.items() if "seed_test_accuracy" in row}

@@ -14,15 +14,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from prefect import flow, task
 from prefect.runtime import flow_run
 
+import mlflow
 from pipelines import settings, tracking
-from pipelines.flow import Steps, baseline_steps, configuration_run, is_transient, metrics_of, pipeline_run, train_minutes
-from stages.artifacts import staged_output
-from stages.config import PipelineConfig, SelfTrainConfig, sweep_grid
-from stages.reports import write_self_training_report
+from pipelines.config import PipelineConfig, load_pipeline_config, sweep_grid
+from pipelines.flow import Steps, baseline_steps, configuration_run, is_transient, pipeline_run, train_minutes
+from stages.lib.artifacts import staged_output
+from stages.lib.catalog import read_metrics
+from stages.lib.reports import write_self_training_report
+from stages.self_train import SelfTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +44,12 @@ def self_train_configuration(steps: Steps, config: SelfTrainConfig, pipeline: Pi
         labels = nested.run("pseudo_label", config.selection, {"split": split, "model": model})
         trained = nested.run("self_train", config, {"split": split, "model": model, "pseudo_labels": labels})
         evaluation = nested.run("evaluate", pipeline.evaluate, {"split": split, "model": trained})
-        metrics.update({**metrics_of(trained), **metrics_of(evaluation), "train_minutes": train_minutes(trained)})
+        metrics.update({**read_metrics(trained), **read_metrics(evaluation), "train_minutes": train_minutes(trained)})
     return trained, evaluation
 
 
 @flow(name="ssl-self-training")
-def self_training_pipeline(config: PipelineConfig = PipelineConfig(), thresholds: list[float] | None = None,
+def self_training_pipeline(config: PipelineConfig = load_pipeline_config(), thresholds: list[float] | None = None,
                            iterations: list[int] | None = None, launcher: str = "in-process",
                            archive: str | None = None, start_model: str | None = None) -> dict[str, Any]:
     """Self-training over thresholds x iterations from one split and baseline; writes their comparison.
@@ -66,7 +68,7 @@ def self_training_pipeline(config: PipelineConfig = PipelineConfig(), thresholds
             table = write_self_training_report(tmp, [st for st, _ in done], [ev for _, ev in done], baseline_evaluation)
         log_report(steps.parent_run_id, report)
         best = table.loc[table["val_accuracy"].idxmax()]  # chosen on validation, never on test
-        metrics.update({"baseline_test_accuracy": metrics_of(baseline_evaluation)["test_accuracy"],
+        metrics.update({"baseline_test_accuracy": read_metrics(baseline_evaluation)["test_accuracy"],
                         "best_threshold": float(best["threshold"]), "best_iterations": int(best["iterations"]),
                         "best_val_accuracy": float(best["val_accuracy"]), "test_accuracy": float(best["test_accuracy"])})
     log.info("sweep %s: comparison in %s", sweep, report)

@@ -1,4 +1,4 @@
-"""The seed study as one flow: every experiment of ``../shared/SEED.md``, on all and on filtered unlabeled data.
+"""The seed study as one flow: every experiment of ``docs/seed-study.md``, on all and on filtered unlabeled data.
 
 One split; per training seed a baseline (labeled data only, so both unlabeled sets share it) and,
 when asked, the outlier stage's filtered split. Then per unlabeled set and experiment one MLflow
@@ -21,10 +21,11 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from pipelines import tracking
-from pipelines.flow import Steps, configuration_run, fetch_archive, log_comparison, metrics_of, pipeline_run, train_minutes
+from pipelines.config import PipelineConfig, load_pipeline_config, pretraining_grid, study_grid, sweep_grid, with_training_seed
+from pipelines.flow import Steps, configuration_run, fetch_archive, log_comparison, pipeline_run, train_minutes
 from pipelines.pretraining import pretrain_configuration
 from pipelines.self_training import self_train_configuration
-from stages.config import PipelineConfig, pretraining_grid, study_grid, sweep_grid, with_training_seed
+from stages.lib.catalog import read_metrics
 
 
 def tagged(steps: Steps, seed: int, unlabeled: str, experiment: str) -> Steps:
@@ -52,12 +53,12 @@ def baseline_experiment(steps: Steps, config: PipelineConfig, split: Path) -> tu
                                                                            "baseline": config.baseline.model_dump()}) as (nested, metrics):
         model = nested.run("baseline", config.baseline, {"split": split})
         evaluation = nested.run("evaluate", config.evaluate, {"split": split, "model": model})
-        metrics.update({**metrics_of(model), **metrics_of(evaluation), "train_minutes": train_minutes(model)})
+        metrics.update({**read_metrics(model), **read_metrics(evaluation), "train_minutes": train_minutes(model)})
     return model, evaluation
 
 
 @flow(name="ssl-study")
-def study_pipeline(config: PipelineConfig = PipelineConfig(), seeds: list[int] | None = None,
+def study_pipeline(config: PipelineConfig = load_pipeline_config(), seeds: list[int] | None = None,
                    experiments: list[str] | None = None, unlabeled: list[str] | None = None,
                    thresholds: list[float] | None = None, launcher: str = "in-process",
                    archive: str | None = None) -> dict[str, Any]:
@@ -97,6 +98,6 @@ def threshold_suffix(threshold: float | None) -> str:
 def study_row(seed: int, unlabeled: str, experiment: str, trained: Path, evaluation: Path,
               threshold: float | None = None) -> dict[str, Any]:
     return {"experiment": experiment, "threshold": threshold, "unlabeled": unlabeled, "seed": seed,
-            "val_accuracy": metrics_of(trained)["best_val_accuracy"], "test_accuracy": metrics_of(evaluation)["test_accuracy"],
+            "val_accuracy": read_metrics(trained)["best_val_accuracy"], "test_accuracy": read_metrics(evaluation)["test_accuracy"],
             "train_minutes": train_minutes(trained)}
 

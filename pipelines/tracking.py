@@ -21,7 +21,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 import requests
 import sqlalchemy.exc
@@ -33,10 +32,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
+import mlflow
 from pipelines import settings
-from stages.artifacts import file_lock, read_manifest
-from stages.config import flat_fields
-from stages.data import ITERATIONS_FILE, MODEL_FILE
+from pipelines.config import flat_fields
+from stages.lib.artifacts import file_lock, read_manifest
+from stages.lib.catalog import HISTORY_FILE, ITERATIONS_FILE, METRICS_FILE, MODEL_FILE
 
 log = logging.getLogger(__name__)
 
@@ -262,10 +262,13 @@ def _history_metrics(history: pd.DataFrame) -> list[Metric]:
 
 
 def _datasets_read(manifest: Mapping[str, Any]) -> list[tuple[MetaDataset, str]]:
-    """The parent tables a stage read, as MLflow datasets (digest and schema, no data copied)."""
+    """The parent tables a stage read, as MLflow datasets (digest and schema, no data copied); the models
+    it read are its manifest's alone."""
     datasets = []
     for reference in manifest.get("reads", []):
         parent_name, _, filename = reference.partition("/")
+        if not filename.endswith(".parquet"):
+            continue
         parent = Path(manifest["parents"][parent_name]["path"])
         entry = read_manifest(parent)["files"][filename]
         table = filename.removesuffix(".parquet")
@@ -305,7 +308,7 @@ def log_stage(
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage, parent_run_id=parent_run_id,
                           tags=run_tags) as run:
         mlflow.log_params(flat_fields(manifest["config"]))
-        metrics_file = artifact / "metrics.json"
+        metrics_file = artifact / METRICS_FILE
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         mlflow.log_metrics(metrics)
         mlflow.log_metric("stage_seconds", manifest["seconds"])
@@ -351,7 +354,7 @@ def _log_iteration_runs(experiment_id: str, stage_run_id: str, artifact: Path, t
     """One run per self-training iteration, nested under the stage's run, with its epochs."""
     client = MlflowClient()
     iterations = pd.read_parquet(artifact / ITERATIONS_FILE)
-    history = pd.read_parquet(artifact / "history.parquet")
+    history = pd.read_parquet(artifact / HISTORY_FILE)
     for _, row in iterations[iterations["iteration"] > 0].iterrows():
         number = int(row["iteration"])
         run = client.create_run(experiment_id, run_name=f"iteration {number}", tags={
@@ -366,7 +369,7 @@ def _log_iteration_runs(experiment_id: str, stage_run_id: str, artifact: Path, t
 
 def _log_files(artifact: Path) -> None:
     mlflow.log_artifact(str(artifact / "manifest.json"))
-    history = artifact / "history.parquet"
+    history = artifact / HISTORY_FILE
     if history.is_file() and not (artifact / ITERATIONS_FILE).is_file():
         MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=_history_metrics(pd.read_parquet(history)))
     figures = artifact / "figures"

@@ -18,30 +18,94 @@ served like the baseline's.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import keras
 import numpy as np
 import pandas as pd
 from keras import ops
+from pydantic import Field, model_validator
 
-from stages import data, losses
-from stages.artifacts import ArtifactError, parent_entry, staged_output, verify, write_manifest
-from stages.baseline import load_classifier, save_classifier
-from stages.config import NUM_CLASSES, ConsistencyConfig
-from stages.data import MODEL_FILE, ImageTable
-from stages.models import build_classifier, build_strong_augmentation
-from stages.ssl_methods import METHODS
-from stages.stage import Stage, main
-from stages.training import (EpochRecorder, TimeBudget, TwoStreamBatches, build_optimizer, cosine_schedule, epoch_callbacks,
-                             feed, kept_model_summary, one_hot, training_seconds, validation_metrics)
+from stages.lib import catalog, losses
+from stages.lib.artifacts import ArtifactError
+from stages.lib.catalog import NUM_CLASSES, ImageTable
+from stages.lib.config import StrictModel
+from stages.lib.models import INFERENCE_BATCH, StrongAugmentConfig, build_strong_augmentation
+from stages.lib.ssl_methods import METHODS, FixMatchConfig, FreeMatchConfig, MethodName
+from stages.lib.stage import Stage, main
+from stages.lib.training import (
+    TrainConfig,
+    TwoStreamBatches,
+    build_classifier,
+    build_optimizer,
+    cosine_schedule,
+    fit_epochs,
+    kept_model_summary,
+    one_hot,
+    training_seconds,
+    validation_metrics,
+)
 
 log = logging.getLogger(__name__)
+
+
+class ConsistencyConfig(StrictModel):
+    """Consistency SSL (FixMatch family): per step a labeled batch and ``unlabeled_ratio`` times as
+    many unlabeled images; the prediction on a weak view, where the method trusts it, is the target
+    of the prediction on a strong view. Evaluated and kept with the optimizer's EMA weights.
+
+    ``classifier`` gives the network, the weak augmentation, the labeled batch size and the
+    optimizer; an epoch is ``steps_per_epoch`` steps. ``warm_start`` continues from a trained
+    classifier of that network (the flows pass the baseline's) instead of fresh weights.
+    """
+
+    method: MethodName = Field("fixmatch", description="key in METHODS (stages/lib/ssl_methods.py); its section below "
+                                                 "holds its settings")
+    fixmatch: FixMatchConfig = FixMatchConfig()
+    freematch: FreeMatchConfig = FreeMatchConfig()
+    classifier: TrainConfig = TrainConfig()
+    warm_start: bool = Field(False, description="start from the weights of the input model instead of fresh ones")
+    steps_per_epoch: int = Field(256, ge=1, description="training steps between two validations")
+    unlabeled_ratio: int = Field(7, ge=1, description="mu: unlabeled images per labeled image in a step")
+    unlabeled_weight: float = Field(1.0, ge=0, description="lambda_u: weight of the unlabeled loss")
+    ema_momentum: float = Field(0.999, gt=0, lt=1, description="EMA of the weights that are evaluated and kept")
+    concatenate_views: bool = Field(
+        True, description="one training-mode pass over the labeled, weak and strong views, so BatchNorm normalises them "
+                          "together (USB's use_cat); false: the weak view in a pass of its own outside the gradient, "
+                          "which spares its backward pass")
+    target_view: Literal["weak", "clean"] = Field(
+        "weak", description="what the targets are predicted from. weak: the weak view (the classifier's flip and shift) "
+                            "in a training-mode pass, FixMatch as published; clean: the images as they are, in an "
+                            "inference-mode pass (no dropout, BatchNorm's moving statistics), as self-training labels "
+                            "the unlabeled set, so the classifier can keep its dropout without blurring the targets. "
+                            "Needs concatenate_views false")
+    strong_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of each unlabeled batch given a strong view: the images with a target "
+                                     "first, the surest first. 1 = all (FixMatch as published); below the mask rate, "
+                                     "targets go unused (the capped_rate metric). Needs concatenate_views false")
+    strong: StrongAugmentConfig = StrongAugmentConfig()
+    time_budget_minutes: float | None = Field(
+        None, gt=0, description="stop before an epoch would overrun this; the learning rate then follows the "
+                                "budget's clock instead of the step count. None = run every epoch"
+    )
+
+
+    @model_validator(mode="after")
+    def _strong_share_after_the_weak_pass(self) -> ConsistencyConfig:
+        if self.strong_fraction < 1 and self.concatenate_views:
+            raise ValueError(f"strong_fraction {self.strong_fraction} picks the strong views from the weak view's "
+                             "predictions, which a shared pass gives too late: set concatenate_views to false, "
+                             "or strong_fraction to 1")
+        if self.target_view == "clean" and self.concatenate_views:
+            raise ValueError("target_view clean predicts the targets in an inference-mode pass of their own, which a "
+                             "shared training-mode pass cannot give: set concatenate_views to false, or target_view to weak")
+        return self
+
+
 
 
 class ConsistencyModel(keras.Model):
@@ -54,7 +118,7 @@ class ConsistencyModel(keras.Model):
         super().__init__(**kwargs)
         self.classifier = classifier
         self.strong = build_strong_augmentation(config.strong, config.classifier.seed + 100)
-        self.method = METHODS[config.method](config, name=config.method)
+        self.method = METHODS[config.method](getattr(config, config.method), name=config.method)
         self.unlabeled_weight = config.unlabeled_weight
         self.concatenate_views = config.concatenate_views
         self.weak_targets = config.target_view == "weak"  # else an inference-mode pass over the clean images
@@ -133,7 +197,7 @@ def train(config: ConsistencyConfig, labeled: ImageTable, validation: ImageTable
                                 f"({error}): start from a model of that architecture, or set the architecture to the "
                                 "model's") from None
     model = ConsistencyModel(classifier, config)
-    model.build(((None, *data.IMAGE_SHAPE),) * 2)
+    model.build(((None, *catalog.IMAGE_SHAPE),) * 2)
     if start is not None:  # before fit: a resumed run's checkpoint then restores the state it reached
         model.method.start_from(weak_view_probabilities(classifier, images, schedule.seed))
     batches = TwoStreamBatches(labeled, images, schedule.batch_size, schedule.batch_size * config.unlabeled_ratio,
@@ -141,19 +205,16 @@ def train(config: ConsistencyConfig, labeled: ImageTable, validation: ImageTable
     budget = config.time_budget_minutes
     learning_rate = schedule.learning_rate if budget else cosine_schedule(schedule, config.steps_per_epoch)
     model.compile(optimizer=build_optimizer(schedule, learning_rate, use_ema=True, ema_momentum=config.ema_momentum))
-    recorder = EpochRecorder(schedule.epochs, budget_seconds=budget * 60 if budget else None)
-    # after SwapEMAWeights, whose epoch end puts the EMA weights in the model: those are the ones kept
-    selector = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", restore_best_weights=True,
-                                             patience=schedule.early_stopping_patience or schedule.epochs)
-    extra = (keras.callbacks.SwapEMAWeights(swap_on_epoch=True),) + (
-        (TimeBudget(budget * 60, schedule.learning_rate, recorder),) if budget else ())
-    checks = ((validation.images,) * 2, one_hot(validation.labels))
-    model.fit(feed(batches), validation_data=checks, validation_batch_size=500, epochs=schedule.epochs, shuffle=False, verbose=0,
-              callbacks=epoch_callbacks(schedule.seed, recorder, selector, (batches,), extra))
-    if start is not None and validation_metrics(start, validation, batch_size=500)["val_accuracy"] >= selector.best:
+    # the EMA swap's epoch end puts the EMA weights in the model before the selector sees them: those are kept
+    fitted = fit_epochs(model, batches, schedule.epochs, schedule.seed,
+                        validation_data=((validation.images,) * 2, one_hot(validation.labels)),
+                        validation_batch_size=INFERENCE_BATCH, select_on="val_accuracy", patience=schedule.early_stopping_patience,
+                        budget=(budget * 60, schedule.learning_rate) if budget else None,
+                        extra=(keras.callbacks.SwapEMAWeights(swap_on_epoch=True),))
+    if start is not None and validation_metrics(start, validation, batch_size=INFERENCE_BATCH)["val_accuracy"] >= fitted.best:
         classifier.set_weights(start.get_weights())
-        return classifier, recorder.history(), 0
-    return classifier, recorder.history(), selector.best_epoch + 1
+        return classifier, fitted.history, 0
+    return classifier, fitted.history, fitted.best_epoch
 
 
 def weak_view_probabilities(classifier: keras.Model, images: np.ndarray, seed: int, sample: int = 5000) -> np.ndarray:
@@ -161,31 +222,20 @@ def weak_view_probabilities(classifier: keras.Model, images: np.ndarray, seed: i
     weak view is a flip and a small shift of them, and the standard error of a mean of values in
     [0, 1] over 5,000 images is at most 0.007."""
     rows = np.random.default_rng(seed).choice(len(images), min(sample, len(images)), replace=False)
-    return classifier.predict(images[rows].astype("float32"), batch_size=500, verbose=0)
+    return classifier.predict(images[rows].astype("float32"), batch_size=INFERENCE_BATCH, verbose=0)
 
 
 def run(config: ConsistencyConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
-    started = dt.datetime.now(dt.timezone.utc)
-    split = Path(inputs["split"])
-    verify(split)
-    labeled, validation = data.read_table(split, "labeled"), data.read_table(split, "validation")
-    images = np.concatenate([labeled.images, data.read_table(split, "unlabeled").images])
+    split = inputs["split"]
+    labeled, validation = catalog.read_table(split, "labeled"), catalog.read_table(split, "validation")
+    images = np.concatenate([labeled.images, catalog.read_table(split, "unlabeled").images])
     log.info("%s on %s: %d labeled, %d images for the unlabeled loss, %d steps per epoch", config.method,
              config.classifier.architecture.name, len(labeled), len(images), config.steps_per_epoch)
     start = warm_start_model(config, inputs)
     classifier, history, best_epoch = train(config, labeled, validation, images, start)
     metrics = {**kept_model_summary(classifier, validation, history, best_epoch), **throughput(config, history)}
-    with staged_output(output) as tmp:
-        exported = save_classifier(tmp, classifier, history, metrics)
-        manifest = write_manifest(
-            tmp, "consistency", config.model_dump(mode="json"), {name: parent_entry(Path(path)) for name, path in inputs.items()},
-            started,
-            extra={"reads": ["split/labeled.parquet", "split/validation.parquet", "split/unlabeled.parquet",
-                             *([f"model/{MODEL_FILE}"] if start is not None else [])],
-                   "backend": keras.backend.backend(), "saved_model": exported},
-        )
     log.info("%s: val accuracy %.4f at epoch %d of %d", config.method, metrics["best_val_accuracy"], best_epoch, len(history))
-    return manifest
+    return catalog.save_classifier(output, classifier, history, metrics)
 
 
 def warm_start_model(config: ConsistencyConfig, inputs: Mapping[str, Path]) -> keras.Model | None:
@@ -198,8 +248,7 @@ def warm_start_model(config: ConsistencyConfig, inputs: Mapping[str, Path]) -> k
     if "model" not in inputs:
         raise ValueError("consistency.warm_start is true but no model input was given: pass --input model=DIR "
                          "(a baseline artifact), or set consistency.warm_start=false")
-    verify(Path(inputs["model"]))
-    return load_classifier(Path(inputs["model"]))
+    return catalog.load_classifier(inputs["model"])
 
 
 def throughput(config: ConsistencyConfig, history: pd.DataFrame) -> dict[str, float]:
@@ -211,14 +260,8 @@ def throughput(config: ConsistencyConfig, history: pd.DataFrame) -> dict[str, fl
     return {"steps": steps, "steps_per_second": round(steps / seconds, 2), "images_per_second": round(images / seconds, 1)}
 
 
-STAGE = Stage(
-    name="consistency",
-    summary="FixMatch-family SSL: labeled loss + masked strong-view loss against weak-view pseudo-labels, EMA weights.",
-    config_type=ConsistencyConfig,
-    inputs=("split",),
-    optional_inputs=("model",),
-    run=run,
-)
+STAGE = Stage("consistency", ConsistencyConfig, run, inputs=("split",), optional_inputs=("model",),
+              summary="FixMatch-family SSL: labeled loss + masked strong-view loss against weak-view pseudo-labels, EMA weights.")
 
 if __name__ == "__main__":
     sys.exit(main(STAGE))

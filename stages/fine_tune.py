@@ -10,41 +10,78 @@ kept with BatchNorm statistics re-estimated on the labeled images.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import keras
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
-from stages import data, losses
-from stages.artifacts import ArtifactError, parent_entry, read_manifest, staged_output, verify, write_manifest
-from stages.baseline import save_classifier
-from stages.config import EncoderFineTuneConfig, PretrainConfig, TrainConfig
-from stages.data import IMAGE_SHAPE, ImageTable
-from stages.models import build_classifier, encoder_of
-from stages.objectives import OBJECTIVES
-from stages.pretrain import ENCODER_FILE, OBJECTIVE_WEIGHTS
-from stages.stage import Stage, main
-from stages.training import (BatchNormRecalibration, EpochRecorder, TwoStreamBatches, build_optimizer, cosine_schedule,
-                             epoch_callbacks, feed, fit_classifier, kept_model_summary)
+from stages.lib import catalog, losses
+from stages.lib.artifacts import ArtifactError, read_manifest, record_read
+from stages.lib.catalog import ENCODER_FILE, IMAGE_SHAPE, OBJECTIVE_SETUP_FILE, OBJECTIVE_WEIGHTS, ImageTable
+from stages.lib.config import StrictModel
+from stages.lib.models import encoder_of
+from stages.lib.objectives import ObjectiveSetup, build_objective
+from stages.lib.stage import Stage, main
+from stages.lib.training import (
+    BatchNormRecalibration,
+    TrainConfig,
+    TwoStreamBatches,
+    build_classifier,
+    build_optimizer,
+    cosine_schedule,
+    feed,
+    fit_classifier,
+    fit_epochs,
+    kept_model_summary,
+)
 
 log = logging.getLogger(__name__)
+
+
+class TwoStepConfig(StrictModel):
+    """The dense head on the frozen encoder (``classifier``'s schedule), then optionally every layer."""
+
+    unfreeze_epochs: int = Field(0, ge=0, description="epochs training every layer after the head; 0 = none")
+    unfreeze_learning_rate: float = Field(1e-4, gt=0, description="peak learning rate once unfrozen")
+
+
+class JointConfig(StrictModel):
+    """Classification on labeled batches plus the encoder's pretraining objective on batches of all
+    images, ``(1 - weight) * classification + (1 + weight) * unsupervised``."""
+
+    weight: float = Field(0.5, ge=-1, le=1, description="a in the weighting above; the seed used 0.5")
+    unlabeled_batch_size: int = Field(256, ge=2, description="images per step for the unsupervised term")
+    from_scratch: bool = Field(False, description="ignore the pretrained weights")
+    recalibrate_batchnorm: bool = Field(
+        True, description="before each validation, re-estimate BatchNorm's statistics on the labeled images "
+                          "(the moving ones also average the objective's augmented views)")
+
+
+class EncoderFineTuneConfig(StrictModel):
+    """A classifier on a pretrained encoder, trained as ``mode`` says with the settings of its section."""
+
+    mode: Literal["two_step", "joint"] = "two_step"
+    classifier: TrainConfig = TrainConfig()
+    two_step: TwoStepConfig = TwoStepConfig()
+    joint: JointConfig = JointConfig()
+
 
 ENCODER_FIELDS = ("name", "filters", "convs_per_block")  # what must agree for the weights to fit
 
 
-def pretrained_config(encoder_artifact: Path, classifier: TrainConfig) -> PretrainConfig:
-    """The pretrain artifact's config, checked against the classifier it goes under."""
+def pretrained_setup(encoder_artifact: Path, classifier: TrainConfig) -> ObjectiveSetup:
+    """What the pretrain artifact's objective was built from, checked against the classifier it goes under."""
     manifest = read_manifest(encoder_artifact)
     if manifest["stage"] != "pretrain":
         raise ArtifactError(f"{encoder_artifact} holds a {manifest['stage']} artifact; the encoder input must be "
                             "the pretrain stage's output")
-    pretrained = PretrainConfig.model_validate(manifest["config"])
+    pretrained = ObjectiveSetup.model_validate_json((encoder_artifact / OBJECTIVE_SETUP_FILE).read_text())
     for field in ENCODER_FIELDS:
         mine, theirs = getattr(classifier.architecture, field), getattr(pretrained.architecture, field)
         if mine != theirs:
@@ -55,6 +92,7 @@ def pretrained_config(encoder_artifact: Path, classifier: TrainConfig) -> Pretra
 
 def load_encoder(encoder_artifact: Path) -> keras.Model:
     """The pretrained encoder, checked against the shape of the images."""
+    record_read(encoder_artifact / ENCODER_FILE)
     encoder = keras.saving.load_model(encoder_artifact / ENCODER_FILE)
     if tuple(encoder.input_shape[1:]) != IMAGE_SHAPE:
         raise ArtifactError(f"{encoder_artifact / ENCODER_FILE} takes inputs of shape {encoder.input_shape[1:]}, but "
@@ -73,11 +111,11 @@ def two_step(config: EncoderFineTuneConfig, pretrained: keras.Model, labeled: Im
     encoder.set_weights(pretrained.get_weights())
     encoder.trainable = False  # BatchNorm runs in inference mode too: the pretrained statistics stay
     head = fit_classifier(classifier, config.classifier, labeled, validation)
-    if not config.unfreeze_epochs:
+    if not config.two_step.unfreeze_epochs:
         return classifier, head.history.assign(phase="head"), head.best_epoch
     encoder.trainable = True
     unfrozen = config.classifier.model_copy(update={
-        "epochs": config.unfreeze_epochs, "learning_rate": config.unfreeze_learning_rate, "warmup_epochs": 0})
+        "epochs": config.two_step.unfreeze_epochs, "learning_rate": config.two_step.unfreeze_learning_rate, "warmup_epochs": 0})
     tuned = fit_classifier(classifier, unfrozen, labeled, validation)
     history = pd.concat([head.history.assign(phase="head"), tuned.history.assign(phase="unfrozen")], ignore_index=True)
     return classifier, history, len(head.history) + tuned.best_epoch
@@ -89,7 +127,7 @@ class JointModel(keras.Model):
     def __init__(self, classifier: keras.Model, objective: keras.Model, config: EncoderFineTuneConfig, **kwargs):
         super().__init__(**kwargs)
         self.classifier, self.objective = classifier, objective
-        self.joint_weight = config.joint_weight
+        self.joint_weight = config.joint.weight
         self.label_smoothing = config.classifier.label_smoothing
         self.classification_loss = keras.metrics.Mean(name="classification_loss")
         self.accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
@@ -114,67 +152,48 @@ class JointModel(keras.Model):
         return losses.with_regularization(losses.joint_loss(classification, unsupervised, self.joint_weight), self.losses)
 
 
-def joint(config: EncoderFineTuneConfig, encoder_artifact: Path, pretrained: PretrainConfig, labeled: ImageTable,
+def joint(config: EncoderFineTuneConfig, encoder_artifact: Path, pretrained: ObjectiveSetup, labeled: ImageTable,
           validation: ImageTable, images: np.ndarray):
     keras.utils.set_random_seed(config.classifier.seed)
     classifier = build_classifier(config.classifier)
-    objective = OBJECTIVES[pretrained.objective](pretrained, encoder=encoder_of(classifier))
+    objective = build_objective(pretrained, encoder=encoder_of(classifier))
     objective(images[:2].astype("float32"))  # build it, so the pretrained weights have somewhere to go
-    if not config.from_scratch:
+    if not config.joint.from_scratch:
         objective.load_weights(encoder_artifact / OBJECTIVE_WEIGHTS)
     model = JointModel(classifier, objective, config)
     model((images[:2].astype("float32"),) * 2)  # built, so that a checkpoint can restore into it
-    train = TwoStreamBatches(labeled, images, config.classifier.batch_size, config.unlabeled_batch_size, config.classifier.seed)
+    schedule = config.classifier
+    unlabeled_batch = config.joint.unlabeled_batch_size
+    train = TwoStreamBatches(labeled, images, schedule.batch_size, unlabeled_batch, schedule.seed)
     # validation: classification on the validation images, the objective on those same images
-    checks = TwoStreamBatches(validation, validation.images, len(validation), min(len(validation), config.unlabeled_batch_size),
-                          config.classifier.seed + 1)
-    model.compile(optimizer=build_optimizer(config.classifier, cosine_schedule(config.classifier, len(train))))
-    recorder = EpochRecorder(config.classifier.epochs)
-    selector = keras.callbacks.EarlyStopping(
-        monitor="val_accuracy", mode="max", restore_best_weights=True,
-        patience=config.classifier.early_stopping_patience or config.classifier.epochs)
-    statistics = BatchNormRecalibration(classifier, labeled.images, config.classifier.batch_size, config.classifier.seed)
-    model.fit(feed(train), validation_data=feed(checks), epochs=config.classifier.epochs, shuffle=False, verbose=0,
-              callbacks=epoch_callbacks(config.classifier.seed, recorder, selector, (train,),
-                                        (statistics,) if config.recalibrate_batchnorm else ()))
-    return classifier, recorder.history().assign(phase="joint"), selector.best_epoch + 1
+    checks = TwoStreamBatches(validation, validation.images, len(validation), min(len(validation), unlabeled_batch),
+                              schedule.seed + 1)
+    model.compile(optimizer=build_optimizer(schedule, cosine_schedule(schedule, len(train))))
+    statistics = BatchNormRecalibration(classifier, labeled.images, schedule.batch_size, schedule.seed)
+    fitted = fit_epochs(model, train, schedule.epochs, schedule.seed, validation_data=feed(checks), select_on="val_accuracy",
+                        patience=schedule.early_stopping_patience,
+                        extra=(statistics,) if config.joint.recalibrate_batchnorm else ())
+    return classifier, fitted.history.assign(phase="joint"), fitted.best_epoch
 
 
 def run(config: EncoderFineTuneConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
-    started = dt.datetime.now(dt.timezone.utc)
-    split, encoder_artifact = Path(inputs["split"]), Path(inputs["encoder"])
-    verify(split)
-    verify(encoder_artifact)
-    pretrained = pretrained_config(encoder_artifact, config.classifier)
+    split, encoder_artifact = inputs["split"], inputs["encoder"]
+    pretrained = pretrained_setup(encoder_artifact, config.classifier)
     encoder = load_encoder(encoder_artifact)
-    labeled, validation = data.read_table(split, "labeled"), data.read_table(split, "validation")
+    labeled, validation = catalog.read_table(split, "labeled"), catalog.read_table(split, "validation")
     if config.mode == "two_step":
         classifier, history, best_epoch = two_step(config, encoder, labeled, validation)
     else:
-        images = np.concatenate([labeled.images, data.read_table(split, "unlabeled").images])
+        images = np.concatenate([labeled.images, catalog.read_table(split, "unlabeled").images])
         classifier, history, best_epoch = joint(config, encoder_artifact, pretrained, labeled, validation, images)
     history["epoch"] = np.arange(1, len(history) + 1)  # counted across phases
     metrics = kept_model_summary(classifier, validation, history, best_epoch)
-    with staged_output(output) as tmp:
-        exported = save_classifier(tmp, classifier, history, metrics)
-        reads = ["split/labeled.parquet", "split/validation.parquet"]
-        manifest = write_manifest(
-            tmp, "fine_tune", config.model_dump(mode="json"),
-            {"split": parent_entry(split), "encoder": parent_entry(encoder_artifact)}, started,
-            extra={"reads": reads + (["split/unlabeled.parquet"] if config.mode == "joint" else []),
-                   "backend": keras.backend.backend(), "saved_model": exported},
-        )
-    log.info("%s %s fine-tuning: val accuracy %.4f", pretrained.objective, config.mode, metrics["best_val_accuracy"])
-    return manifest
+    log.info("%s %s fine-tuning: val accuracy %.4f", pretrained.name, config.mode, metrics["best_val_accuracy"])
+    return catalog.save_classifier(output, classifier, history, metrics)
 
 
-STAGE = Stage(
-    name="fine_tune",
-    summary="Classifier on a pretrained encoder: two-step (frozen, then unfrozen) or joint with the pretraining loss.",
-    config_type=EncoderFineTuneConfig,
-    inputs=("split", "encoder"),
-    run=run,
-)
+STAGE = Stage("fine_tune", EncoderFineTuneConfig, run, inputs=("split", "encoder"),
+              summary="Classifier on a pretrained encoder: two-step (frozen, then unfrozen) or joint with the pretraining loss.")
 
 if __name__ == "__main__":
     sys.exit(main(STAGE))

@@ -11,8 +11,6 @@ with its cut, the kept fraction per true class from the audit labels, for the re
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import math
 import os
@@ -20,7 +18,6 @@ import shutil
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -28,27 +25,56 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from keras import ops
+from pydantic import Field
 
-from stages import data, figures, losses
-from stages.artifacts import parent_entry, staged_output, verify, write_manifest
-from stages.baseline import HISTORY_FILE, METRICS_FILE, load_classifier
-from stages.config import OutlierConfig
-from stages.data import OUTLIER_SCORE_SCHEMA, OUTLIER_SCORES_FILE, TABLES
-from stages.models import build_encoder, build_scaling, encoder_of
-from stages.pretrain import encode_with
-from stages.registry import Registry
-from stages.stage import Stage, main
-from stages.training import EpochBatches, EpochRecorder, cosine_schedule, epoch_callbacks, feed
+from stages.lib import catalog, figures, losses
+from stages.lib.catalog import OUTLIER_SCORE_SCHEMA, OUTLIER_SCORES_FILE, TABLES
+from stages.lib.config import StrictModel
+from stages.lib.models import INFERENCE_BATCH, ArchitectureConfig, build_encoder, build_scaling, encode_with, encoder_of
+from stages.lib.registry import Registry
+from stages.lib.stage import Stage, main
+from stages.lib.training import EpochBatches, Schedule, cosine_schedule, fit_epochs
 
 log = logging.getLogger(__name__)
 
-FIGURES_DIR = "figures"
 SHOWN = 16  # images in each row of the typical / atypical figure
 # fits on labeled images (N, 32, 32, 3), scores images (M, ...): training scores (N,), scores (M,) and
 # the per-epoch history of a trained scorer (None for one fitted in one go)
-Scorer = Callable[[OutlierConfig, np.ndarray, np.ndarray, Mapping[str, Path]],
+Scorer = Callable[["OutlierConfig", np.ndarray, np.ndarray, Mapping[str, Path]],
                   tuple[np.ndarray, np.ndarray, pd.DataFrame | None]]
 SCORERS: Registry[Scorer] = Registry("outlier scorer")
+ScorerName = SCORERS.name_type()
+
+
+class OneClassNNConfig(Schedule):
+    """How the one-class network trains (on the labeled images, from fresh weights)."""
+
+    architecture: ArchitectureConfig = ArchitectureConfig()
+    batch_size: int = Field(128, ge=2)
+    epochs: int = Field(10, ge=1, description="epochs over the labeled images")
+    learning_rate: float = Field(1e-3, gt=0, description="peak AdamW learning rate")
+    warmup_epochs: int = Field(0, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+
+
+class OutlierConfig(StrictModel):
+    """Which unlabeled images are atypical of the labeled ones (the seed's exercise 5).
+
+    ``one_class_nn``: soft-boundary Deep SVDD on the shared encoder (its section's ``architecture``,
+    fresh weights) trained on the labeled images: features are pulled into a sphere around their initial
+    mean whose radius leaves a fraction ``nu`` of the labeled images outside. Its BatchNorm layers
+    stay frozen at their initial identity, so the network has no bias term to collapse every image
+    onto the centre with. ``one_class_svm``: scikit-learn's OneClassSVM (RBF) on the frozen
+    encoder features of the input ``model``, the reference. In both, ``nu`` is the fraction of the
+    labeled images outside the boundary, and an unlabeled image is kept when it falls inside.
+    """
+
+    scorer: ScorerName = Field("one_class_nn", description="key in SCORERS")
+    nu: float = Field(0.1, gt=0, le=1, description="fraction of the labeled images left outside the boundary; the seed's "
+                                                   "v = 0.9 kept 89.8%, so it counted the inside (see README)")
+    one_class_nn: OneClassNNConfig = OneClassNNConfig()
+
 
 
 def outside_fraction(scores: np.ndarray) -> float:
@@ -96,7 +122,7 @@ class RadiusUpdate(keras.callbacks.Callback):
         logs["radius_squared"] = float(ops.convert_to_numpy(self.model.radius_squared))
 
 
-def one_class_encoder(config: OutlierConfig) -> keras.Model:
+def one_class_encoder(config: OneClassNNConfig) -> keras.Model:
     """The shared encoder with its BatchNorm layers frozen at their initial identity (Deep SVDD needs
     a network without bias terms; a trainable BatchNorm offset would let it map every image to c)."""
     encoder = build_encoder(config.architecture, seed=config.seed)
@@ -110,25 +136,23 @@ def one_class_encoder(config: OutlierConfig) -> keras.Model:
 def one_class_nn(config: OutlierConfig, labeled: np.ndarray, images: np.ndarray,
                  inputs: Mapping[str, Path]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Soft-boundary Deep SVDD on the shared encoder; score = R^2 - squared distance to the centre."""
-    keras.utils.set_random_seed(config.seed)
-    model = SoftBoundarySVDD(one_class_encoder(config), config.nu)
+    network = config.one_class_nn
+    keras.utils.set_random_seed(network.seed)
+    model = SoftBoundarySVDD(one_class_encoder(network), config.nu)
 
     def distances(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict(batch.astype("float32"), batch_size=500, verbose=0))
+        return np.asarray(model.predict(batch.astype("float32"), batch_size=INFERENCE_BATCH, verbose=0))
 
     model.center.assign(encode_with(model.encoder)(labeled).mean(axis=0))
-    steps = math.ceil(len(labeled) / config.batch_size)
-    model.compile(optimizer=keras.optimizers.AdamW(cosine_schedule(config, steps), weight_decay=config.weight_decay))
-    batches = EpochBatches((labeled.astype("float32"),), config.batch_size, config.seed)
-    recorder = EpochRecorder(config.epochs)
-    radius = RadiusUpdate(lambda: distances(labeled))
-    model.fit(feed(batches), epochs=config.epochs, shuffle=False, verbose=0,
-              callbacks=epoch_callbacks(config.seed, recorder, datasets=(batches,), extra=(radius,)))
+    steps = math.ceil(len(labeled) / network.batch_size)
+    model.compile(optimizer=keras.optimizers.AdamW(cosine_schedule(network, steps), weight_decay=network.weight_decay))
+    batches = EpochBatches((labeled.astype("float32"),), network.batch_size, network.seed)
+    history = fit_epochs(model, batches, network.epochs, network.seed, extra=(RadiusUpdate(lambda: distances(labeled)),)).history
     radius_squared = float(ops.convert_to_numpy(model.radius_squared))
     if radius_squared <= 1e-10:
         raise RuntimeError("the one-class network collapsed: every labeled image sits on the centre (R^2 = "
                            f"{radius_squared:.2e}). Lower weight_decay, learning_rate or epochs")
-    return radius_squared - distances(labeled), radius_squared - distances(images), recorder.history()
+    return radius_squared - distances(labeled), radius_squared - distances(images), history
 
 
 @SCORERS.register("one_class_svm")
@@ -142,20 +166,17 @@ def one_class_svm(config: OutlierConfig, labeled: np.ndarray, images: np.ndarray
     if "model" not in inputs:
         raise ValueError("outliers.scorer one_class_svm scores frozen features of a trained classifier: pass "
                          "--input model=DIR (a baseline artifact), or set outliers.scorer=one_class_nn")
-    verify(Path(inputs["model"]))
-    classifier = load_classifier(Path(inputs["model"]))
+    classifier = catalog.load_classifier(inputs["model"])
     encode = encode_with(encoder_of(classifier))
     svm = make_pipeline(StandardScaler(), OneClassSVM(nu=config.nu, kernel="rbf", gamma="scale"))
     svm.fit(encode(labeled))
     return svm.decision_function(encode(labeled)), svm.decision_function(encode(images)), None
 
 
-def run(config: OutlierConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
-    started = dt.datetime.now(dt.timezone.utc)
-    split = Path(inputs["split"])
-    verify(split)
-    labeled, unlabeled = data.read_table(split, "labeled"), data.read_table(split, "unlabeled")
-    audit = data.read_table(split, "unlabeled_audit")
+def run(config: OutlierConfig, inputs: Mapping[str, Path], output: Path) -> None:
+    split = inputs["split"]
+    labeled, unlabeled = catalog.read_table(split, "labeled"), catalog.read_table(split, "unlabeled")
+    audit = catalog.read_table(split, "unlabeled_audit")
     log.info("%s (nu %.2f): fitting on %d labeled images, scoring %d unlabeled", config.scorer, config.nu,
              len(labeled), len(unlabeled))
     train_scores, scores, history = SCORERS[config.scorer](config, labeled.images, unlabeled.images, inputs)
@@ -165,25 +186,19 @@ def run(config: OutlierConfig, inputs: Mapping[str, Path], output: Path) -> dict
                          f"lower outliers.nu (now {config.nu})")
     metrics = {"nu": config.nu, "train_outside_fraction": outside_fraction(train_scores),
                "kept_fraction": float(kept.mean()), "kept": int(kept.sum()), "dropped": int((~kept).sum())}
-    with staged_output(output) as tmp:
-        link_tables(split, tmp, ("labeled", "validation", "test"))
-        shutil.copy2(split / "classes.json", tmp / "classes.json")
-        data.write_table(tmp, "unlabeled", unlabeled.ids[kept], unlabeled.images[kept])
-        data.write_table(tmp, "unlabeled_audit", audit.ids[kept], labels=audit.labels[kept])
-        table = pd.DataFrame({"id": unlabeled.ids, "score": scores.astype("float32"), "kept": kept})
-        pq.write_table(pa.Table.from_pandas(table, schema=OUTLIER_SCORE_SCHEMA, preserve_index=False),
-                       tmp / OUTLIER_SCORES_FILE, compression="snappy")
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-        if history is not None:  # per epoch: loss, outside_fraction of the batches, radius_squared
-            history.to_parquet(tmp / HISTORY_FILE, index=False)
-        write_figures(tmp / FIGURES_DIR, unlabeled.images, scores, audit.labels)
-        manifest = write_manifest(
-            tmp, "outliers", config.model_dump(mode="json"), {name: parent_entry(Path(path)) for name, path in inputs.items()},
-            started, extra={"reads": ["split/labeled.parquet", "split/unlabeled.parquet", "split/unlabeled_audit.parquet"]},
-        )
+    link_tables(split, output, ("labeled", "validation", "test"))
+    shutil.copy2(split / catalog.CLASSES_FILE, output / catalog.CLASSES_FILE)
+    catalog.write_table(output, "unlabeled", unlabeled.ids[kept], unlabeled.images[kept])
+    catalog.write_table(output, "unlabeled_audit", audit.ids[kept], labels=audit.labels[kept])
+    table = pd.DataFrame({"id": unlabeled.ids, "score": scores.astype("float32"), "kept": kept})
+    pq.write_table(pa.Table.from_pandas(table, schema=OUTLIER_SCORE_SCHEMA, preserve_index=False),
+                   output / OUTLIER_SCORES_FILE, compression="snappy")
+    catalog.write_metrics(output, metrics)
+    if history is not None:  # per epoch: loss, outside_fraction of the batches, radius_squared
+        history.to_parquet(output / catalog.HISTORY_FILE, index=False)
+    write_figures(catalog.figures_dir(output), unlabeled.images, scores, audit.labels)
     log.info("outliers: kept %d of %d unlabeled images (%.1f%%); %.1f%% of the labeled ones fall outside", metrics["kept"],
              len(unlabeled), 100 * metrics["kept_fraction"], 100 * metrics["train_outside_fraction"])
-    return manifest
 
 
 def link_tables(source: Path, target: Path, names: tuple[str, ...]) -> None:
@@ -197,7 +212,6 @@ def link_tables(source: Path, target: Path, names: tuple[str, ...]) -> None:
 
 
 def write_figures(directory: Path, images: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> None:
-    directory.mkdir()
     order = np.argsort(-scores)
     figures.image_pairs(images[order[:SHOWN]], images[order[::-1][:SHOWN]], ("most typical", "least typical"),
                         directory / "typical_and_atypical.png")
@@ -205,14 +219,8 @@ def write_figures(directory: Path, images: np.ndarray, scores: np.ndarray, label
     figures.kept_per_class(labels, scores >= 0, directory / "kept_per_class.png")
 
 
-STAGE = Stage(
-    name="outliers",
-    summary="Score unlabeled images with a one-class model fitted on the labeled ones; a split without the atypical.",
-    config_type=OutlierConfig,
-    inputs=("split",),
-    optional_inputs=("model",),
-    run=run,
-)
+STAGE = Stage("outliers", OutlierConfig, run, inputs=("split",), optional_inputs=("model",),
+              summary="Score unlabeled images with a one-class model fitted on the labeled ones; a split without the atypical.")
 
 if __name__ == "__main__":
     sys.exit(main(STAGE))

@@ -9,8 +9,6 @@ error. Writes the encoder (``encoder.keras``), which the fine-tune stage puts un
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import math
 import sys
@@ -20,24 +18,46 @@ from typing import Any
 
 import keras
 import numpy as np
+from pydantic import Field
 
-from stages import data, figures
-from stages.artifacts import parent_entry, staged_output, verify, write_manifest
-from stages.baseline import HISTORY_FILE, METRICS_FILE
-from stages.config import PretrainConfig
-from stages.data import ImageTable
-from stages.models import PIXEL_OFFSET, PIXEL_SCALE
-from stages.objectives import OBJECTIVES
-from stages.stage import Stage, main
-from stages.training import EpochBatches, EpochRecorder, cosine_schedule, epoch_callbacks, feed, training_seconds
+from stages.lib import catalog, figures
+from stages.lib.catalog import ImageTable
+from stages.lib.models import ArchitectureConfig, encode_with
+from stages.lib.objectives import ObjectiveName, ObjectiveSetup, build_objective
+from stages.lib.objectives.autoencoder import AutoencoderConfig
+from stages.lib.objectives.simclr import SimCLRConfig
+from stages.lib.stage import Stage, main
+from stages.lib.training import EpochBatches, Precision, Schedule, cosine_schedule, fit_epochs, training_seconds
 
 log = logging.getLogger(__name__)
 
-ENCODER_FILE = "encoder.keras"
-OBJECTIVE_WEIGHTS = "objective.weights.h5"  # encoder + decoder or projection head, for joint fine-tuning
-FIGURES_DIR = "figures"
 FIGURE_IMAGES = 16  # validation images drawn in the objective's figures
 PROBE_NEIGHBOURS = 20
+
+
+class PretrainConfig(Schedule):
+    """Unsupervised pretraining of the shared encoder on labeled + unlabeled images, by the objective
+    named in ``objective``, with the settings of its own section."""
+
+    objective: ObjectiveName = Field("autoencoder", description="key in OBJECTIVES (stages/lib/objectives); its section below "
+                                                      "holds its settings")
+    autoencoder: AutoencoderConfig = AutoencoderConfig()
+    simclr: SimCLRConfig = SimCLRConfig()
+    architecture: ArchitectureConfig = ArchitectureConfig()
+    batch_size: int = Field(512, ge=2, description="images per step (simclr: 2x as many views)")
+    epochs: int = Field(15, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, description="peak AdamW learning rate")
+    warmup_epochs: int = Field(0, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    clipnorm: float | None = Field(1.0, gt=0, description="gradient norm clip; None = no clipping")
+    probe_every: int = Field(1, ge=0, description="k-NN probe of validation accuracy every N epochs; 0 = never")
+    precision: Precision = "float32"
+    seed: int = 0
+
+
+    def objective_setup(self) -> ObjectiveSetup:
+        return ObjectiveSetup(name=self.objective, settings=getattr(self, self.objective).model_dump(mode="json"),
+                              architecture=self.architecture, precision=self.precision, seed=self.seed)
 
 
 def knn_accuracy(train_features: np.ndarray, train_labels: np.ndarray, features: np.ndarray, labels: np.ndarray,
@@ -70,50 +90,33 @@ class KnnProbe(keras.callbacks.Callback):
                             self.encode(self.validation.images), self.validation.labels)
 
 
-def encode_with(encoder: keras.Model, batch_size: int = 500):
-    """images (N, 32, 32, 3) 0..255 -> the encoder's features (N, C), in inference mode."""
-    def encode(images: np.ndarray) -> np.ndarray:
-        scaled = images.astype("float32") * PIXEL_SCALE + PIXEL_OFFSET
-        return np.asarray(encoder.predict(scaled, batch_size=batch_size, verbose=0), dtype="float32")
-    return encode
-
-
 def run(config: PretrainConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
-    started = dt.datetime.now(dt.timezone.utc)
-    split = Path(inputs["split"])
-    verify(split)
-    labeled, validation = data.read_table(split, "labeled"), data.read_table(split, "validation")
-    images = np.concatenate([labeled.images, data.read_table(split, "unlabeled").images]).astype("float32")
+    split = inputs["split"]
+    labeled, validation = catalog.read_table(split, "labeled"), catalog.read_table(split, "validation")
+    images = np.concatenate([labeled.images, catalog.read_table(split, "unlabeled").images]).astype("float32")
     log.info("pretraining a %s encoder (%s) on %d images", config.architecture.name, config.objective, len(images))
     keras.utils.set_random_seed(config.seed)
-    model = OBJECTIVES[config.objective](config)
+    setup = config.objective_setup()
+    model = build_objective(setup)
     model(images[:2])  # build every part, so that a checkpoint can restore into it
     steps = math.ceil(len(images) / config.batch_size)
     model.compile(optimizer=keras.optimizers.AdamW(cosine_schedule(config, steps), weight_decay=config.weight_decay,
                                                    clipnorm=config.clipnorm))
     probe = KnnProbe(encode_with(model.encoder), labeled, validation, config.probe_every)
-    recorder = EpochRecorder(config.epochs)
     untrained_probe = probe.accuracy() if config.probe_every else None  # epoch 0: a random encoder
-    batches = EpochBatches((images,), config.batch_size, config.seed)
-    model.fit(feed(batches), epochs=config.epochs, shuffle=False, verbose=0,
-              callbacks=epoch_callbacks(config.seed, recorder, datasets=(batches,), extra=(probe,)))
-    history = recorder.history()
+    history = fit_epochs(model, EpochBatches((images,), config.batch_size, config.seed), config.epochs, config.seed,
+                         extra=(probe,)).history
     metrics = summary(history, untrained_probe, len(images), model.encoder.count_params())
-    with staged_output(output) as tmp:
-        model.encoder.save(tmp / ENCODER_FILE)
-        model.save_weights(tmp / OBJECTIVE_WEIGHTS)
-        history.to_parquet(tmp / HISTORY_FILE, index=False)
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-        (tmp / FIGURES_DIR).mkdir()
-        model.figures(validation.images[:FIGURE_IMAGES], tmp / FIGURES_DIR)
-        figures.pretraining_curves(history, tmp / FIGURES_DIR / "pretraining_curves.png")
-        manifest = write_manifest(
-            tmp, "pretrain", config.model_dump(mode="json"), {"split": parent_entry(split)}, started,
-            extra={"reads": ["split/labeled.parquet", "split/unlabeled.parquet", "split/validation.parquet"],
-                   "backend": keras.backend.backend()},
-        )
+    model.encoder.save(output / catalog.ENCODER_FILE)
+    model.save_weights(output / catalog.OBJECTIVE_WEIGHTS)
+    (output / catalog.OBJECTIVE_SETUP_FILE).write_text(setup.model_dump_json(indent=2) + "\n")
+    history.to_parquet(output / catalog.HISTORY_FILE, index=False)
+    catalog.write_metrics(output, metrics)
+    drawn = catalog.figures_dir(output)
+    model.figures(validation.images[:FIGURE_IMAGES], drawn)
+    figures.pretraining_curves(history, drawn / "pretraining_curves.png")
     log.info("%s pretraining done in %.0f s: %s", config.objective, metrics["train_seconds"], metrics)
-    return manifest
+    return {"backend": keras.backend.backend()}
 
 
 def summary(history, untrained_probe: float | None, images: int, parameters: int) -> dict[str, Any]:
@@ -129,13 +132,8 @@ def summary(history, untrained_probe: float | None, images: int, parameters: int
     return metrics
 
 
-STAGE = Stage(
-    name="pretrain",
-    summary="Pretrain the shared encoder without labels (autoencoder or SimCLR), with a k-NN probe per epoch.",
-    config_type=PretrainConfig,
-    inputs=("split",),
-    run=run,
-)
+STAGE = Stage("pretrain", PretrainConfig, run, inputs=("split",),
+              summary="Pretrain the shared encoder without labels (autoencoder or SimCLR), with a k-NN probe per epoch.")
 
 if __name__ == "__main__":
     sys.exit(main(STAGE))

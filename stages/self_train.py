@@ -10,31 +10,53 @@ model (iteration 0) included, so self-training can never make the kept model wor
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import keras
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
-from stages import data, figures
-from stages.artifacts import ArtifactError, parent_entry, read_manifest, staged_output, verify, write_manifest
-from stages.baseline import load_classifier, save_classifier
-from stages.config import FineTuneConfig, SelfTrainConfig, TrainConfig
-from stages.data import ITERATIONS_FILE, ImageTable
-from stages.models import build_classifier
-from stages.pseudo_label import audit_accuracy, pseudo_label, read_pseudo_labels, write_pseudo_labels
-from stages.stage import Stage, main
-from stages.training import fit_classifier, validation_metrics
+from stages.lib import catalog, figures
+from stages.lib.artifacts import ArtifactError, read_manifest
+from stages.lib.catalog import ITERATIONS_FILE, ImageTable
+from stages.lib.config import StrictModel
+from stages.lib.pseudo_labels import PseudoLabelConfig, audit_accuracy, pseudo_label
+from stages.lib.stage import Stage, main
+from stages.lib.training import Schedule, TrainConfig, build_classifier, fit_classifier, validation_metrics
 
 log = logging.getLogger(__name__)
 
-FIGURES_DIR = "figures"
+
+class FineTuneConfig(Schedule):
+    """How each self-training iteration retrains the previous model; everything not named here
+    (architecture, augmentation, batch size, weight decay, precision, ...) is the input model's own."""
+
+    epochs: int = Field(10, ge=1, description="epochs per iteration; the cosine decay spans them")
+    learning_rate: float = Field(5e-4, gt=0, description="peak learning rate, below the baseline's")
+    warmup_epochs: int = Field(0, ge=0)
+    dropout_increase: float = Field(0.05, ge=0, lt=1, description="added to every dropout rate of the model")
+    l2_increase: float = Field(0.001, ge=0, description="added to the L2 penalty of the model")
+    early_stopping_patience: int | None = Field(
+        4, ge=1, description="epochs without val improvement before the iteration stops; None = never"
+    )
+
+
+class SelfTrainConfig(StrictModel):
+    """Self-training: pseudo-label -> retrain on labeled + selected -> validate, ``iterations`` times."""
+
+    iterations: int = Field(4, ge=1, description="pseudo-label/retrain rounds")
+    selection: PseudoLabelConfig = PseudoLabelConfig()
+    labeled_weight: float = Field(2.0, gt=0, description="sample weight of every labeled image")
+    pseudo_weight: Literal["confidence", "one"] = Field(
+        "confidence", description="sample weight of a pseudo-labeled image: its confidence, or 1"
+    )
+    fine_tune: FineTuneConfig = FineTuneConfig()
 
 
 def trained_with(model_artifact: Path) -> TrainConfig:
@@ -146,39 +168,25 @@ def joined_history(iterations: list[Iteration]) -> pd.DataFrame:
 
 
 def run(config: SelfTrainConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
-    started = dt.datetime.now(dt.timezone.utc)
-    split, start, labels = Path(inputs["split"]), Path(inputs["model"]), Path(inputs["pseudo_labels"])
-    for artifact in (split, start, labels):
-        verify(artifact)
+    split, start, labels = inputs["split"], inputs["model"], inputs["pseudo_labels"]
     check_first_labels(labels, start, config)
-    tables = {name: data.read_table(split, name)
+    tables = {name: catalog.read_table(split, name)
               for name in ("labeled", "validation", "unlabeled", "unlabeled_audit")}
     base = trained_with(start)
-    first_labels = read_pseudo_labels(labels, tables["unlabeled"])
-    iterations = self_train(config, base, load_classifier(start), first_labels, tables)
+    first_labels = catalog.read_pseudo_labels(labels, tables["unlabeled"])
+    iterations = self_train(config, base, catalog.load_classifier(start), first_labels, tables)
     kept = kept_iteration(iterations, base.select_on)
     table = pd.DataFrame([it.row for it in iterations])
     history = joined_history(iterations)
-    metrics = summary_metrics(table, history, kept)
-    with staged_output(output) as tmp:
-        exported = save_classifier(tmp, kept.model, history, metrics)
-        table.to_parquet(tmp / ITERATIONS_FILE, index=False)
-        write_pseudo_labels(tmp, pd.concat([it.labels for it in iterations[1:]], ignore_index=True))
-        (tmp / FIGURES_DIR).mkdir()
-        figures.self_training_iterations({f"threshold {config.selection.threshold}": table}, tmp / FIGURES_DIR / "iterations.png")
-        kept_config = base if kept.number == 0 else fine_tune_config(base, config.fine_tune, kept.number)
-        manifest = write_manifest(
-            tmp, "self_train", config.model_dump(mode="json"),
-            {"split": parent_entry(split), "model": parent_entry(start), "pseudo_labels": parent_entry(labels)},
-            started,
-            extra={"reads": ["split/labeled.parquet", "split/validation.parquet", "split/unlabeled.parquet",
-                             "pseudo_labels/pseudo_labels.parquet"],
-                   "train_config": kept_config.model_dump(mode="json"),
-                   "backend": keras.backend.backend(), "saved_model": exported},
-        )
-    log.info("kept iteration %d: val accuracy %.4f (input model %.4f)", kept.number, metrics["best_val_accuracy"],
+    saved = catalog.save_classifier(output, kept.model, history, summary_metrics(table, history, kept))
+    table.to_parquet(output / ITERATIONS_FILE, index=False)
+    catalog.write_pseudo_labels(output, pd.concat([it.labels for it in iterations[1:]], ignore_index=True))
+    figures.self_training_iterations({f"threshold {config.selection.threshold}": table},
+                                     catalog.figures_dir(output) / "iterations.png")
+    kept_config = base if kept.number == 0 else fine_tune_config(base, config.fine_tune, kept.number)
+    log.info("kept iteration %d: val accuracy %.4f (input model %.4f)", kept.number, kept.row["val_accuracy"],
              table["val_accuracy"].iloc[0])
-    return manifest
+    return {"train_config": kept_config.model_dump(mode="json"), **saved}
 
 
 def check_first_labels(labels: Path, start: Path, config: SelfTrainConfig) -> None:
@@ -212,13 +220,8 @@ def summary_metrics(table: pd.DataFrame, history: pd.DataFrame, kept: Iteration)
     }
 
 
-STAGE = Stage(
-    name="self_train",
-    summary="Self-training: pseudo-label, retrain on labeled + pseudo-labeled data, validate; keep the best iteration.",
-    config_type=SelfTrainConfig,
-    inputs=("split", "model", "pseudo_labels"),
-    run=run,
-)
+STAGE = Stage("self_train", SelfTrainConfig, run, inputs=("split", "model", "pseudo_labels"),
+              summary="Self-training: pseudo-label, retrain on labeled + pseudo-labeled data, validate; keep the best iteration.")
 
 if __name__ == "__main__":
     sys.exit(main(STAGE))

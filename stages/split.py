@@ -2,22 +2,42 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from stages import cifar, data
-from stages.artifacts import staged_output, write_manifest
-from stages.config import SplitConfig
-from stages.stage import Stage, main
+from stages.lib import catalog, cifar
+from stages.lib.config import StrictModel
+from stages.lib.stage import Stage, main
 
 log = logging.getLogger(__name__)
+
+
+class SplitConfig(StrictModel):
+    labels_per_class: int = Field(90, ge=1, description="labeled training images per class")
+    val_per_class: int = Field(10, ge=1, description="labeled validation images per class")
+    unlabeled_per_class: int | None = Field(
+        None, ge=0, description="unlabeled images per class; None = every image left over"
+    )
+    test_per_class: int | None = Field(
+        None, ge=1, le=100, description="test images per class; None = the whole official test set"
+    )
+    seed: int = Field(0, description="seed of the per-class shuffle")
+
+    @model_validator(mode="after")
+    def _fits_in_cifar(self) -> SplitConfig:
+        used = self.labels_per_class + self.val_per_class + (self.unlabeled_per_class or 0)
+        if used > cifar.TRAIN_IMAGES_PER_CLASS:
+            raise ValueError(
+                f"labels_per_class + val_per_class + unlabeled_per_class = {used}, but CIFAR-100 "
+                f"has {cifar.TRAIN_IMAGES_PER_CLASS} training images per class: lower one of them"
+            )
+        return self
 
 
 def stratified_indices(labels: np.ndarray, counts: Mapping[str, int | None], seed: int) -> dict[str, np.ndarray]:
@@ -47,10 +67,8 @@ def first_per_class(labels: np.ndarray, per_class: int | None) -> np.ndarray:
     return np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
 
 
-def run(config: SplitConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
-    started = dt.datetime.now(dt.timezone.utc)
-    archive = Path(inputs["archive"])
-    train, test, classes = cifar.load(archive)
+def run(config: SplitConfig, inputs: Mapping[str, Path], output: Path) -> None:
+    train, test, classes = cifar.load(inputs["archive"])
     parts = stratified_indices(
         train.labels,
         {"labeled": config.labels_per_class, "validation": config.val_per_class,
@@ -60,32 +78,19 @@ def run(config: SplitConfig, inputs: Mapping[str, Path], output: Path) -> dict[s
     test_rows = first_per_class(test.labels, config.test_per_class)
     train_ids = np.array([f"train-{i:05d}" for i in range(len(train.labels))])
     test_ids = np.array([f"test-{i:05d}" for i in range(len(test.labels))])
-    with staged_output(output) as tmp:
-        for name in ("labeled", "validation"):
-            rows = parts[name]
-            data.write_table(tmp, name, train_ids[rows], train.images[rows], train.labels[rows])
-        rows = parts["unlabeled"]
-        data.write_table(tmp, "unlabeled", train_ids[rows], train.images[rows])
-        data.write_table(tmp, "unlabeled_audit", train_ids[rows], labels=train.labels[rows])
-        data.write_table(tmp, "test", test_ids[test_rows], test.images[test_rows], test.labels[test_rows])
-        (tmp / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
-        manifest = write_manifest(
-            tmp, "split", config.model_dump(mode="json"),
-            {"archive": {"path": str(archive), "stage": "source", "digest": cifar.SHA256}},
-            started,
-        )
-    rows = {name: entry["rows"] for name, entry in manifest["files"].items() if "rows" in entry}
-    log.info("split written to %s: %s", output, rows)
-    return manifest
+    for name in ("labeled", "validation"):
+        rows = parts[name]
+        catalog.write_table(output, name, train_ids[rows], train.images[rows], train.labels[rows])
+    rows = parts["unlabeled"]
+    catalog.write_table(output, "unlabeled", train_ids[rows], train.images[rows])
+    catalog.write_table(output, "unlabeled_audit", train_ids[rows], labels=train.labels[rows])
+    catalog.write_table(output, "test", test_ids[test_rows], test.images[test_rows], test.labels[test_rows])
+    (output / catalog.CLASSES_FILE).write_text(json.dumps(classes, indent=1) + "\n")
+    log.info("split: %s", {name: len(rows) for name, rows in parts.items()} | {"test": len(test_rows)})
 
 
-STAGE = Stage(
-    name="split",
-    summary="Stratified, seeded split of CIFAR-100 into labeled, validation, unlabeled and test Parquet.",
-    config_type=SplitConfig,
-    inputs=("archive",),
-    run=run,
-)
+STAGE = Stage("split", SplitConfig, run, inputs=("archive",), sources=("archive",),
+              summary="Stratified, seeded split of CIFAR-100 into labeled, validation, unlabeled and test Parquet.")
 
 if __name__ == "__main__":
     sys.exit(main(STAGE))

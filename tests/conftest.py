@@ -22,8 +22,8 @@ for variable in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
 
 import pytest  # noqa: E402
 
-from stages import cifar  # noqa: E402
-from stages.config import load_pipeline_config  # noqa: E402
+from pipelines.config import load_pipeline_config  # noqa: E402
+from stages.lib import cifar  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +65,7 @@ def split_artifact(tmp_path_factory, archive, smoke) -> Path:
     from stages import split
 
     output = tmp_path_factory.mktemp("split") / "artifact"
-    split.run(smoke.split, {"archive": archive}, output)
+    split.STAGE.execute(smoke.split, {"archive": archive}, output)
     return output
 
 
@@ -74,7 +74,7 @@ def model_artifact(tmp_path_factory, split_artifact, smoke) -> Path:
     from stages import baseline
 
     output = tmp_path_factory.mktemp("baseline") / "artifact"
-    baseline.run(smoke.baseline, {"split": split_artifact}, output)
+    baseline.STAGE.execute(smoke.baseline, {"split": split_artifact}, output)
     return output
 
 

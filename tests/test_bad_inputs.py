@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages import data
-from stages.artifacts import MANIFEST, describe_files
-from stages.config import load_pipeline_config, parse_assignment
-from stages.stage import get_stage, main
+from pipelines.config import load_pipeline_config, parse_assignment
+from stages.lib import catalog
+from stages.lib.artifacts import MANIFEST, describe_files
+from stages.lib.stage import get_stage, main
 
 CASES = {}  # id -> (builder, exception type, pattern naming the problem, pattern naming the fix)
 
@@ -46,7 +46,7 @@ def hostile_split(env, table: str, columns: dict, schema: pa.Schema | None = Non
     """A copy of the smoke split whose ``table`` holds ``columns``, with a manifest that matches."""
     split = env["tmp"] / "split"
     shutil.copytree(env["split"], split)
-    pq.write_table(pa.table(columns, schema=schema), data.table_path(split, table))
+    pq.write_table(pa.table(columns, schema=schema), catalog.table_path(split, table))
     rewrite_manifest(split)
     return split
 
@@ -55,7 +55,7 @@ LABELED_ROWS = 400  # smoke: 4 labels per class
 
 
 def labeled_columns(env, **replace):
-    table = pq.read_table(data.table_path(env["split"], "labeled"))
+    table = pq.read_table(catalog.table_path(env["split"], "labeled"))
     columns = {name: table.column(name) for name in table.column_names}
     columns.update(replace)
     return columns
@@ -107,65 +107,65 @@ def _(env):
 
 # -- Parquet tables -------------------------------------------------------------------------------
 
-@case("table without its label column", data.DataError, r"labeled\.parquet has schema", r"Regenerate it with the split stage")
+@case("table without its label column", catalog.DataError, r"labeled\.parquet has schema", r"Regenerate it with the split stage")
 def _(env):
     columns = labeled_columns(env)
     del columns["label"]
     return baseline_on(env, hostile_split(env, "labeled", columns))
 
 
-@case("images of the wrong size", data.DataError, r"fixed_size_binary\[1024\]", r"Regenerate it with the split stage")
+@case("images of the wrong size", catalog.DataError, r"fixed_size_binary\[1024\]", r"Regenerate it with the split stage")
 def _(env):
     images = pa.array([b"\0" * 1024] * LABELED_ROWS, pa.binary(1024))
     return baseline_on(env, hostile_split(env, "labeled", labeled_columns(env, image=images)))
 
 
-@case("NaN labels", data.DataError, r"label: double", r"Regenerate it with the split stage")
+@case("NaN labels", catalog.DataError, r"label: double", r"Regenerate it with the split stage")
 def _(env):
     labels = pa.array(np.full(LABELED_ROWS, np.nan))
     return baseline_on(env, hostile_split(env, "labeled", labeled_columns(env, label=labels)))
 
 
-@case("null labels", data.DataError, r"has schema", r"Regenerate it with the split stage")
+@case("null labels", catalog.DataError, r"has schema", r"Regenerate it with the split stage")
 def _(env):
     labels = pa.array([None] * LABELED_ROWS, pa.int32())
     return baseline_on(env, hostile_split(env, "labeled", labeled_columns(env, label=labels)))
 
 
-@case("negative labels", data.DataError, r"'label' holds 1 values outside 0\.\.99, e\.g\. -3", r"Regenerate it")
+@case("negative labels", catalog.DataError, r"'label' holds 1 values outside 0\.\.99, e\.g\. -3", r"Regenerate it")
 def _(env):
     labels = labeled_columns(env)["label"].to_numpy().copy()
     labels[7] = -3
     return baseline_on(env, hostile_split(env, "labeled", labeled_columns(env, label=pa.array(labels, pa.int32())),
-                                          data.LABELED_SCHEMA))
+                                          catalog.LABELED_SCHEMA))
 
 
-@case("labels past the last class", data.DataError, r"outside 0\.\.99, e\.g\. 100", r"Regenerate it")
+@case("labels past the last class", catalog.DataError, r"outside 0\.\.99, e\.g\. 100", r"Regenerate it")
 def _(env):
     labels = labeled_columns(env)["label"].to_numpy().copy()
     labels[:5] = 100
     return baseline_on(env, hostile_split(env, "labeled", labeled_columns(env, label=pa.array(labels, pa.int32())),
-                                          data.LABELED_SCHEMA))
+                                          catalog.LABELED_SCHEMA))
 
 
-@case("duplicate ids", data.DataError, r"'id' repeats 1 ids", r"Regenerate it")
+@case("duplicate ids", catalog.DataError, r"'id' repeats 1 ids", r"Regenerate it")
 def _(env):
     ids = labeled_columns(env)["id"].to_pylist()
     ids[1] = ids[0]
     return baseline_on(env, hostile_split(env, "labeled", labeled_columns(env, id=pa.array(ids, pa.string())),
-                                          data.LABELED_SCHEMA))
+                                          catalog.LABELED_SCHEMA))
 
 
-@case("empty table", data.DataError, r"labeled\.parquet has no rows", r"Regenerate it")
+@case("empty table", catalog.DataError, r"labeled\.parquet has no rows", r"Regenerate it")
 def _(env):
     empty = {name: column.slice(0, 0) for name, column in labeled_columns(env).items()}
-    return baseline_on(env, hostile_split(env, "labeled", empty, data.LABELED_SCHEMA))
+    return baseline_on(env, hostile_split(env, "labeled", empty, catalog.LABELED_SCHEMA))
 
 
-@case("outliers fitted on no labeled data", data.DataError, r"labeled\.parquet has no rows", r"Regenerate it")
+@case("outliers fitted on no labeled data", catalog.DataError, r"labeled\.parquet has no rows", r"Regenerate it")
 def _(env):
     empty = {name: column.slice(0, 0) for name, column in labeled_columns(env).items()}
-    split = hostile_split(env, "labeled", empty, data.LABELED_SCHEMA)
+    split = hostile_split(env, "labeled", empty, catalog.LABELED_SCHEMA)
     return lambda: get_stage("outliers").execute(env["smoke"].outliers, {"split": split}, env["tmp"] / "out")
 
 
@@ -173,8 +173,8 @@ def _(env):
 def _(env):
     split = env["tmp"] / "split"
     shutil.copytree(env["split"], split)
-    table = pq.read_table(data.table_path(split, "labeled"))
-    pq.write_table(table.slice(0, 10), data.table_path(split, "labeled"))
+    table = pq.read_table(catalog.table_path(split, "labeled"))
+    pq.write_table(table.slice(0, 10), catalog.table_path(split, "labeled"))
     return baseline_on(env, split)
 
 
@@ -208,7 +208,7 @@ def _(env):
 def _(env):
     split = env["tmp"] / "split"
     shutil.copytree(env["split"], split)
-    data.table_path(split, "validation").unlink()
+    catalog.table_path(split, "validation").unlink()
     return baseline_on(env, split)
 
 
@@ -216,7 +216,7 @@ def _(env):
 def _(env):
     split = env["tmp"] / "split"
     shutil.copytree(env["split"], split)
-    data.table_path(split, "test").write_bytes(b"PAR1 not really")
+    catalog.table_path(split, "test").write_bytes(b"PAR1 not really")
     return baseline_on(env, split)
 
 

@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import baseline, data
-from stages.artifacts import ArtifactError, verify
-from stages.config import load_pipeline_config
-from stages.models import build_classifier
-from stages.training import one_hot
+from pipelines.config import load_pipeline_config
+from stages import baseline
+from stages.lib import catalog
+from stages.lib.artifacts import ArtifactError, verify
+from stages.lib.training import build_classifier, one_hot
 
 
 def test_seed_network_is_the_one_the_seed_describes():
@@ -43,7 +43,7 @@ def test_kept_weights_are_those_of_the_selected_epoch(model_artifact, split_arti
     history = pd.read_parquet(model_artifact / "history.parquet")
     assert metrics["best_epoch"] == int(history["val_loss"].idxmin()) + 1  # smoke selects on val_loss
     model = keras.saving.load_model(model_artifact / "model.keras")
-    validation = data.read_table(split_artifact, "validation")
+    validation = catalog.read_table(split_artifact, "validation")
     loss = model.evaluate(validation.images.astype("float32"), one_hot(validation.labels), verbose=0, return_dict=True)
     assert loss["loss"] == pytest.approx(metrics["best_val_loss"], rel=1e-4)
 
@@ -51,7 +51,7 @@ def test_kept_weights_are_those_of_the_selected_epoch(model_artifact, split_arti
 def test_saved_model_serves_the_same_predictions(model_artifact, split_artifact):
     import tensorflow as tf
 
-    images = data.read_table(split_artifact, "validation").images[:8].astype("float32")
+    images = catalog.read_table(split_artifact, "validation").images[:8].astype("float32")
     saved_model = tf.saved_model.load(str(model_artifact / "saved_model"))  # kept alive: serve() uses its variables
     served = saved_model.serve(images).numpy()
     keras_model = keras.saving.load_model(model_artifact / "model.keras")
@@ -61,14 +61,14 @@ def test_saved_model_serves_the_same_predictions(model_artifact, split_artifact)
 def test_unfinished_split_is_refused(tmp_path, smoke):
     (tmp_path / "split").mkdir()
     with pytest.raises(ArtifactError, match="manifest.json is missing: .* Rerun the stage"):
-        baseline.run(smoke.baseline, {"split": tmp_path / "split"}, tmp_path / "out")
+        baseline.STAGE.execute(smoke.baseline, {"split": tmp_path / "split"}, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_training_reads_only_labeled_and_validation(tmp_path, split_artifact, smoke, monkeypatch):
     opened = []
-    real_read = data.read_table
-    monkeypatch.setattr(data, "read_table", lambda artifact, name: opened.append(name) or real_read(artifact, name))
-    manifest = baseline.run(smoke.baseline, {"split": split_artifact}, tmp_path / "out")
+    real_read = catalog.read_table
+    monkeypatch.setattr(catalog, "read_table", lambda artifact, name: opened.append(name) or real_read(artifact, name))
+    manifest = baseline.STAGE.execute(smoke.baseline, {"split": split_artifact}, tmp_path / "out")
     assert opened == ["labeled", "validation"]
     assert manifest["reads"] == ["split/labeled.parquet", "split/validation.parquet"]

@@ -6,7 +6,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from stages import cifar
+from stages.lib import cifar
 
 
 def test_real_archive_verifies_and_loads(archive):

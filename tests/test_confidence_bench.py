@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import data
-from stages.baseline import load_classifier
+from stages.lib import catalog
+from stages.lib.catalog import load_classifier
 
 spec = importlib.util.spec_from_file_location("confidence_bench", Path(__file__).parents[1] / "bench" / "confidence.py")
 bench = importlib.util.module_from_spec(spec)
@@ -17,9 +17,9 @@ spec.loader.exec_module(bench)
 
 def test_each_threshold_gives_the_images_passing_and_how_often_they_are_right(split_artifact, model_artifact, tmp_path,
                                                                                  monkeypatch):
-    unlabeled = data.read_table(split_artifact, "unlabeled")
+    unlabeled = catalog.read_table(split_artifact, "unlabeled")
     probabilities = load_classifier(model_artifact).predict(unlabeled.images.astype("float32"), batch_size=500, verbose=0)
-    truth = data.read_table(split_artifact, "unlabeled_audit").labels
+    truth = catalog.read_table(split_artifact, "unlabeled_audit").labels
     confidence, right = probabilities.max(axis=1), probabilities.argmax(axis=1) == truth
     median = float(np.median(confidence))
     monkeypatch.setattr(bench, "RESULTS", tmp_path)

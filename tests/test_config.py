@@ -1,10 +1,9 @@
 import pytest
 from pydantic import ValidationError
 
-from stages.config import (
-    PRESETS, ConfigError, PipelineConfig, SplitConfig, flat_fields, load_pipeline_config, parse_assignment,
-    preset_differences,
-)
+from pipelines.config import PRESETS, PipelineConfig, flat_fields, load_pipeline_config, parse_assignment, preset_differences
+from stages.lib.config import ConfigError
+from stages.split import SplitConfig
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -19,7 +18,7 @@ def test_seed_preset_is_the_seed_study():
     assert baseline.architecture.convs_per_block == 2
     assert baseline.architecture.l2 == 0.003
     assert (baseline.batch_size, baseline.epochs, baseline.early_stopping_patience) == (128, 100, 4)
-    assert load_pipeline_config("seed").model_dump(exclude={"preset"}) == PipelineConfig().model_dump(exclude={"preset"})
+    assert load_pipeline_config("seed").model_dump(exclude={"preset"}) == PipelineConfig(preset="seed").model_dump(exclude={"preset"})
 
 
 def test_overrides_apply_in_order():
@@ -70,9 +69,29 @@ def test_flat_fields_names_every_leaf_by_its_dotted_path():
 
 def test_preset_differences_are_what_the_overrides_changed():
     assert preset_differences(load_pipeline_config("quick")) == {}
-    changed = load_pipeline_config("quick", [parse_assignment("fine_tune.joint_weight=0.5"),
+    changed = load_pipeline_config("quick", [parse_assignment("fine_tune.joint.weight=0.5"),
                                              parse_assignment("baseline.epochs=7")])
     # the followers of the baseline (fine-tuned and consistency classifiers) train for its epochs unless set
-    assert preset_differences(changed) == {"fine_tune.joint_weight": 0.5, "baseline.epochs": 7,
+    assert preset_differences(changed) == {"fine_tune.joint.weight": 0.5, "baseline.epochs": 7,
                                            "fine_tune.classifier.epochs": 7}
     assert preset_differences(load_pipeline_config("quick", [{"baseline": {"epochs": 40}}])) == {}  # the preset's value
+
+
+def test_a_section_inherits_only_what_it_does_not_set_and_says_so(capsys):
+    """The quick preset's consistency classifier starts from the baseline and sets its own batch size."""
+    config = load_pipeline_config("quick", [parse_assignment("baseline.label_smoothing=0.2")])
+    assert config.consistency.classifier.label_smoothing == config.fine_tune.classifier.label_smoothing == 0.2
+    assert config.consistency.classifier.batch_size == 64 != config.baseline.batch_size
+    standalone = load_pipeline_config("quick", [{"consistency": {"classifier": {"inherit": None}}}])
+    assert standalone.consistency.classifier.label_smoothing == 0.0  # TrainConfig's default, not the baseline's 0.1
+    from pipelines.cli import main
+
+    assert main(["config", "--preset", "quick"]) == 0
+    printed = capsys.readouterr().out
+    assert "# fine_tune.classifier: inherits baseline\n" in printed
+    assert "# consistency.classifier: inherits baseline, then sets architecture.block_dropout" in printed
+
+
+def test_an_inherit_that_names_no_section_is_a_clear_error():
+    with pytest.raises(ValueError, match="consistency.classifier.inherit: .baseline.epochs. is not a section"):
+        load_pipeline_config("smoke", [{"consistency": {"classifier": {"inherit": "baseline.epochs"}}}])

@@ -1,4 +1,4 @@
-"""Consistency SSL (issue 8): masking rules, strong augmentation, WRN-28-2, EMA weights, the stage on both backends."""
+"""Consistency SSL: masking rules, strong augmentation, WRN-28-2, EMA weights, the stage on both backends."""
 
 import importlib.util
 import json
@@ -12,12 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import consistency, data, training
-from stages.artifacts import ArtifactError
-from stages.config import ConfigError, ConsistencyConfig, StrongAugmentConfig, load_pipeline_config
-from stages.models import PerImageRandAugment, build_classifier, build_strong_augmentation
-from stages.ssl_methods import METHODS, confident, hard_pseudo_labels
-from stages.training import EpochRecorder, TimeBudget, TwoStreamBatches, validation_metrics
+from pipelines.config import load_pipeline_config
+from stages import consistency
+from stages.consistency import ConsistencyConfig
+from stages.lib import catalog, training
+from stages.lib.artifacts import ArtifactError
+from stages.lib.config import ConfigError
+from stages.lib.models import PerImageRandAugment, StrongAugmentConfig, build_strong_augmentation
+from stages.lib.ssl_methods import METHODS, FixMatchConfig, FreeMatchConfig, confident, hard_pseudo_labels
+from stages.lib.training import EpochRecorder, TimeBudget, TwoStreamBatches, build_classifier, validation_metrics
 
 PROBABILITIES = np.array([[0.96, 0.02, 0.02],
                           [0.10, 0.85, 0.05],
@@ -42,14 +45,14 @@ def test_the_threshold_is_inclusive_and_may_differ_per_row():
 
 
 def test_fixmatch_masks_below_its_fixed_threshold():
-    method = METHODS["fixmatch"](ConsistencyConfig(threshold=0.95))
+    method = METHODS["fixmatch"](FixMatchConfig(threshold=0.95))
     labels, mask = as_numpy(*method(PROBABILITIES, training=True))
     np.testing.assert_array_equal(labels, [0, 1, 2, 2])
     np.testing.assert_array_equal(mask, [1, 0, 0, 1])
 
 
 def test_freematch_thresholds_start_low_and_follow_the_model():
-    method = METHODS["freematch"](ConsistencyConfig(adaptive_momentum=0.5))
+    method = METHODS["freematch"](FreeMatchConfig(momentum=0.5))
     labels, mask = as_numpy(*method(PROBABILITIES, training=True))
     # after one update: global = 0.5/3 + 0.5 * mean confidence; per class scaled by its max-normalised share
     mean_confidence = PROBABILITIES.max(axis=1).mean()
@@ -65,7 +68,7 @@ def test_freematch_thresholds_start_low_and_follow_the_model():
 
 
 def test_freematch_started_from_a_trained_model_begins_at_its_confidence():
-    fresh, started = (METHODS["freematch"](ConsistencyConfig()) for _ in range(2))
+    fresh, started = (METHODS["freematch"](FreeMatchConfig()) for _ in range(2))
     for method in (fresh, started):
         method.build((None, 3))
     started.start_from(PROBABILITIES)
@@ -74,7 +77,7 @@ def test_freematch_started_from_a_trained_model_begins_at_its_confidence():
     # thresholds 0.815 * (0.86, 0.77, 1.0): the 0.50 prediction stays out; at 1/C every prediction passes
     np.testing.assert_array_equal(*as_numpy(started(PROBABILITIES)[1]), [1, 1, 0, 1])
     np.testing.assert_array_equal(*as_numpy(fresh(PROBABILITIES)[1]), [1, 1, 1, 1])
-    fixmatch = METHODS["fixmatch"](ConsistencyConfig(threshold=0.95))
+    fixmatch = METHODS["fixmatch"](FixMatchConfig(threshold=0.95))
     fixmatch.start_from(PROBABILITIES)  # no state: its mask stays the fixed threshold's
     np.testing.assert_array_equal(*as_numpy(fixmatch(PROBABILITIES)[1]), [1, 0, 0, 1])
 
@@ -150,9 +153,14 @@ def test_initial_weights_follow_the_seed_alone():
     assert len({w.tobytes() for w in kernels}) == len(kernels)
 
 
+def test_every_registered_method_has_its_section_in_the_stage_config():
+    for name in METHODS:
+        assert ConsistencyConfig.model_fields[name].annotation is METHODS[name].config_type
+
+
 def test_configuration_errors_name_the_field():
-    with pytest.raises(ConfigError, match="consistency.threshold"):
-        load_pipeline_config("smoke", [{"consistency": {"threshold": 1.5}}])
+    with pytest.raises(ConfigError, match="consistency.fixmatch.threshold"):
+        load_pipeline_config("smoke", [{"consistency": {"fixmatch": {"threshold": 1.5}}}])
     with pytest.raises(ConfigError, match="consistency.method"):
         load_pipeline_config("smoke", [{"consistency": {"method": "mixmatch"}}])
     with pytest.raises(ConfigError, match="consistency.*set concatenate_views to false"):
@@ -173,8 +181,8 @@ def test_the_kept_and_validated_weights_are_the_ema_weights(split_artifact, smok
     """Raw training is the same in both runs; an EMA that barely moves after its first step keeps a
     model near the start, one that follows the raw weights does not, and in each run the history's
     validation loss is the kept model's."""
-    labeled, validation = data.read_table(split_artifact, "labeled"), data.read_table(split_artifact, "validation")
-    images = np.concatenate([labeled.images, data.read_table(split_artifact, "unlabeled").images])
+    labeled, validation = catalog.read_table(split_artifact, "labeled"), catalog.read_table(split_artifact, "validation")
+    images = np.concatenate([labeled.images, catalog.read_table(split_artifact, "unlabeled").images])
     keras.utils.set_random_seed(smoke.consistency.classifier.seed)
     initial = trainable_weights(build_classifier(smoke.consistency.classifier))
     moved = {}
@@ -190,7 +198,7 @@ def test_the_kept_and_validated_weights_are_the_ema_weights(split_artifact, smok
 
 def test_pixels_travel_as_uint8_and_the_model_casts_them(split_artifact, smoke):
     """The host sends a quarter of the bytes; the model's training step sees the float32 pixels."""
-    labeled = data.read_table(split_artifact, "labeled")
+    labeled = catalog.read_table(split_artifact, "labeled")
     (labeled_images, unlabeled_images), _ = TwoStreamBatches(labeled, labeled.images, 8, 16, seed=0)[0]
     assert labeled_images.dtype == unlabeled_images.dtype == np.uint8
     model = consistency.ConsistencyModel(build_classifier(smoke.consistency.classifier), smoke_consistency(smoke))
@@ -204,13 +212,13 @@ def pixel_softmax_model(smoke, threshold: float, dropout: float = 0.0, **update)
     ConsistencyModel whose strong view is the image itself, and random data for it: 8 labeled images, their
     labels and 16 unlabeled images. (model, labeled, labels, unlabeled), the same each call."""
     rng = np.random.default_rng(0)
-    labeled, unlabeled = (rng.integers(0, 256, (n, *data.IMAGE_SHAPE), dtype="uint8") for n in (8, 16))
+    labeled, unlabeled = (rng.integers(0, 256, (n, *catalog.IMAGE_SHAPE), dtype="uint8") for n in (8, 16))
     labels = training.one_hot(rng.integers(0, 100, 8))
     keras.utils.set_random_seed(0)
-    classifier = keras.Sequential([keras.Input(data.IMAGE_SHAPE), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+    classifier = keras.Sequential([keras.Input(catalog.IMAGE_SHAPE), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
                                    *([keras.layers.Dropout(dropout)] if dropout else []),
                                    keras.layers.Dense(100, activation="softmax")])
-    config = smoke_consistency(smoke, threshold=threshold, strong=StrongAugmentConfig(num_ops=0, cutout=0.0), **update,
+    config = smoke_consistency(smoke, fixmatch=FixMatchConfig(threshold=threshold), strong=StrongAugmentConfig(num_ops=0, cutout=0.0), **update,
                                classifier=smoke.consistency.classifier.model_copy(update={"batch_size": 8}),
                                unlabeled_ratio=2)
     return consistency.ConsistencyModel(classifier, config), labeled, labels, unlabeled
@@ -276,7 +284,7 @@ def test_clean_targets_are_the_inference_mode_predictions_of_the_images(smoke):
 
 
 def test_the_stage_writes_a_classifier_with_its_evidence(split_artifact, smoke, tmp_path):
-    manifest = consistency.run(smoke.consistency, {"split": split_artifact}, tmp_path / "out")
+    manifest = consistency.STAGE.execute(smoke.consistency, {"split": split_artifact}, tmp_path / "out")
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert manifest["stage"] == "consistency"
     assert metrics["steps"] == smoke.consistency.steps_per_epoch * smoke.consistency.classifier.epochs
@@ -308,7 +316,7 @@ def test_a_resumed_time_budget_goes_on_from_the_epochs_already_spent(epoch_secon
 def test_a_time_budget_stops_training_early(split_artifact, smoke, tmp_path):
     config = smoke_consistency(smoke, time_budget_minutes=0.05,  # 3 s: less than the first epoch
                                classifier=smoke.consistency.classifier.model_copy(update={"epochs": 50}))
-    consistency.run(config, {"split": split_artifact}, tmp_path / "out")
+    consistency.STAGE.execute(config, {"split": split_artifact}, tmp_path / "out")
     history = pd.read_parquet(tmp_path / "out" / "history.parquet")
     assert len(history) == 1
     assert history["learning_rate"].iloc[0] == pytest.approx(config.classifier.learning_rate, rel=0.01)  # none spent yet
@@ -329,13 +337,13 @@ def test_freematch_trains_on_the_jax_backend(concatenate_views, strong_fraction,
 
 
 COMPILED_MODELS = """
-from stages.config import load_pipeline_config
+from pipelines.config import load_pipeline_config
 from stages.consistency import ConsistencyModel
-from stages.models import build_classifier
-from stages.objectives import OBJECTIVES
+from stages.lib.training import build_classifier
+from stages.lib.objectives import build_objective
 config = load_pipeline_config("ssl-gpu")
 models = [ConsistencyModel(build_classifier(config.consistency.classifier), config.consistency),
-          OBJECTIVES["simclr"](load_pipeline_config("quick").pretrain)]
+          build_objective(load_pipeline_config("quick", [{"pretrain": {"objective": "simclr"}}]).pretrain.objective_setup())]
 for model in models:
     model.compile(optimizer="sgd")
 print([model.jit_compile for model in models])
@@ -365,7 +373,7 @@ def test_a_warm_start_begins_at_the_input_models_weights(method, split_artifact,
     start = keras.saving.load_model(model_artifact / "model.keras")
     for warm, inputs in ((True, {"split": split_artifact, "model": model_artifact}), (False, {"split": split_artifact})):
         config = smoke_consistency(smoke, warm_start=warm, classifier=frozen, method=method)
-        manifest = consistency.run(config, inputs, tmp_path / str(warm))
+        manifest = consistency.STAGE.execute(config, inputs, tmp_path / str(warm))
         kept = keras.saving.load_model(tmp_path / str(warm) / "model.keras")
         same = [np.allclose(a, b, atol=1e-6) for a, b in zip(kernels(kept), kernels(start))]
         assert all(same) if warm else not any(same)
@@ -379,7 +387,7 @@ def test_the_warm_start_is_kept_when_no_epoch_beats_it_on_validation(start_accur
     """The input model is epoch 0: kept when its validation accuracy is at least every epoch's."""
     monkeypatch.setattr(consistency, "validation_metrics", lambda model, validation, batch_size: {"val_accuracy": start_accuracy})
     output = tmp_path / "out"
-    consistency.run(smoke_consistency(smoke, warm_start=True), {"split": split_artifact, "model": model_artifact}, output)
+    consistency.STAGE.execute(smoke_consistency(smoke, warm_start=True), {"split": split_artifact, "model": model_artifact}, output)
     kept = keras.saving.load_model(output / "model.keras")
     start = keras.saving.load_model(model_artifact / "model.keras")
     same = all(np.array_equal(a, b) for a, b in zip(kept.get_weights(), start.get_weights()))
@@ -392,11 +400,11 @@ def test_the_warm_start_is_kept_when_no_epoch_beats_it_on_validation(start_accur
 
 def test_a_warm_start_needs_a_model_of_the_configured_network(split_artifact, model_artifact, smoke, tmp_path):
     with pytest.raises(ValueError, match=r"warm_start is true but no model input.*--input model=DIR"):
-        consistency.run(smoke_consistency(smoke, warm_start=True), {"split": split_artifact}, tmp_path / "a")
+        consistency.STAGE.execute(smoke_consistency(smoke, warm_start=True), {"split": split_artifact}, tmp_path / "a")
     with pytest.raises(ValueError, match=r"got a model input but warm_start is false.*consistency.warm_start=true"):
-        consistency.run(smoke.consistency, {"split": split_artifact, "model": model_artifact}, tmp_path / "b")
+        consistency.STAGE.execute(smoke.consistency, {"split": split_artifact, "model": model_artifact}, tmp_path / "b")
     wider = smoke.consistency.classifier.architecture.model_copy(update={"filters": (8, 32)})
     config = smoke_consistency(smoke, warm_start=True, classifier=smoke.consistency.classifier.model_copy(update={"architecture": wider}))
     with pytest.raises(ArtifactError, match=r"not the network consistency.classifier.architecture builds.*architecture"):
-        consistency.run(config, {"split": split_artifact, "model": model_artifact}, tmp_path / "c")
+        consistency.STAGE.execute(config, {"split": split_artifact, "model": model_artifact}, tmp_path / "c")
     assert not any((tmp_path / name).exists() for name in "abc")  # nothing written

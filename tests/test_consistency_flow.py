@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipelines.config import consistency_grid
 from pipelines.consistency import consistency_pipeline
-from stages.artifacts import read_manifest
-from stages.config import ConfigError, consistency_grid
+from stages.lib.artifacts import read_manifest
+from stages.lib.config import ConfigError
 
 
 @pytest.fixture(scope="module")

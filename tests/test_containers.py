@@ -5,12 +5,12 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipelines.config import ResourcesConfig
 from pipelines.flow import baseline_pipeline
 from pipelines.launchers import DockerLauncher, StageFailed
-from stages import data
-from stages.artifacts import read_manifest, sha256_file, verify
-from stages.config import ResourcesConfig
-from stages.stage import STAGE_NAMES
+from stages.lib import catalog
+from stages.lib.artifacts import read_manifest, sha256_file, verify
+from stages.lib.stage import STAGE_NAMES
 
 pytestmark = pytest.mark.containers
 STAGE_LABEL = "ssl-pipeline.stage"
@@ -41,8 +41,8 @@ def docker_run(prefect, archive, smoke, stage_image, fresh_home):
 def test_stages_in_containers_match_in_process(docker_run, split_artifact, docker_client):
     result, _ = docker_run
     split = result["artifacts"]["split"]
-    for name in data.TABLES:  # the container wrote byte-identical tables
-        assert sha256_file(data.table_path(split, name)) == sha256_file(data.table_path(split_artifact, name))
+    for name in catalog.TABLES:  # the container wrote byte-identical tables
+        assert sha256_file(catalog.table_path(split, name)) == sha256_file(catalog.table_path(split_artifact, name))
     for artifact in result["artifacts"].values():
         verify(artifact)
     assert read_manifest(result["artifacts"]["model"])["backend"] == "tensorflow"

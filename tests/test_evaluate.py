@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import data, evaluate
-from stages.artifacts import verify
-from stages.baseline import load_classifier
+from stages import evaluate
+from stages.lib import catalog
+from stages.lib.artifacts import verify
+from stages.lib.catalog import load_classifier
 
 
 def test_classification_metrics_by_hand():
@@ -41,12 +42,12 @@ def test_the_second_view_is_the_prediction_of_the_mirror_images():
 def test_evaluate_outputs(tmp_path, split_artifact, model_artifact, smoke, flip_average):
     output = tmp_path / "evaluation"
     config = smoke.evaluate.model_copy(update={"flip_average": flip_average})
-    manifest = evaluate.run(config, {"split": split_artifact, "model": model_artifact}, output)
+    manifest = evaluate.STAGE.execute(config, {"split": split_artifact, "model": model_artifact}, output)
     assert verify(output)["digest"] == manifest["digest"]
     metrics = json.loads((output / "metrics.json").read_text())
     predictions = pd.read_parquet(output / "predictions.parquet")
     assert metrics["test_accuracy"] == (predictions["predicted"] == predictions["label"]).mean()
-    test = data.read_table(split_artifact, "test")
+    test = catalog.read_table(split_artifact, "test")
     single_view = load_classifier(model_artifact).predict(test.images.astype("float32"), verbose=0).argmax(axis=1)
     assert metrics["test_accuracy_single_view"] == pytest.approx((single_view == test.labels).mean())
     if not flip_average:

@@ -22,7 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
-from stages.artifacts import verify
+from stages.lib.artifacts import verify
 
 KILL_POINTS = 5  # each costs a kill and a rerun: about 1.5 clean runs (20-50 s each, by machine)
 SMOKE = ["--preset", "smoke", "--set", "baseline.epochs=4"]  # 4 epochs: kills also land between epochs

@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from stages import training
-from stages.config import load_pipeline_config
-from stages.data import ImageTable
-from stages.training import EpochBatches, TwoStreamBatches, feed
+from pipelines.config import load_pipeline_config
+from stages.lib import training
+from stages.lib.catalog import ImageTable
+from stages.lib.training import EpochBatches, TwoStreamBatches, feed
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="other backends iterate the PyDataset")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import data
-from stages.baseline import load_classifier
+from stages.lib import catalog
+from stages.lib.catalog import load_classifier
 
 spec = importlib.util.spec_from_file_location("flip_average_bench", Path(__file__).parents[1] / "bench" / "flip_average.py")
 bench = importlib.util.module_from_spec(spec)
@@ -33,10 +33,10 @@ def test_each_model_gets_both_sets_from_both_predictions(split_artifact, model_a
     (row,) = json.loads((tmp_path / "f.json").read_text())["rows"]
     assert row["model"] == f"baseline/{model_artifact.name}" and row["trained_on_unlabeled_images"] is False
     model = load_classifier(model_artifact)
-    validation = data.read_table(split_artifact, "validation")
+    validation = catalog.read_table(split_artifact, "validation")
     single = model.predict(validation.images.astype("float32"), verbose=0)
     mirrored = model.predict(validation.images[:, :, ::-1].astype("float32"), verbose=0)
     assert row["validation"]["single"] == pytest.approx((single.argmax(axis=1) == validation.labels).mean())
     assert row["validation"]["averaged"] == pytest.approx(((single + mirrored).argmax(axis=1) == validation.labels).mean())
-    assert row["unlabeled_images"] == len(data.read_table(split_artifact, "unlabeled_audit").labels)
+    assert row["unlabeled_images"] == len(catalog.read_table(split_artifact, "unlabeled_audit").labels)
     assert f"| baseline/{model_artifact.name} | no |" in (tmp_path / "f.md").read_text()

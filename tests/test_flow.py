@@ -4,17 +4,16 @@ import time
 from pathlib import Path
 
 import keras
-import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+import mlflow
 from pipelines import settings, tracking
 from pipelines.flow import baseline_pipeline
 from pipelines.launchers import StageFailed, SubprocessLauncher
-from stages import data
-from stages.artifacts import read_manifest, sha256_file
-
+from stages.lib import catalog
+from stages.lib.artifacts import read_manifest, sha256_file
 
 pytestmark = pytest.mark.usefixtures("fresh_home")  # the first run must build every stage
 
@@ -64,7 +63,7 @@ def test_per_epoch_metrics_datasets_and_figures(first_run):
 def test_logged_model_loads_through_pyfunc_and_agrees_with_keras(first_run):
     run_id = nested_runs(first_run["mlflow_run_id"])["baseline"].info.run_id
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-    images = data.read_table(Path(first_run["artifacts"]["split"]), "test").images[:16].astype("float32")
+    images = catalog.read_table(Path(first_run["artifacts"]["split"]), "test").images[:16].astype("float32")
     served = np.asarray(pyfunc.predict(images))
     trained = keras.saving.load_model(Path(first_run["artifacts"]["model"]) / "model.keras")
     assert np.array_equal(served.argmax(axis=1), trained.predict(images, verbose=0).argmax(axis=1))
@@ -98,7 +97,7 @@ def test_trained_classifier_is_the_registered_champion(first_run):
     assert champion.run_id == baseline_run.info.run_id
     assert champion.tags["ssl.artifact_digest"] == read_manifest(model)["digest"]
     assert float(champion.tags["val_accuracy"]) == baseline_run.data.metrics["best_val_accuracy"]
-    images = data.read_table(Path(first_run["artifacts"]["split"]), "test").images[:16].astype("float32")
+    images = catalog.read_table(Path(first_run["artifacts"]["split"]), "test").images[:16].astype("float32")
     served = np.asarray(mlflow.pyfunc.load_model(f"models:/{name}@{tracking.CHAMPION}").predict(images))
     trained = keras.saving.load_model(model / "model.keras")
     assert np.array_equal(served.argmax(axis=1), trained.predict(images, verbose=0).argmax(axis=1))
@@ -162,8 +161,8 @@ def test_bad_archive_fails_the_flow_and_the_parent_run(prefect, tmp_path, smoke)
 def test_subprocess_launcher_matches_in_process(tmp_path, archive, split_artifact, smoke):
     output = tmp_path / "split"
     SubprocessLauncher().launch("split", smoke.split, {"archive": archive}, output, smoke.resources)
-    for name in data.TABLES:
-        assert sha256_file(data.table_path(output, name)) == sha256_file(data.table_path(split_artifact, name))
+    for name in catalog.TABLES:
+        assert sha256_file(catalog.table_path(output, name)) == sha256_file(catalog.table_path(split_artifact, name))
 
 
 def test_subprocess_failure_reports_the_log_tail(tmp_path, smoke):

@@ -1,4 +1,4 @@
-"""bench/gpu/ as a lent GPU machine runs it, on the CPU with a tiny budget: the archive sent in parts,
+"""bench/gpu/ as a GPU machine runs it, on the CPU with a tiny budget: the archive sent in parts,
 joined there and checked by the split stage, then FixMatch for a wall-clock budget on JAX and the report."""
 
 import importlib.util
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.artifacts import sha256_file
+from stages.lib.artifacts import sha256_file
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "gpu"
 

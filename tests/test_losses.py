@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from stages import losses
+from stages.lib import losses
 
 
 def nt_xent_reference(z1, z2, temperature):
@@ -69,7 +69,7 @@ def test_joint_loss_weights_and_range():
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
 def test_nt_xent_on_jax_matches_the_reference():
-    code = ("import numpy as np; from keras import ops; from stages import losses; "
+    code = ("import numpy as np; from keras import ops; from stages.lib import losses; "
             "r = np.random.default_rng(0); z1, z2 = r.normal(size=(4, 4)).astype('float32'), "
             "r.normal(size=(4, 4)).astype('float32'); print(float(ops.convert_to_numpy(losses.nt_xent(z1, z2, 0.5))))")
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "KERAS_BACKEND": "jax"},

@@ -2,7 +2,7 @@
 
 import platform
 
-from stages.machine import describe, processor_name, vector_extensions
+from stages.lib.machine import describe, processor_name, vector_extensions
 
 
 def test_the_processor_model_and_vector_extensions_come_from_cpuinfo_where_linux_gives_it(tmp_path):

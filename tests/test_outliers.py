@@ -1,4 +1,4 @@
-"""The outlier stage (issue 7): the nu property of both scorers, the filtered split, bad input."""
+"""The outlier stage: the nu property of both scorers, the filtered split, bad input."""
 
 import importlib.util
 import json
@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import data, outliers
-from stages.artifacts import verify
-from stages.config import ConfigError, load_pipeline_config
+from pipelines.config import load_pipeline_config
+from stages import outliers
+from stages.lib import catalog
+from stages.lib.artifacts import verify
+from stages.lib.config import ConfigError
 
 
 def synthetic_images(count: int, kind: str, seed: int) -> np.ndarray:
@@ -38,7 +40,7 @@ def test_one_class_network_leaves_about_nu_of_its_training_images_outside(smoke,
 
 
 def test_one_class_svm_on_frozen_features_keeps_the_nu_property(split_artifact, model_artifact, smoke):
-    labeled = data.read_table(split_artifact, "labeled").images
+    labeled = catalog.read_table(split_artifact, "labeled").images
     config = smoke.outliers.model_copy(update={"scorer": "one_class_svm", "nu": 0.3})
     train_scores, scores, _ = outliers.SCORERS["one_class_svm"](config, labeled, synthetic_images(50, "noise", 3),
                                                              {"model": model_artifact})
@@ -47,16 +49,16 @@ def test_one_class_svm_on_frozen_features_keeps_the_nu_property(split_artifact, 
 
 
 def test_the_stage_writes_a_split_without_the_atypical_images(split_artifact, smoke, tmp_path):
-    manifest = outliers.run(smoke.outliers.model_copy(update={"nu": 0.5}), {"split": split_artifact}, tmp_path / "out")
+    manifest = outliers.STAGE.execute(smoke.outliers.model_copy(update={"nu": 0.5}), {"split": split_artifact}, tmp_path / "out")
     out = tmp_path / "out"
     verify(out)
     scores = pd.read_parquet(out / "scores.parquet")
-    unlabeled = data.read_table(split_artifact, "unlabeled")
+    unlabeled = catalog.read_table(split_artifact, "unlabeled")
     assert list(scores["id"]) == list(unlabeled.ids)
     assert (scores["kept"] == (scores["score"] >= 0)).all()
-    kept = data.read_table(out, "unlabeled")
+    kept = catalog.read_table(out, "unlabeled")
     assert list(kept.ids) == list(scores.loc[scores["kept"], "id"])
-    assert list(data.read_table(out, "unlabeled_audit").ids) == list(kept.ids)
+    assert list(catalog.read_table(out, "unlabeled_audit").ids) == list(kept.ids)
     for name in ("labeled", "validation", "test"):  # the input's own tables, byte for byte
         assert manifest["files"][f"{name}.parquet"]["sha256"] == json.loads(
             (split_artifact / "manifest.json").read_text())["files"][f"{name}.parquet"]["sha256"]
@@ -78,7 +80,7 @@ def test_nu_outside_the_unit_interval_is_refused(nu):
 def test_the_svm_scorer_needs_a_model(split_artifact, smoke, tmp_path):
     config = smoke.outliers.model_copy(update={"scorer": "one_class_svm"})
     with pytest.raises(ValueError, match=r"one_class_svm.*--input model=DIR.*outliers.scorer=one_class_nn"):
-        outliers.run(config, {"split": split_artifact}, tmp_path / "out")
+        outliers.STAGE.execute(config, {"split": split_artifact}, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

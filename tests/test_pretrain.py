@@ -7,21 +7,22 @@ import os
 import shutil
 import subprocess
 import sys
-import typing
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 
-from stages import data, fine_tune, pretrain
-from stages.artifacts import ArtifactError, write_manifest
-from stages.config import EncoderFineTuneConfig, PretrainConfig, ViewAugmentConfig, load_pipeline_config
-from stages.models import build_classifier, build_decoder, build_encoder, encoder_of
-from stages.objectives import OBJECTIVES
-from stages.objectives.simclr import build_views
-from stages import training
-from stages.training import FiniteGuard, NonFiniteValue, TwoStreamBatches
+from pipelines.config import load_pipeline_config
+from stages import fine_tune, pretrain
+from stages.fine_tune import EncoderFineTuneConfig, JointConfig, TwoStepConfig
+from stages.lib import catalog, training
+from stages.lib.artifacts import ArtifactError, write_manifest
+from stages.lib.models import build_decoder, build_encoder, encoder_of
+from stages.lib.objectives import OBJECTIVES, build_objective
+from stages.lib.objectives.simclr import ViewAugmentConfig, build_views
+from stages.lib.training import FiniteGuard, NonFiniteValue, TwoStreamBatches, build_classifier
+from stages.pretrain import PretrainConfig
 
 
 @pytest.mark.parametrize("preset", ["smoke", "quick", "seed"])
@@ -36,8 +37,11 @@ def test_decoder_mirrors_the_encoder_back_to_an_image(preset):
     assert sum(isinstance(layer, keras.layers.UpSampling2D) for layer in decoder.layers) == len(architecture.filters)
 
 
-def test_every_configurable_objective_is_registered():
-    assert set(OBJECTIVES) == set(typing.get_args(PretrainConfig.model_fields["objective"].annotation))
+def test_every_registered_objective_has_its_section_in_the_stage_config():
+    for name in OBJECTIVES:
+        assert PretrainConfig.model_fields[name].annotation is OBJECTIVES[name].config_type
+    with pytest.raises(ValueError, match="unknown objective 'byol'; known: autoencoder, simclr"):
+        PretrainConfig(objective="byol")
 
 
 def test_views_keep_shape_and_pixel_range_and_differ():
@@ -71,13 +75,13 @@ def pretrained(request, tmp_path_factory, split_artifact, smoke):
     config = PretrainConfig(objective=request.param, architecture=smoke.baseline.architecture, epochs=2,
                             batch_size=64)
     output = tmp_path_factory.mktemp(request.param) / "artifact"
-    pretrain.run(config, {"split": split_artifact}, output)
+    pretrain.STAGE.execute(config, {"split": split_artifact}, output)
     return request.param, output
 
 
 def test_pretrain_stage_writes_the_encoder_history_and_figures(pretrained, smoke):
     objective, output = pretrained
-    encoder = keras.saving.load_model(output / pretrain.ENCODER_FILE)
+    encoder = keras.saving.load_model(output / catalog.ENCODER_FILE)
     assert encoder.input_shape == (None, 32, 32, 3) and encoder.output_shape == (None, smoke.baseline.architecture.filters[-1])
     history = pd.read_parquet(output / "history.parquet")
     evidence = {"autoencoder": {"reconstruction_loss", "psnr"}, "simclr": {"contrastive_loss", "pair_accuracy"}}[objective]
@@ -92,8 +96,9 @@ def test_pretrain_stage_writes_the_encoder_history_and_figures(pretrained, smoke
 @pytest.mark.parametrize("mode", ["two_step", "joint"])
 def test_fine_tune_puts_a_classifier_on_the_pretrained_encoder(pretrained, mode, split_artifact, smoke, tmp_path):
     objective, encoder_artifact = pretrained
-    config = EncoderFineTuneConfig(mode=mode, classifier=smoke.baseline, unfreeze_epochs=1, unlabeled_batch_size=32)
-    fine_tune.run(config, {"split": split_artifact, "encoder": encoder_artifact}, tmp_path / "out")
+    config = EncoderFineTuneConfig(mode=mode, classifier=smoke.baseline, two_step=TwoStepConfig(unfreeze_epochs=1),
+                                   joint=JointConfig(unlabeled_batch_size=32))
+    fine_tune.STAGE.execute(config, {"split": split_artifact, "encoder": encoder_artifact}, tmp_path / "out")
     classifier = keras.saving.load_model(tmp_path / "out" / "model.keras")
     assert classifier.output_shape == (None, 100)
     history = pd.read_parquet(tmp_path / "out" / "history.parquet")
@@ -111,7 +116,7 @@ def test_fine_tune_puts_a_classifier_on_the_pretrained_encoder(pretrained, mode,
 # statistics of the other stream. Run in-process (TensorFlow) and in a subprocess (JAX).
 RECALIBRATED_FIT = """
 import json, keras, numpy as np
-from stages.training import BatchNormRecalibration, EpochRecorder, epoch_callbacks
+from stages.lib.training import BatchNormRecalibration, EpochRecorder, epoch_callbacks
 rng = np.random.default_rng(0)
 train = rng.normal(50.0, 10.0, size=(64, 2, 2, 3)).astype("float32")  # far from the images below
 images = rng.normal(-3.0, 2.0, size=(35, 2, 2, 3)).astype("float32")  # 4 batches of 8; 3 left over
@@ -166,10 +171,10 @@ def test_joint_fine_tuning_recalibrates_the_classifier_before_each_validation(re
 
     monkeypatch.setattr(training, "recalibrate_batchnorm", recorded)
     _, encoder_artifact = pretrained
-    config = EncoderFineTuneConfig(mode="joint", classifier=smoke.baseline, unlabeled_batch_size=32,
-                                   recalibrate_batchnorm=recalibrate)
-    fine_tune.run(config, {"split": split_artifact, "encoder": encoder_artifact}, tmp_path / "out")
-    labeled = len(data.read_table(split_artifact, "labeled"))
+    config = EncoderFineTuneConfig(mode="joint", classifier=smoke.baseline,
+                                   joint=JointConfig(unlabeled_batch_size=32, recalibrate_batchnorm=recalibrate))
+    fine_tune.STAGE.execute(config, {"split": split_artifact, "encoder": encoder_artifact}, tmp_path / "out")
+    labeled = len(catalog.read_table(split_artifact, "labeled"))
     epochs = len(pd.read_parquet(tmp_path / "out" / "history.parquet"))
     expected = [("vgg_classifier", labeled, smoke.baseline.batch_size)] * epochs
     assert calls == (expected if recalibrate else [])
@@ -178,21 +183,21 @@ def test_joint_fine_tuning_recalibrates_the_classifier_before_each_validation(re
 def test_two_step_starts_from_the_pretrained_encoder_and_keeps_it_frozen(pretrained, split_artifact, smoke, tmp_path):
     _, encoder_artifact = pretrained
     config = EncoderFineTuneConfig(classifier=smoke.baseline)
-    fine_tune.run(config, {"split": split_artifact, "encoder": encoder_artifact}, tmp_path / "out")
+    fine_tune.STAGE.execute(config, {"split": split_artifact, "encoder": encoder_artifact}, tmp_path / "out")
     classifier = keras.saving.load_model(tmp_path / "out" / "model.keras")
     tuned = classifier.get_layer("vgg_encoder").get_weights()
-    original = keras.saving.load_model(encoder_artifact / pretrain.ENCODER_FILE).get_weights()
+    original = keras.saving.load_model(encoder_artifact / catalog.ENCODER_FILE).get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(tuned, original))
 
 
 def test_joint_loss_weights_reach_the_training_objective(pretrained, split_artifact, smoke):
     """With a = 1 the classification term weighs 0: the joint loss is twice the unsupervised one."""
     objective, encoder_artifact = pretrained
-    config = EncoderFineTuneConfig(mode="joint", classifier=smoke.baseline, joint_weight=1.0, unlabeled_batch_size=32)
-    pretrained_config = fine_tune.pretrained_config(encoder_artifact, config.classifier)
+    config = EncoderFineTuneConfig(mode="joint", classifier=smoke.baseline, joint=JointConfig(weight=1.0, unlabeled_batch_size=32))
+    setup = fine_tune.pretrained_setup(encoder_artifact, config.classifier)
     classifier = build_classifier(config.classifier)
-    model = fine_tune.JointModel(classifier, OBJECTIVES[objective](pretrained_config, encoder=encoder_of(classifier)), config)
-    labeled = data.read_table(split_artifact, "labeled")
+    model = fine_tune.JointModel(classifier, build_objective(setup, encoder=encoder_of(classifier)), config)
+    labeled = catalog.read_table(split_artifact, "labeled")
     batch = TwoStreamBatches(labeled, labeled.images, 16, 16, seed=0)[0]
     keras.utils.set_random_seed(0)
     outputs = model(batch[0], training=False)
@@ -203,8 +208,8 @@ def test_joint_loss_weights_reach_the_training_objective(pretrained, split_artif
 
 def test_joint_weight_outside_minus_one_one_is_refused():
     for a in (-1.5, 1.01):
-        with pytest.raises(ValueError, match="joint_weight"):
-            EncoderFineTuneConfig(mode="joint", joint_weight=a)
+        with pytest.raises(ValueError, match="joint.weight"):
+            EncoderFineTuneConfig.model_validate({"mode": "joint", "joint": {"weight": a}})
 
 
 def test_an_encoder_for_other_images_is_refused(pretrained, split_artifact, smoke, tmp_path):
@@ -212,11 +217,11 @@ def test_an_encoder_for_other_images_is_refused(pretrained, split_artifact, smok
     foreign = tmp_path / "foreign"
     shutil.copytree(encoder_artifact, foreign)
     inputs = keras.Input((64, 64, 3))
-    keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs)).save(foreign / pretrain.ENCODER_FILE)
+    keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs)).save(foreign / catalog.ENCODER_FILE)
     manifest = json.loads((foreign / "manifest.json").read_text())
     write_manifest(foreign, "pretrain", manifest["config"], manifest["parents"], dt.datetime.now(dt.timezone.utc))
     with pytest.raises(ArtifactError, match=r"encoder.keras takes inputs of shape \(64, 64, 3\), but the images are \(32, 32, 3\)"):
-        fine_tune.run(EncoderFineTuneConfig(classifier=smoke.baseline), {"split": split_artifact, "encoder": foreign},
+        fine_tune.STAGE.execute(EncoderFineTuneConfig(classifier=smoke.baseline), {"split": split_artifact, "encoder": foreign},
                       tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -226,7 +231,7 @@ def test_an_encoder_of_another_architecture_is_refused(pretrained, smoke):
     wider = smoke.baseline.model_copy(update={"architecture": smoke.baseline.architecture.model_copy(
         update={"filters": (16, 32)})})
     with pytest.raises(ArtifactError, match=r"classifier.architecture.filters is \(16, 32\) but the encoder"):
-        fine_tune.pretrained_config(encoder_artifact, wider)
+        fine_tune.pretrained_setup(encoder_artifact, wider)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipelines.config import pretraining_grid
 from pipelines.pretraining import pretraining_pipeline
-from stages.config import ConfigError, pretraining_grid
+from stages.lib.config import ConfigError
 
 
 @pytest.fixture(scope="module")

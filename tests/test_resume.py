@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import training
-from stages.artifacts import exclusive_output, read_manifest, staged_output
-from stages.config import EncoderFineTuneConfig
-from stages.stage import get_stage
-from stages.training import EpochCheckpoint, EpochRecorder
+from stages.fine_tune import EncoderFineTuneConfig, JointConfig
+from stages.lib import training
+from stages.lib.artifacts import exclusive_output, read_manifest, staged_output
+from stages.lib.stage import get_stage
+from stages.lib.training import EpochCheckpoint, EpochRecorder
 
 TIMINGS = ["epoch_seconds", "timestamp_ms"]
 
@@ -46,7 +46,7 @@ def three_epochs(smoke, stage: str):
         return smoke.consistency.model_copy(update={"classifier": smoke.consistency.classifier.model_copy(update={"epochs": 3})})
     if stage == "fine_tune":  # joint: two streams through one encoder, BatchNorm re-estimated before each validation
         return EncoderFineTuneConfig(mode="joint", classifier=smoke.baseline.model_copy(update={"epochs": 3}),
-                                     unlabeled_batch_size=32)
+                                     joint=JointConfig(unlabeled_batch_size=32))
     return smoke.pretrain.model_copy(update={"epochs": 3, "objective": "simclr"})
 
 
@@ -76,7 +76,7 @@ def test_an_interrupted_stage_resumes_and_matches_an_uninterrupted_one(stage, mo
         with pytest.raises(Interrupted):
             get_stage(stage).execute(config, inputs, output)
     assert not output.exists() and (tmp_path / ".resumed.work" / "fit-1" / "latest").read_text() == "epoch-2"
-    with caplog.at_level(logging.INFO, logger="stages.training"):
+    with caplog.at_level(logging.INFO, logger="stages.lib.training"):
         get_stage(stage).execute(config, inputs, output)
     assert "resuming from the checkpoint of epoch 2" in caplog.text
     assert not (tmp_path / ".resumed.work").exists()
@@ -128,7 +128,7 @@ def test_a_resumed_fit_estimates_its_eta_from_the_epochs_it_ran_and_the_budget_l
     recorder = EpochRecorder(epochs=10, budget_seconds=budget_seconds)
     recorder.rows = [{"epoch": 1, "epoch_seconds": 100.0}, {"epoch": 2, "epoch_seconds": 100.0}]  # as restored
     recorder.set_model(model)
-    with caplog.at_level(logging.INFO, logger="stages.training"):
+    with caplog.at_level(logging.INFO, logger="stages.lib.training"):
         recorder.on_train_begin()
         recorder.on_epoch_begin(2)
         recorder.on_epoch_end(2, {"loss": 1.0})
@@ -138,7 +138,7 @@ def test_a_resumed_fit_estimates_its_eta_from_the_epochs_it_ran_and_the_budget_l
 def test_one_writer_per_output_and_killed_writers_leave_nothing_behind(tmp_path):
     output = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from stages.artifacts import exclusive_output\n"
+        "import sys, time; from pathlib import Path; from stages.lib.artifacts import exclusive_output\n"
         f"with exclusive_output(Path({str(output)!r})):\n    print('locked', flush=True); time.sleep(3)")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"

@@ -10,11 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages import data, pseudo_label, self_train
-from stages.artifacts import ArtifactError, write_manifest
-from stages.config import PseudoLabelConfig
-from stages.data import DataError
-from stages.reports import markdown_table
+from stages import pseudo_label, self_train
+from stages.lib import catalog, pseudo_labels
+from stages.lib.artifacts import ArtifactError, write_manifest
+from stages.lib.catalog import DataError
+from stages.lib.pseudo_labels import PseudoLabelConfig
+from stages.lib.reports import markdown_table
 
 
 def predictions(rows):
@@ -25,13 +26,13 @@ def predictions(rows):
 
 def test_select_keeps_confidence_at_or_above_the_threshold_in_input_order():
     table = predictions([("a", 0, 0.5), ("b", 1, 0.9), ("c", 0, 0.85), ("d", 2, 0.849)])
-    assert pseudo_label.select(table, 0.85)["id"].tolist() == ["b", "c"]
-    assert pseudo_label.select(table, 1.0).empty
+    assert pseudo_labels.select(table, 0.85)["id"].tolist() == ["b", "c"]
+    assert pseudo_labels.select(table, 1.0).empty
 
 
 def test_select_caps_each_predicted_class_at_its_most_confident_rows():
     table = predictions([("a", 0, 0.7), ("b", 0, 0.95), ("c", 1, 0.8), ("d", 0, 0.9), ("e", 0, 0.9), ("f", 1, 0.6)])
-    chosen = pseudo_label.select(table, 0.65, max_per_class=2)
+    chosen = pseudo_labels.select(table, 0.65, max_per_class=2)
     # class 0: b (0.95), then d and e tie at 0.9 and the earlier row wins; class 1: c only (f is below 0.65)
     assert chosen["id"].tolist() == ["b", "c", "d"]
 
@@ -45,16 +46,16 @@ def test_pseudo_label_config_rejects_thresholds_outside_zero_one():
 @pytest.fixture(scope="module")
 def pseudo_label_artifact(tmp_path_factory, split_artifact, model_artifact, smoke):
     output = tmp_path_factory.mktemp("pseudo_label") / "artifact"
-    pseudo_label.run(smoke.self_training.selection, {"split": split_artifact, "model": model_artifact}, output)
+    pseudo_label.STAGE.execute(smoke.self_training.selection, {"split": split_artifact, "model": model_artifact}, output)
     return output
 
 
 def test_pseudo_label_stage_writes_the_selection_and_measures_it(pseudo_label_artifact, split_artifact):
-    unlabeled = data.read_table(split_artifact, "unlabeled")
-    labels = pseudo_label.read_pseudo_labels(pseudo_label_artifact, unlabeled)
+    unlabeled = catalog.read_table(split_artifact, "unlabeled")
+    labels = catalog.read_pseudo_labels(pseudo_label_artifact, unlabeled)
     assert len(labels) == len(unlabeled)  # the smoke threshold 0.01 keeps every prediction of 100 classes
     assert (labels["iteration"] == 1).all() and (labels["confidence"] >= 0.01).all()
-    audit = data.read_table(split_artifact, "unlabeled_audit")
+    audit = catalog.read_table(split_artifact, "unlabeled_audit")
     truth = dict(zip(audit.ids, audit.labels))
     metrics = json.loads((pseudo_label_artifact / "metrics.json").read_text())
     assert metrics["selected"] == len(labels)
@@ -74,7 +75,7 @@ def spied_self_train(tmp_path_factory, split_artifact, model_artifact, pseudo_la
     output = tmp_path_factory.mktemp("self_train") / "artifact"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(self_train, "fit_classifier", spy)
-        self_train.run(smoke.self_training, {"split": split_artifact, "model": model_artifact,
+        self_train.STAGE.execute(smoke.self_training, {"split": split_artifact, "model": model_artifact,
                                              "pseudo_labels": pseudo_label_artifact}, output)
     return output, calls
 
@@ -102,7 +103,7 @@ def test_fine_tuning_lowers_the_rate_and_raises_dropout_and_l2(spied_self_train,
 
 def test_labeled_weigh_two_and_pseudo_labels_their_confidence(spied_self_train, split_artifact):
     output, calls = spied_self_train
-    labeled = data.read_table(split_artifact, "labeled")
+    labeled = catalog.read_table(split_artifact, "labeled")
     written = pd.read_parquet(output / "pseudo_labels.parquet")
     for number, call in enumerate(calls, start=1):
         labels = written[written["iteration"] == number]
@@ -115,8 +116,8 @@ def test_labeled_weigh_two_and_pseudo_labels_their_confidence(spied_self_train, 
 def test_audit_labels_never_reach_training(spied_self_train, split_artifact):
     """Every training label is a labeled image's own or a pseudo-label (a prediction), never the audit truth."""
     output, calls = spied_self_train
-    labeled = data.read_table(split_artifact, "labeled")
-    audit = data.read_table(split_artifact, "unlabeled_audit")
+    labeled = catalog.read_table(split_artifact, "labeled")
+    audit = catalog.read_table(split_artifact, "unlabeled_audit")
     truth = pd.Series(audit.labels, index=audit.ids)
     written = pd.read_parquet(output / "pseudo_labels.parquet")
     for number, call in enumerate(calls, start=1):
@@ -129,8 +130,8 @@ def test_audit_labels_never_reach_training(spied_self_train, split_artifact):
 
 
 def test_empty_selection_names_the_threshold_and_the_best_confidence(model_artifact, split_artifact, tmp_path):
-    with pytest.raises(pseudo_label.EmptySelection, match=r"no prediction reaches selection.threshold 1.0 \(the most confident is 0\.\d+\)"):
-        pseudo_label.run(PseudoLabelConfig(threshold=1.0), {"split": split_artifact, "model": model_artifact},
+    with pytest.raises(pseudo_labels.EmptySelection, match=r"no prediction reaches selection.threshold 1.0 \(the most confident is 0\.\d+\)"):
+        pseudo_label.STAGE.execute(PseudoLabelConfig(threshold=1.0), {"split": split_artifact, "model": model_artifact},
                          tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -138,8 +139,8 @@ def test_empty_selection_names_the_threshold_and_the_best_confidence(model_artif
 def rewrite_pseudo_labels(source, target, change):
     """A copy of a pseudo_label artifact with its table changed and its manifest rewritten to match."""
     shutil.copytree(source, target)
-    table = pq.read_table(target / pseudo_label.PSEUDO_LABELS_FILE).to_pandas()
-    pseudo_label.write_pseudo_labels(target, change(table))
+    table = pq.read_table(target / catalog.PSEUDO_LABELS_FILE).to_pandas()
+    catalog.write_pseudo_labels(target, change(table))
     manifest = json.loads((target / "manifest.json").read_text())
     write_manifest(target, manifest["stage"], manifest["config"], manifest["parents"], dt.datetime.now(dt.timezone.utc))
     return target
@@ -152,7 +153,7 @@ def test_pseudo_labels_for_ids_outside_the_unlabeled_set_are_refused(pseudo_labe
 
     bad = rewrite_pseudo_labels(pseudo_label_artifact, tmp_path / "bad", foreign)
     with pytest.raises(DataError, match=r"pseudo_labels.parquet: field 'id' has 2 ids that are not in the unlabeled table \(e.g. test-00000"):
-        self_train.run(smoke.self_training, {"split": split_artifact, "model": model_artifact, "pseudo_labels": bad},
+        self_train.STAGE.execute(smoke.self_training, {"split": split_artifact, "model": model_artifact, "pseudo_labels": bad},
                        tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -161,16 +162,16 @@ def test_pseudo_labels_of_another_selection_are_refused(pseudo_label_artifact, s
                                                         tmp_path):
     other = smoke.self_training.model_copy(update={"selection": PseudoLabelConfig(threshold=0.5)})
     with pytest.raises(ArtifactError, match="rerun the pseudo_label stage with this run's selection config"):
-        self_train.run(other, {"split": split_artifact, "model": model_artifact,
+        self_train.STAGE.execute(other, {"split": split_artifact, "model": model_artifact,
                                "pseudo_labels": pseudo_label_artifact}, tmp_path / "out")
 
 
 def test_a_pseudo_label_table_with_the_wrong_schema_is_refused(pseudo_label_artifact, split_artifact, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(pseudo_label_artifact, bad)
-    pq.write_table(pa.table({"id": ["train-00001"], "label": [1]}), bad / pseudo_label.PSEUDO_LABELS_FILE)
-    with pytest.raises(DataError, match="but pseudo-labels need"):
-        pseudo_label.read_pseudo_labels(bad, data.read_table(split_artifact, "unlabeled"))
+    pq.write_table(pa.table({"id": ["train-00001"], "label": [1]}), bad / catalog.PSEUDO_LABELS_FILE)
+    with pytest.raises(DataError, match="but pseudo-label table needs"):
+        catalog.read_pseudo_labels(bad, catalog.read_table(split_artifact, "unlabeled"))
 
 
 def test_report_tables_print_seconds_and_counts_alike_whatever_their_fraction():

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipelines.config import sweep_grid
 from pipelines.self_training import self_training_pipeline
-from stages.config import ConfigError, sweep_grid
+from stages.lib.config import ConfigError
 
 
 @pytest.fixture(scope="module")

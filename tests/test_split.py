@@ -4,9 +4,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from stages import cifar, data, split
-from stages.artifacts import ArtifactError, sha256_file, verify
-from stages.config import SplitConfig
+from stages import split
+from stages.lib import catalog, cifar
+from stages.lib.artifacts import ArtifactError, sha256_file, verify
+from stages.split import SplitConfig
 
 TABLES = ["labeled", "validation", "unlabeled", "unlabeled_audit", "test"]
 
@@ -30,15 +31,15 @@ def test_stratified_indices_refuses_too_many():
 
 
 def test_split_counts_schema_and_disjointness(split_artifact, smoke):
-    tables = {name: data.read_table(split_artifact, name) for name in TABLES}
+    tables = {name: catalog.read_table(split_artifact, name) for name in TABLES}
     per_class = {"labeled": smoke.split.labels_per_class, "validation": smoke.split.val_per_class,
                  "unlabeled_audit": smoke.split.unlabeled_per_class, "test": smoke.split.test_per_class}
     for name, count in per_class.items():
         assert np.bincount(tables[name].labels, minlength=100).tolist() == [count] * 100, name
     for name in TABLES:
-        schema = pq.read_schema(data.table_path(split_artifact, name)).remove_metadata()
-        assert schema.equals(data.TABLES[name][1]), name
-    assert "label" not in pq.read_schema(data.table_path(split_artifact, "unlabeled")).names
+        schema = pq.read_schema(catalog.table_path(split_artifact, name)).remove_metadata()
+        assert schema.equals(catalog.TABLES[name][1]), name
+    assert "label" not in pq.read_schema(catalog.table_path(split_artifact, "unlabeled")).names
     ids = [set(tables[name].ids) for name in ("labeled", "validation", "unlabeled")]
     assert sum(map(len, ids)) == len(set.union(*ids))
     assert list(tables["unlabeled"].ids) == list(tables["unlabeled_audit"].ids)
@@ -47,10 +48,10 @@ def test_split_counts_schema_and_disjointness(split_artifact, smoke):
 def test_images_and_audit_labels_are_the_official_ones(split_artifact, archive):
     train, test, _ = cifar.load(archive)
     for name, source in (("labeled", train), ("test", test)):
-        table = data.read_table(split_artifact, name)
+        table = catalog.read_table(split_artifact, name)
         rows = [int(i.split("-")[1]) for i in table.ids]
         assert np.array_equal(table.images, source.images[rows]) and np.array_equal(table.labels, source.labels[rows])
-    audit = data.read_table(split_artifact, "unlabeled_audit")
+    audit = catalog.read_table(split_artifact, "unlabeled_audit")
     assert np.array_equal(audit.labels, train.labels[[int(i.split("-")[1]) for i in audit.ids]])
 
 
@@ -68,15 +69,15 @@ def test_manifest_records_provenance(split_artifact, smoke):
 
 def test_same_config_gives_byte_identical_files(tmp_path, archive, split_artifact, smoke):
     again = tmp_path / "again"
-    split.run(smoke.split, {"archive": archive}, again)
+    split.STAGE.execute(smoke.split, {"archive": archive}, again)
     for name in TABLES:
-        assert sha256_file(data.table_path(again, name)) == sha256_file(data.table_path(split_artifact, name))
+        assert sha256_file(catalog.table_path(again, name)) == sha256_file(catalog.table_path(split_artifact, name))
 
 
 @pytest.mark.parametrize("labels_per_class", [25, 40])
 def test_other_label_budgets(tmp_path, archive, labels_per_class):
     config = SplitConfig(labels_per_class=labels_per_class, val_per_class=5, unlabeled_per_class=1, test_per_class=1)
-    manifest = split.run(config, {"archive": archive}, tmp_path / "out")
+    manifest = split.STAGE.execute(config, {"archive": archive}, tmp_path / "out")
     assert manifest["files"]["labeled.parquet"]["rows"] == 100 * labels_per_class
     assert manifest["files"]["validation.parquet"]["rows"] == 500
 
@@ -84,22 +85,22 @@ def test_other_label_budgets(tmp_path, archive, labels_per_class):
 def test_existing_output_is_never_overwritten(split_artifact, archive, smoke):
     before = sha256_file(split_artifact / "manifest.json")
     with pytest.raises(FileExistsError, match="already exists: artifacts are never overwritten"):
-        split.run(smoke.split, {"archive": archive}, split_artifact)
+        split.STAGE.execute(smoke.split, {"archive": archive}, split_artifact)
     assert sha256_file(split_artifact / "manifest.json") == before
 
 
 def test_failure_mid_write_leaves_nothing(tmp_path, archive, smoke, monkeypatch):
-    real_write = data.write_table
+    real_write = catalog.write_table
 
     def fail_on_test(artifact, name, *args, **kwargs):
         if name == "test":
             raise OSError("disk full")
         return real_write(artifact, name, *args, **kwargs)
 
-    monkeypatch.setattr(data, "write_table", fail_on_test)
+    monkeypatch.setattr(catalog, "write_table", fail_on_test)
     with pytest.raises(OSError, match="disk full"):
-        split.run(smoke.split, {"archive": archive}, tmp_path / "out")
-    assert list(tmp_path.iterdir()) == []
+        split.STAGE.execute(smoke.split, {"archive": archive}, tmp_path / "out")
+    assert [path.name for path in tmp_path.iterdir()] == [".out.lock"]  # the writers' lock, and no output
 
 
 def test_tampered_file_fails_verification(tmp_path, split_artifact):
@@ -117,5 +118,5 @@ def test_wrong_schema_is_named(tmp_path):
     import pyarrow as pa
 
     pq.write_table(pa.table({"id": ["a"], "image": [b"x" * 10], "label": [1]}), tmp_path / "labeled.parquet")
-    with pytest.raises(data.DataError, match="labeled.parquet has schema"):
-        data.read_table(tmp_path, "labeled")
+    with pytest.raises(catalog.DataError, match="labeled.parquet has schema"):
+        catalog.read_table(tmp_path, "labeled")

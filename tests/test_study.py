@@ -12,11 +12,20 @@ import pytest
 from mlflow.entities import RunInfo
 from mlflow.tracking import MlflowClient
 
-from pipelines.report import (collect_figures, configuration_table, experiment_label, flow_duration, is_configuration_run, mean_and_std,
-                              stage_minutes, summary_table, threshold_of, write_report)
+from pipelines.config import study_grid
+from pipelines.report import (
+    collect_figures,
+    configuration_table,
+    experiment_label,
+    flow_duration,
+    is_configuration_run,
+    mean_and_std,
+    stage_minutes,
+    summary_table,
+    threshold_of,
+    write_report,
+)
 from pipelines.study import study_pipeline
-from stages.config import study_grid
-
 
 FIGURE_LINK = re.compile(r"!\[[^]]*\]\(figures/([^)]+)\)")  # the file of each figure a report.md shows
 

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import launchers, settings, tracking
 from pipelines.flow import TrackingFailed, baseline_pipeline
-from stages.artifacts import verify
+from stages.lib.artifacts import verify
 
 
 def free_port() -> int:

@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from pipelines.config import load_pipeline_config, parse_assignment  # noqa: E402
 from stages import consistency, evaluate, split  # noqa: E402  (after the path, as a script)
-from stages.config import load_pipeline_config, parse_assignment  # noqa: E402
 
 ARCHIVE_NAME = "cifar-100-python.tar.gz"
 
@@ -68,10 +68,10 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     archive = join_parts(args.parts, args.work)
-    split.run(config.split, {"archive": archive}, args.work / "split")
+    split.STAGE.execute(config.split, {"archive": archive}, args.work / "split")
     data_seconds = time.perf_counter() - started
-    consistency.run(config.consistency, {"split": args.work / "split"}, args.work / "model")
-    evaluate.run(config.evaluate, {"split": args.work / "split", "model": args.work / "model"}, args.work / "evaluate")
+    consistency.STAGE.execute(config.consistency, {"split": args.work / "split"}, args.work / "model")
+    evaluate.STAGE.execute(config.evaluate, {"split": args.work / "split", "model": args.work / "model"}, args.work / "evaluate")
     report(args, config, device_name(), data_seconds, time.perf_counter() - started)
 
 

@@ -24,11 +24,17 @@ sys.path.insert(0, str(ROOT))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from stages.config import ConsistencyConfig, load_pipeline_config, parse_assignment  # noqa: E402
-from stages.consistency import ConsistencyModel  # noqa: E402
-from stages.machine import describe  # noqa: E402
-from stages.models import build_classifier  # noqa: E402
-from stages.training import build_optimizer, one_hot  # noqa: E402
+from pipelines.config import load_pipeline_config, parse_assignment  # noqa: E402
+from stages.consistency import (
+    ConsistencyConfig,  # noqa: E402
+    ConsistencyModel,  # noqa: E402
+)
+from stages.lib.machine import describe  # noqa: E402
+from stages.lib.training import (  # noqa: E402
+    build_classifier,  # noqa: E402
+    build_optimizer,
+    one_hot,
+)
 
 
 class SameBatch(keras.utils.PyDataset):

@@ -1,7 +1,9 @@
 """A name -> object registry that refuses duplicates, for variants (architectures, stages...)."""
 
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
+
+from pydantic import AfterValidator
 
 T = TypeVar("T")
 
@@ -24,8 +26,21 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            known = ", ".join(sorted(self._items)) or "none"
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise KeyError(self._unknown(name)) from None
+
+    def name_type(self) -> type[str]:
+        """A config field's type for a name of this registry: validated against it, so a registry's names
+        are declared once, where each item registers."""
+        return Annotated[str, AfterValidator(self.check)]
+
+    def check(self, name: str) -> str:
+        """``name`` if it is registered, else a ValueError naming the known ones."""
+        if name not in self._items:
+            raise ValueError(self._unknown(name))
+        return name
+
+    def _unknown(self, name: str) -> str:
+        return f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items)) or 'none'}"
 
     def __contains__(self, name: str) -> bool:
         return name in self._items

@@ -1,4 +1,4 @@
-"""The seed study's reported numbers (../shared/SEED.md), for the reports that set ours beside them.
+"""The seed study's reported numbers (docs/seed-study.md), for the reports that set ours beside them.
 
 No imports beyond the standard library: ``ssl-pipeline report`` reads them without loading Keras.
 """

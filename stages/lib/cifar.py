@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.artifacts import sha256_file
+from stages.lib.artifacts import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,7 @@ SHA256 = "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7"
 SIZE = 169_001_437  # bytes
 ARCHIVE_ENV = "CIFAR100_ARCHIVE"
 FILENAME = "cifar-100-python.tar.gz"
+TRAIN_IMAGES_PER_CLASS = 500  # in the official training set
 
 
 class ArchiveError(RuntimeError):

@@ -14,11 +14,28 @@ from pathlib import Path
 import keras
 import numpy as np
 from keras import layers, ops
+from pydantic import Field
 
-from stages import figures, losses
-from stages.config import PretrainConfig, ViewAugmentConfig
-from stages.models import build_encoder, build_projection_head, build_scaling, compiled_under_jax
-from stages.objectives import OBJECTIVES
+from stages.lib import figures, losses
+from stages.lib.config import StrictModel
+from stages.lib.models import ArchitectureConfig, build_encoder, build_projection_head, build_scaling, compiled_under_jax
+from stages.lib.objectives import OBJECTIVES
+
+
+class ViewAugmentConfig(StrictModel):
+    """SimCLR's views of an image: random crop-resize, flip, colour jitter, grayscale, blur."""
+
+    crop_area: float = Field(0.2, gt=0, le=1, description="smallest crop, as a fraction of the image area")
+    jitter: float = Field(0.4, ge=0, le=1, description="brightness, contrast and saturation jitter; hue = jitter / 4")
+    grayscale: float = Field(0.2, ge=0, le=1, description="probability that a view is grayscale")
+    blur_sigma: float = Field(0.0, ge=0, description="max Gaussian blur sigma, pixels; 0 = off (CIFAR is 32 px)")
+
+
+class SimCLRConfig(StrictModel):
+    views: ViewAugmentConfig = Field(ViewAugmentConfig(), description="how each of the two views is made")
+    temperature: float = Field(0.2, gt=0, description="NT-Xent temperature")
+    projection_units: int = Field(256, ge=1, description="projection head hidden width")
+    projection_dim: int = Field(128, ge=1, description="embedding size the loss compares")
 
 
 def build_views(config: ViewAugmentConfig, seed: int) -> keras.Sequential:
@@ -45,15 +62,17 @@ def build_views(config: ViewAugmentConfig, seed: int) -> keras.Sequential:
 class SimCLR(keras.Model):
     """images -> two views -> scale -> encoder -> projection head; loss: NT-Xent between the views."""
 
-    def __init__(self, config: PretrainConfig, encoder: keras.Model | None = None, **kwargs):
+    config_type = SimCLRConfig
+
+    def __init__(self, config: SimCLRConfig, architecture: ArchitectureConfig, precision: str, seed: int,
+                 encoder: keras.Model | None = None, **kwargs):
         super().__init__(**kwargs)
-        dtype = config.precision
         self.temperature = config.temperature
-        self.views = build_views(config.views, config.seed)
+        self.views = build_views(config.views, seed)
         self.scale = build_scaling()
-        self.encoder = encoder or build_encoder(config.architecture, dtype, config.seed)  # shared when given
-        self.projector = build_projection_head(config.architecture.filters[-1], config.projection_units,
-                                               config.projection_dim, dtype, config.seed)
+        self.encoder = encoder or build_encoder(architecture, precision, seed)  # shared when given
+        self.projector = build_projection_head(architecture.filters[-1], config.projection_units,
+                                               config.projection_dim, precision, seed)
         self.contrastive_loss = keras.metrics.Mean(name="contrastive_loss")
         self.pair_accuracy = keras.metrics.Mean(name="pair_accuracy")  # positive found first among 2N - 1
 

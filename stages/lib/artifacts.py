@@ -51,18 +51,22 @@ def sha256_json(value: Any) -> str:
 
 @cache
 def code_version(stage: str) -> str:
-    """``<package version>+<hash of the sources stage runs>``: the stage's module and every module of
-    stages/ it imports, directly or not, so a change to another stage leaves this one's artifacts and
-    cache keys valid.
+    """``<package version>+<hash of the sources stage runs>``: the stage's module (its config class
+    included) and every module of stages/ it imports, directly or not, so a change to another stage
+    leaves this one's artifacts and cache keys valid.
 
     Presets are left out: what they set reaches every manifest and cache key as config.
     """
-    root = Path(stages.__file__).parent
+    return f"{stages.__version__}+{source_digest(Path(stages.__file__).parent, stage)[:12]}"
+
+
+def source_digest(root: Path, stage: str) -> str:
+    """SHA-256 over the paths and bytes of ``source_closure`` of the stage module in the package at ``root``."""
     digest = hashlib.sha256()
     for path in sorted(source_closure(root, f"{root.name}.{stage}")):
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
-    return f"{stages.__version__}+{digest.hexdigest()[:12]}"
+    return digest.hexdigest()
 
 
 def source_closure(root: Path, module: str) -> set[Path]:
@@ -286,6 +290,26 @@ def replace_text(path: Path, text: str) -> None:
     pending = path.with_name(f"{path.name}.tmp")
     pending.write_text(text)
     os.replace(pending, path)
+
+
+_reads: ContextVar[list[Path] | None] = ContextVar("files_read", default=None)
+
+
+@contextlib.contextmanager
+def recording_reads() -> Iterator[list[Path]]:
+    """Yields the list of the input files that ``record_read`` sees during the block."""
+    reads: list[Path] = []
+    token = _reads.set(reads)
+    try:
+        yield reads
+    finally:
+        _reads.reset(token)
+
+
+def record_read(path: Path) -> None:
+    """Notes that the running stage read ``path`` (its manifest lists what it read; nothing outside a stage)."""
+    if (reads := _reads.get()) is not None and path not in reads:
+        reads.append(Path(path))
 
 
 def seconds_before_resume() -> float:

@@ -13,12 +13,14 @@ from collections.abc import Callable
 import keras
 import numpy as np
 from keras import layers
+from pydantic import Field, model_validator
 
-from stages.config import NUM_CLASSES, ArchitectureConfig, AugmentConfig, StrongAugmentConfig, TrainConfig
-from stages.data import IMAGE_SHAPE
-from stages.registry import Registry
+from stages.lib.catalog import IMAGE_SHAPE
+from stages.lib.config import StrictModel
+from stages.lib.registry import Registry
 
 PIXEL_SCALE, PIXEL_OFFSET = 1 / 127.5, -1.0  # uint8 values 0..255 -> the encoder's [-1, 1]
+INFERENCE_BATCH = 500  # images per predict call where no config sets it: memory depends on it, results do not
 
 
 class WeightSeeds:
@@ -36,8 +38,56 @@ class WeightSeeds:
         return kind(seed=int(self._rng.integers(2**31)), **options)
 
 
-EncoderFactory = Callable[[ArchitectureConfig, str, WeightSeeds], keras.Model]
+EncoderFactory = Callable[["ArchitectureConfig", str, WeightSeeds], keras.Model]
 ARCHITECTURES: Registry[EncoderFactory] = Registry("architecture")
+ArchitectureName = ARCHITECTURES.name_type()
+
+
+class ArchitectureConfig(StrictModel):
+    """``vgg``: blocks of ``convs_per_block`` (3x3 conv, BatchNorm, ReLU) and a max-pool. ``wrn``: a
+    wide ResNet, one group of ``convs_per_block`` residual blocks per entry of ``filters``
+    (WRN-28-2: filters (32, 64, 128), 4 blocks per group)."""
+
+    name: ArchitectureName = Field("vgg", description="key in ARCHITECTURES (stages/lib/models.py)")
+    filters: tuple[int, ...] = Field((96, 192, 256), min_length=1, description="conv filters per block (wrn: per group)")
+    convs_per_block: int = Field(2, ge=1, description="vgg: conv layers per block; wrn: residual blocks per group")
+    block_dropout: tuple[float, ...] = Field(
+        (0.15, 0.2, 0.25), description="dropout after each block's max-pool (wrn: inside each residual block)"
+    )
+    dense_units: int = Field(256, ge=0, description="width of the hidden dense layer of the head; 0 = none")
+    head_dropout: float = Field(0.3, ge=0, lt=1, description="dropout before the output layer")
+    l2: float = Field(0.003, ge=0, description="L2 penalty l2 * sum(w**2) on conv and dense kernels: its gradient "
+                      "is 2 * l2 * w, so PyTorch SGD's weight_decay=w (USB, FixMatch) is l2 = w / 2")
+
+
+    @model_validator(mode="after")
+    def _one_dropout_per_block(self) -> ArchitectureConfig:
+        if len(self.block_dropout) != len(self.filters):
+            raise ValueError(
+                f"block_dropout has {len(self.block_dropout)} entries but filters has "
+                f"{len(self.filters)}: give one dropout rate per block"
+            )
+        if not all(0 <= rate < 1 for rate in self.block_dropout):
+            raise ValueError("block_dropout rates must lie in [0, 1)")
+        return self
+
+
+class AugmentConfig(StrictModel):
+    """Augmentation as Keras layers at the model input; active in training only."""
+
+    flip: bool = Field(True, description="random horizontal flip")
+    rotation: float = Field(0.05, ge=0, le=0.5, description="max rotation, fraction of a full turn")
+    zoom: float = Field(0.1, ge=0, lt=1, description="max zoom in or out, fraction of the side")
+    translation: float = Field(0.1, ge=0, lt=1, description="max shift, fraction of the side")
+    blur_sigma: float = Field(0.5, ge=0, description="max Gaussian blur sigma, pixels; 0 = off")
+
+
+class StrongAugmentConfig(StrictModel):
+    """FixMatch's strong view: RandAugment (ops drawn per image) then Cutout, on top of the weak one."""
+
+    num_ops: int = Field(2, ge=0, description="RandAugment operations per image")
+    magnitude: float = Field(0.5, ge=0, le=1, description="RandAugment strength, 0..1 (magnitudes drawn up to it)")
+    cutout: float = Field(0.5, ge=0, lt=1, description="largest erased square side, fraction of the image; 0 = off")
 
 
 def compiled_under_jax(augmentation: keras.Sequential) -> keras.Sequential:
@@ -226,22 +276,9 @@ def encoder_of(classifier: keras.Model) -> keras.Model:
     return classifier.get_layer(classifier.name.removesuffix("_classifier") + "_encoder")
 
 
-def build_classifier(config: TrainConfig, num_classes: int = NUM_CLASSES) -> keras.Model:
-    """augmentation -> scale to [-1, 1] -> encoder -> [dense] -> [dropout] -> softmax (float32)."""
-    arch, dtype = config.architecture, config.precision
-    regularizer = keras.regularizers.L2(arch.l2) if arch.l2 else None
-    images = keras.Input(IMAGE_SHAPE, name="image")  # uint8 values, passed as float32
-    augmentation = build_augmentation(config.augment, config.seed)
-    x = augmentation(images) if augmentation.layers else images
-    x = build_scaling()(x)
-    x = build_encoder(arch, dtype, config.seed)(x)
-    seeds = WeightSeeds(config.seed, "head")
-    if arch.dense_units:
-        x = layers.Dense(arch.dense_units, activation="relu", kernel_initializer=seeds(), kernel_regularizer=regularizer,
-                         dtype=dtype, name="dense")(x)
-    if arch.head_dropout:
-        x = layers.Dropout(arch.head_dropout, dtype=dtype, name="head_dropout")(x)
-    # the output layer stays float32 so the softmax and the loss are computed at full precision
-    probabilities = layers.Dense(num_classes, activation="softmax", kernel_initializer=seeds(), kernel_regularizer=regularizer,
-                                 dtype="float32", name="probabilities")(x)
-    return keras.Model(images, probabilities, name=f"{arch.name}_classifier")
+def encode_with(encoder: keras.Model, batch_size: int = INFERENCE_BATCH):
+    """images (N, 32, 32, 3) 0..255 -> the encoder's features (N, C), in inference mode."""
+    def encode(images: np.ndarray) -> np.ndarray:
+        scaled = images.astype("float32") * PIXEL_SCALE + PIXEL_OFFSET
+        return np.asarray(encoder.predict(scaled, batch_size=batch_size, verbose=0), dtype="float32")
+    return encode

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages import figures
-from stages.artifacts import read_manifest
-from stages.baseline import METRICS_FILE
-from stages.data import ITERATIONS_FILE
-from stages.seed_study import SEED_ITERATIONS, SEED_SELF_TRAINING
+from stages.lib import figures
+from stages.lib.artifacts import read_manifest
+from stages.lib.catalog import ITERATIONS_FILE, METRICS_FILE
+from stages.lib.seed_study import SEED_ITERATIONS, SEED_SELF_TRAINING
 
 
 def self_training_row(self_train: Path, evaluation: Path, baseline_test_accuracy: float) -> dict:

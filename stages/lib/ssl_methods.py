@@ -2,21 +2,25 @@
 
 ``hard_pseudo_labels`` and ``confident`` are the rule the self-training stage applies to the whole
 unlabeled set; a method of the registry applies it per batch, with a fixed threshold (FixMatch) or
-thresholds it adapts as the model learns (FreeMatch). A new method is one class here: a Keras layer
-mapping weak-view probabilities (N, C) to (pseudo-labels (N,), mask (N,) of 0/1 float32), whose
-state, if any, lives in non-trainable weights updated in ``call`` (so it trains on every backend)
-and is set from a trained model's predictions by ``start_from`` when training starts from one.
+thresholds it adapts as the model learns (FreeMatch). A new method is a config class of its own
+settings and one class here: a Keras layer built from that config, mapping target probabilities
+(N, C) to (pseudo-labels (N,), mask (N,) of 0/1 float32), whose state, if any, lives in
+non-trainable weights updated in ``call`` (so it trains on every backend) and is set from a trained
+model's predictions by ``start_from`` when training starts from one. The consistency stage's
+config holds one section per registered method, named as registered.
 """
 
 from __future__ import annotations
 
 import keras
 from keras import layers, ops
+from pydantic import Field
 
-from stages.config import ConsistencyConfig
-from stages.registry import Registry
+from stages.lib.config import StrictModel
+from stages.lib.registry import Registry
 
 METHODS: Registry[type[SSLMethod]] = Registry("SSL method")
+MethodName = METHODS.name_type()
 
 
 def hard_pseudo_labels(probabilities):
@@ -38,18 +42,28 @@ class SSLMethod(layers.Layer):
         probabilities (N, C) these are; a method without state has nothing to set."""
 
 
+class FixMatchConfig(StrictModel):
+    threshold: float = Field(0.95, gt=0, le=1, description="confidence a pseudo-label needs")
+
+
 @METHODS.register("fixmatch")
 class FixMatch(SSLMethod):
     """FixMatch (Sohn et al., 2020): a weak-view prediction is a target when its confidence reaches a
     fixed threshold (0.95 in the paper)."""
 
-    def __init__(self, config: ConsistencyConfig, **kwargs):
+    config_type = FixMatchConfig
+
+    def __init__(self, config: FixMatchConfig, **kwargs):
         super().__init__(**kwargs)
         self.threshold = config.threshold
 
     def call(self, probabilities, training=False):
         labels, confidence = hard_pseudo_labels(probabilities)
         return labels, ops.cast(confident(confidence, self.threshold), "float32")
+
+
+class FreeMatchConfig(StrictModel):
+    momentum: float = Field(0.999, gt=0, lt=1, description="EMA momentum of the adaptive thresholds")
 
 
 @METHODS.register("freematch")
@@ -61,9 +75,11 @@ class FreeMatch(SSLMethod):
     else nearly every pseudo-label passes at first (99.9% in the first 200 steps from the `quick` baseline).
     FreeMatch's class-fairness loss is not part of this method."""
 
-    def __init__(self, config: ConsistencyConfig, **kwargs):
+    config_type = FreeMatchConfig
+
+    def __init__(self, config: FreeMatchConfig, **kwargs):
         super().__init__(**kwargs)
-        self.momentum = config.adaptive_momentum
+        self.momentum = config.momentum
 
     def build(self, input_shape):
         start = keras.initializers.Constant(1.0 / input_shape[-1])

@@ -9,18 +9,86 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import keras
 import numpy as np
 import pandas as pd
+from keras import layers
+from pydantic import Field, model_validator
 
-from stages.artifacts import checkpoint_directory, record_progress, replace_text
-from stages.config import NUM_CLASSES, Schedule, TrainConfig
-from stages.data import ImageTable
-from stages.models import build_classifier
+from stages.lib.artifacts import checkpoint_directory, record_progress, replace_text
+from stages.lib.catalog import IMAGE_SHAPE, NUM_CLASSES, ImageTable
+from stages.lib.config import StrictModel
+from stages.lib.models import (
+    INFERENCE_BATCH,
+    ArchitectureConfig,
+    AugmentConfig,
+    WeightSeeds,
+    build_augmentation,
+    build_encoder,
+    build_scaling,
+)
 
 log = logging.getLogger(__name__)
+
+Precision = Literal["float32", "mixed_bfloat16", "mixed_float16"]  # Keras dtype policies
+
+
+class Schedule(StrictModel):
+    """A config with ``epochs`` and ``warmup_epochs``: the warm-up must end inside the schedule."""
+
+    @model_validator(mode="after")
+    def _warmup_inside_schedule(self) -> Schedule:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
+        return self
+
+
+class TrainConfig(Schedule):
+    """How a classifier is built and trained: the baseline stage's config, and the classifier that the
+    fine_tune and consistency stages train."""
+
+    architecture: ArchitectureConfig = ArchitectureConfig()
+    augment: AugmentConfig = AugmentConfig()
+    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(100, ge=1, description="maximum epochs; the cosine decay spans all of them")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="sgd = Nesterov momentum 0.9 (FixMatch's)")
+    learning_rate: float = Field(1e-3, gt=0, description="peak learning rate")
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up to the peak learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="decoupled weight decay on every weight: each step "
+                                "multiplies it by 1 - learning_rate * weight_decay, which SGD's momentum does not "
+                                "amplify (PyTorch's coupled weight_decay is architecture.l2)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    early_stopping_patience: int | None = Field(
+        4, ge=1, description="epochs without val improvement before stopping; None = never stop"
+    )
+    select_on: Literal["val_loss", "val_accuracy"] = Field(
+        "val_loss", description="validation metric that picks the epoch whose weights are kept"
+    )
+    precision: Precision = "float32"
+    seed: int = Field(0, description="seed of initialisation, shuffling and augmentation")
+
+
+def build_classifier(config: TrainConfig, num_classes: int = NUM_CLASSES) -> keras.Model:
+    """augmentation -> scale to [-1, 1] -> encoder -> [dense] -> [dropout] -> softmax (float32)."""
+    arch, dtype = config.architecture, config.precision
+    regularizer = keras.regularizers.L2(arch.l2) if arch.l2 else None
+    images = keras.Input(IMAGE_SHAPE, name="image")  # uint8 values, passed as float32
+    augmentation = build_augmentation(config.augment, config.seed)
+    x = augmentation(images) if augmentation.layers else images
+    x = build_scaling()(x)
+    x = build_encoder(arch, dtype, config.seed)(x)
+    seeds = WeightSeeds(config.seed, "head")
+    if arch.dense_units:
+        x = layers.Dense(arch.dense_units, activation="relu", kernel_initializer=seeds(), kernel_regularizer=regularizer,
+                         dtype=dtype, name="dense")(x)
+    if arch.head_dropout:
+        x = layers.Dropout(arch.head_dropout, dtype=dtype, name="head_dropout")(x)
+    # the output layer stays float32 so the softmax and the loss are computed at full precision
+    probabilities = layers.Dense(num_classes, activation="softmax", kernel_initializer=seeds(), kernel_regularizer=regularizer,
+                                 dtype="float32", name="probabilities")(x)
+    return keras.Model(images, probabilities, name=f"{arch.name}_classifier")
 
 
 class EpochRecorder(keras.callbacks.Callback):
@@ -464,23 +532,44 @@ def fit_classifier(model: keras.Model, config: TrainConfig, train: ImageTable, v
     """
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     compile_classifier(model, config, steps_per_epoch)
-    mode = "min" if config.select_on == "val_loss" else "max"
-    recorder = EpochRecorder(config.epochs)
-    # Without a patience the callback never stops training but still restores the best epoch.
-    selector = keras.callbacks.EarlyStopping(
-        monitor=config.select_on, mode=mode, restore_best_weights=True,
-        patience=config.early_stopping_patience or config.epochs,
-    )
     arrays = (train.images, one_hot(train.labels)) + (() if sample_weight is None else (sample_weight.astype("float32"),))
-    batches = EpochBatches(arrays, config.batch_size, config.seed)
-    model.fit(
-        feed(batches), validation_data=(validation.images.astype("float32"), one_hot(validation.labels)),
-        epochs=config.epochs, shuffle=False, verbose=0,  # the batches shuffle themselves, per epoch
-        callbacks=epoch_callbacks(config.seed, recorder, selector, (batches,)),
-    )
-    history = recorder.history()
-    return TrainingResult(model=model, history=history, best_epoch=selector.best_epoch + 1,
-                          images_per_second=len(train) * len(history) / training_seconds(history))
+    fitted = fit_epochs(model, EpochBatches(arrays, config.batch_size, config.seed), config.epochs, config.seed,
+                        validation_data=(validation.images.astype("float32"), one_hot(validation.labels)),
+                        select_on=config.select_on, patience=config.early_stopping_patience)
+    return TrainingResult(model=model, history=fitted.history, best_epoch=fitted.best_epoch,
+                          images_per_second=len(train) * len(fitted.history) / training_seconds(fitted.history))
+
+
+@dataclass
+class Fitted:
+    history: pd.DataFrame  # one row per epoch
+    best_epoch: int | None  # 1-based epoch whose weights the model holds; None without select_on
+    best: float | None  # the selected metric's value at that epoch
+
+
+def fit_epochs(model: keras.Model, batches: EpochBatches | TwoStreamBatches, epochs: int, seed: int, *,
+               validation_data=None, select_on: str | None = None, patience: int | None = None,
+               budget: tuple[float, float] | None = None, extra: tuple[keras.callbacks.Callback, ...] = (),
+               **fit_options) -> Fitted:
+    """``model.fit`` over ``batches`` for ``epochs``, with the callbacks of every training stage.
+
+    ``select_on`` (a validation metric, ``val_loss`` minimised, others maximised) keeps the weights of
+    the best epoch and stops after ``patience`` epochs without improvement (None: never stops
+    early). ``budget`` = (seconds, peak learning rate) trains for wall time instead (``TimeBudget``).
+    ``extra`` callbacks run before the recorder (the EMA swap must precede the selector).
+    """
+    recorder = EpochRecorder(epochs, budget_seconds=budget[0] if budget else None)
+    if budget:
+        extra = (*extra, TimeBudget(budget[0], budget[1], recorder))
+    selector = None
+    if select_on:
+        selector = keras.callbacks.EarlyStopping(monitor=select_on, mode="min" if select_on == "val_loss" else "max",
+                                                 restore_best_weights=True, patience=patience or epochs)
+    model.fit(feed(batches), validation_data=validation_data, epochs=epochs, shuffle=False, verbose=0,  # batches shuffle
+              callbacks=epoch_callbacks(seed, recorder, selector, (batches,), extra), **fit_options)
+    if selector is None:
+        return Fitted(recorder.history(), None, None)
+    return Fitted(recorder.history(), selector.best_epoch + 1, float(selector.best))
 
 
 def kept_model_summary(classifier: keras.Model, validation: ImageTable, history: pd.DataFrame, best_epoch: int) -> dict[str, Any]:
@@ -488,7 +577,7 @@ def kept_model_summary(classifier: keras.Model, validation: ImageTable, history:
     return {
         "best_epoch": best_epoch,
         "epochs_run": len(history),
-        "best_val_accuracy": validation_metrics(classifier, validation, batch_size=500)["val_accuracy"],
+        "best_val_accuracy": validation_metrics(classifier, validation, batch_size=INFERENCE_BATCH)["val_accuracy"],
         "parameters": classifier.count_params(),
         "train_seconds": round(training_seconds(history), 2),
     }

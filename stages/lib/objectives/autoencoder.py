@@ -7,11 +7,21 @@ from pathlib import Path
 import keras
 import numpy as np
 from keras import ops
+from pydantic import Field
 
-from stages import figures, losses
-from stages.config import PretrainConfig
-from stages.models import PIXEL_OFFSET, PIXEL_SCALE, build_augmentation, build_decoder, build_encoder, build_scaling
-from stages.objectives import OBJECTIVES
+from stages.lib import figures, losses
+from stages.lib.config import StrictModel
+from stages.lib.models import (
+    PIXEL_OFFSET,
+    PIXEL_SCALE,
+    ArchitectureConfig,
+    AugmentConfig,
+    build_augmentation,
+    build_decoder,
+    build_encoder,
+    build_scaling,
+)
+from stages.lib.objectives import OBJECTIVES
 
 
 def reconstruction_error(target, reconstruction):
@@ -19,17 +29,23 @@ def reconstruction_error(target, reconstruction):
     return ops.mean(ops.square(reconstruction - target), axis=(1, 2, 3))
 
 
+class AutoencoderConfig(StrictModel):
+    augment: AugmentConfig = Field(AugmentConfig(), description="augmentation of the input before it is encoded")
+
+
 @OBJECTIVES.register("autoencoder")
 class Autoencoder(keras.Model):
     """images -> [augmentation] -> scale to [-1, 1] -> encoder -> decoder; loss: MSE to the scaled input."""
 
-    def __init__(self, config: PretrainConfig, encoder: keras.Model | None = None, **kwargs):
+    config_type = AutoencoderConfig
+
+    def __init__(self, config: AutoencoderConfig, architecture: ArchitectureConfig, precision: str, seed: int,
+                 encoder: keras.Model | None = None, **kwargs):
         super().__init__(**kwargs)
-        dtype = config.precision
-        self.augmentation = build_augmentation(config.augment, config.seed)
+        self.augmentation = build_augmentation(config.augment, seed)
         self.scale = build_scaling()
-        self.encoder = encoder or build_encoder(config.architecture, dtype, config.seed)  # shared when given
-        self.decoder = build_decoder(config.architecture, dtype, config.seed)
+        self.encoder = encoder or build_encoder(architecture, precision, seed)  # shared when given
+        self.decoder = build_decoder(architecture, precision, seed)
         self.reconstruction_loss = keras.metrics.Mean(name="reconstruction_loss")
         self.psnr = keras.metrics.Mean(name="psnr")
 

@@ -1,15 +1,18 @@
 """The stage contract and the thin command line every stage shares.
 
-A stage is a module in ``stages/`` that defines ``STAGE = Stage(...)``. Its ``run(config,
-inputs, output)`` reads input artifact directories, writes one output artifact directory
-(atomically, with a manifest) and returns that manifest. ``Stage.execute`` is how launchers call
-it — the same in-process, as ``python -m stages.<name>`` in a subprocess, or as a container's
-entrypoint: one writer per output, and a killed run resumes its training on the next call.
+A stage is a module in ``stages/`` that defines its config class, ``run(config, inputs, output)``
+and ``STAGE = Stage(...)``. ``run`` reads its input artifacts (through the catalog, which notes
+what it read) and writes its files into ``output``; it may return extra manifest fields.
+``Stage.execute`` does the rest, the same in-process, as ``python -m stages.<name>`` in a
+subprocess, or as a container's entrypoint: it verifies the inputs, holds the output's lock (one
+writer per output; a killed run resumes its training on the next call), gives ``run`` a temporary
+directory that becomes the output only when complete, and writes the manifest.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib
 import json
 import logging
@@ -23,8 +26,18 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from stages.artifacts import exclusive_output
-from stages.config import ConfigError
+from stages.lib.artifacts import (
+    exclusive_output,
+    parent_entry,
+    recording_reads,
+    sha256_file,
+    staged_output,
+    verify,
+    write_manifest,
+)
+from stages.lib.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 STAGE_NAMES = ("split", "outliers", "baseline", "pseudo_label", "self_train", "pretrain", "fine_tune", "consistency", "evaluate")  # in pipeline order
 
@@ -32,11 +45,12 @@ STAGE_NAMES = ("split", "outliers", "baseline", "pseudo_label", "self_train", "p
 @dataclass(frozen=True)
 class Stage:
     name: str
-    summary: str
     config_type: type[BaseModel]
+    run: Callable[[Any, Mapping[str, Path], Path], Mapping[str, Any] | None]  # returns extra manifest fields
     inputs: tuple[str, ...]  # names of the input artifacts run() expects
-    run: Callable[[Any, Mapping[str, Path], Path], dict[str, Any]]
+    summary: str
     optional_inputs: tuple[str, ...] = ()  # inputs run() takes when its config asks for them
+    sources: tuple[str, ...] = ()  # inputs that are plain files from outside the store (the archive)
 
     def parse_config(self, data: Mapping[str, Any], source: str) -> BaseModel:
         try:
@@ -46,10 +60,22 @@ class Stage:
 
     def execute(self, config: BaseModel, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
         """``run`` holding ``output``'s lock, with per-epoch checkpoints in the output's work
-        directory: a rerun after a crash resumes each training run from its last finished epoch."""
+        directory (a rerun after a crash resumes each training run from its last finished epoch);
+        returns the output's manifest."""
         self.check_inputs(inputs)
+        inputs = {name: Path(path) for name, path in inputs.items()}
         with exclusive_output(output):
-            return self.run(config, inputs, output)
+            started = dt.datetime.now(dt.timezone.utc)
+            artifacts = {name: _verified_parent(path) for name, path in inputs.items() if name not in self.sources}
+            with recording_reads() as reads, staged_output(output) as staged:
+                extra = self.run(config, inputs, staged) or {}
+                # a source is hashed once run() has read it: its own checks name a bad one more plainly
+                sources = {name: {"path": str(inputs[name]), "stage": "source", "digest": sha256_file(inputs[name])}
+                           for name in self.sources if name in inputs}
+                manifest = write_manifest(staged, self.name, config.model_dump(mode="json"), artifacts | sources, started,
+                                          extra={"reads": _named_reads(reads, inputs), **extra})
+        log.info("stage %s: %s written in %.1f s", self.name, output, manifest["seconds"])
+        return manifest
 
     def check_inputs(self, inputs: Mapping[str, Path]) -> None:
         missing = set(self.inputs) - set(inputs)
@@ -63,6 +89,21 @@ class Stage:
     def describe_inputs(self) -> str:
         """``split, [model]``: the inputs, optional ones in brackets."""
         return ", ".join([*self.inputs, *(f"[{name}]" for name in self.optional_inputs)])
+
+
+def _verified_parent(artifact: Path) -> dict[str, str]:
+    verify(artifact)
+    return parent_entry(artifact)
+
+
+def _named_reads(reads: list[Path], inputs: Mapping[str, Path]) -> list[str]:
+    """``split/labeled.parquet``: each file read, by input name and path inside that input."""
+    named = []
+    for path in reads:
+        for name, root in inputs.items():
+            if path.is_relative_to(root):
+                named.append(f"{name}/{path.relative_to(root).as_posix()}")
+    return named
 
 
 def get_stage(name: str) -> Stage:

@@ -1,0 +1,31 @@
+"""What every config class of the stages shares: frozen, strict pydantic models, and one error for
+a config that fails validation.
+
+Each library component declares its own settings beside its code (the training loop's
+``TrainConfig``, the networks' ``ArchitectureConfig``, each SSL method's and each pretraining
+objective's config), and each stage's config class, in the stage's module, composes them.
+Infrastructure (paths, tracking URI, launcher, image names) never lives in a config: it comes from
+the environment.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfigError(ValueError):
+    """A configuration that failed validation, with one line per bad field."""
+
+    def __init__(self, source: str, error: ValidationError):
+        lines = [
+            f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
+            + ("not a field here: remove it or correct its spelling" if e["type"] == "extra_forbidden" else e["msg"])
+            + (f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else "")
+            for e in error.errors()
+        ]
+        super().__init__(f"invalid configuration in {source}:\n" + "\n".join(lines)
+                         + "\n`ssl-pipeline config --preset NAME` prints every field with its valid value")
