@@ -18,7 +18,7 @@ histories', which keep the epochs a resumed stage ran before its interruption), 
 passes, imports or tracking. Writes ``bench/results/<--name>.{json,md,png}``
 (``consistency-budget-<preset>`` by default).
 
-    CIFAR100_ARCHIVE=... .venv/bin/python bench/consistency_budget.py --home /tmp/cb --start-model DIR
+    CIFAR100_ARCHIVE=... .venv/bin/python bench/consistency_budget.py --home HOME --start-model DIR
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pipelines import settings  # noqa: E402
-from pipelines.config import flat_fields, load_pipeline_config, parse_assignment  # noqa: E402
+from pipelines.config import load_pipeline_config, parse_assignment  # noqa: E402
 from stages.lib.artifacts import read_manifest  # noqa: E402
 from stages.lib.catalog import HISTORY_FILE  # noqa: E402
+from stages.lib.config import flat_fields
 from stages.lib.machine import describe  # noqa: E402
 from stages.lib.training import training_seconds  # noqa: E402
 

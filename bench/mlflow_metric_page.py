@@ -4,7 +4,7 @@ Starts ``mlflow server`` on the home's store, opens the page that plots one metr
 by step (here: iteration) in headless Chromium, and saves it, so the README shows what a user sees
 when comparing thresholds in the MLflow UI.
 
-    .venv/bin/python bench/mlflow_metric_page.py --home /tmp/st-bench2 --sweep NAME --out docs/self-training-val-accuracy.png
+    .venv/bin/python bench/mlflow_metric_page.py --home HOME --sweep NAME --out docs/self-training-val-accuracy.png
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each seed is one real `ssl-pipeline run` (the README's command) in a subprocess 
 home; results are read back from that home's MLflow store, so seeds already run there with
 `--reuse` are reported, not retrained. Writes bench/results/<preset>-seeds.{json,md}.
 
-    CIFAR100_ARCHIVE=... .venv/bin/python bench/seeds.py --preset quick --seeds 0 1 2 --home /tmp/bench-home
+    CIFAR100_ARCHIVE=... .venv/bin/python bench/seeds.py --preset quick --seeds 0 1 2 --home HOME
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ another home (e.g. the one ``bench/seeds.py`` filled) instead of training it aga
 adds the runs an earlier results file of this script reports, for configurations the store lacks:
 the machines these runs take hours on do not keep their stores, the committed results do.
 
-    CIFAR100_ARCHIVE=... .venv/bin/python bench/self_training.py --home /tmp/st-bench --baselines-home /tmp/hq
+    CIFAR100_ARCHIVE=... .venv/bin/python bench/self_training.py --home HOME --baselines-home BASELINES_HOME
 """
 
 from __future__ import annotations

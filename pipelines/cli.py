@@ -1,4 +1,9 @@
-"""``ssl-pipeline``: run the pipeline, schedule it, list the stages, run one stage, show a config."""
+"""``ssl-pipeline``: run the pipeline, schedule it, list the stages, run one stage, show a config.
+
+``pipelines.config`` imports the stage modules (their config classes) and with them Keras: only the
+commands that build a configuration import it, so ``--help``, ``report`` and ``deployments`` start
+without it.
+"""
 
 from __future__ import annotations
 
@@ -13,27 +18,18 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.config import (
-    DEFAULT_PRESET,
-    EXPERIMENTS,
-    PRESETS,
-    consistency_grid,
-    load_pipeline_config,
-    parse_assignment,
-    pipeline_data,
-    pretraining_grid,
-    resolve_inheritance,
-    study_grid,
-    sweep_grid,
-)
 from pipelines.launchers import LAUNCHERS
+from pipelines.presets import DEFAULT_PRESET, PRESETS
 from stages.lib.artifacts import file_lock
+from stages.lib.seed_study import EXPERIMENTS
 from stages.lib.stage import STAGE_NAMES, get_stage
 from stages.lib.stage import main as stage_main
 
 
 def _overrides_from(args: argparse.Namespace) -> tuple[list[dict], str]:
     """The overrides of ``--config`` and ``--set``, and where they come from (for errors)."""
+    from pipelines.config import parse_assignment
+
     overrides, source = [], f"preset {args.preset}"
     if args.config:
         overrides.append(yaml.safe_load(args.config.read_text()) or {})
@@ -45,6 +41,8 @@ def _overrides_from(args: argparse.Namespace) -> tuple[list[dict], str]:
 
 
 def _config_from(args: argparse.Namespace):
+    from pipelines.config import load_pipeline_config
+
     overrides, source = _overrides_from(args)
     return load_pipeline_config(args.preset, overrides, source)
 
@@ -122,6 +120,8 @@ def _start_embedded_prefect_server() -> threading.Thread | None:
 
 
 def command_self_train(args: argparse.Namespace) -> int:
+    from pipelines.config import sweep_grid
+
     config = _config_from(args)
     sweep_grid(config.self_training, args.thresholds, args.iterations)  # a bad grid fails before any server starts
     result, minutes = _run_flow("pipelines.self_training:self_training_pipeline", config=config,
@@ -135,6 +135,8 @@ def command_self_train(args: argparse.Namespace) -> int:
 
 
 def command_pretrain(args: argparse.Namespace) -> int:
+    from pipelines.config import pretraining_grid
+
     config = _config_from(args)
     pretraining_grid(config, args.objectives, args.modes)  # a bad grid fails before any server starts
     result, minutes = _run_flow("pipelines.pretraining:pretraining_pipeline", config=config,
@@ -155,6 +157,8 @@ def _print_comparison(result: dict, minutes: float) -> int:
 
 
 def command_consistency(args: argparse.Namespace) -> int:
+    from pipelines.config import consistency_grid
+
     config = _config_from(args)
     consistency_grid(config.consistency, args.methods)  # a bad method fails before any server starts
     result, minutes = _run_flow("pipelines.consistency:consistency_pipeline", config=config, methods=args.methods,
@@ -163,6 +167,8 @@ def command_consistency(args: argparse.Namespace) -> int:
 
 
 def command_study(args: argparse.Namespace) -> int:
+    from pipelines.config import study_grid, sweep_grid
+
     config = _config_from(args)
     study_grid(config, args.seeds, args.experiments, args.unlabeled)  # bad names fail before any server starts
     sweep_grid(config.self_training, args.thresholds, None)  # and bad thresholds
@@ -287,6 +293,8 @@ def command_stages(args: argparse.Namespace) -> int:
 
 def command_config(args: argparse.Namespace) -> int:
     """The resolved configuration as YAML, after a comment line per section that inherits another."""
+    from pipelines.config import pipeline_data, resolve_inheritance
+
     config = _config_from(args)
     _, taken = resolve_inheritance(pipeline_data(args.preset, _overrides_from(args)[0]))
     for target, (source, own) in taken.items():

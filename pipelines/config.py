@@ -16,25 +16,23 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from importlib import resources
-from typing import Any, Literal, get_args
+from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError
 
+from pipelines.launchers import ResourcesConfig
+from pipelines.presets import DEFAULT_PRESET, Preset, preset_overrides
 from stages.consistency import ConsistencyConfig
 from stages.evaluate import EvaluateConfig
 from stages.fine_tune import EncoderFineTuneConfig
-from stages.lib.config import ConfigError, StrictModel
+from stages.lib.config import ConfigError, StrictModel, deep_merge, flat_fields
+from stages.lib.seed_study import EXPERIMENTS, UNLABELED_SETS
 from stages.lib.training import TrainConfig
 from stages.outliers import OutlierConfig
 from stages.pretrain import PretrainConfig
 from stages.self_train import SelfTrainConfig
 from stages.split import SplitConfig
-
-Preset = Literal["smoke", "quick", "seed", "gpu", "ssl-gpu"]  # the files in pipelines/presets/
-PRESETS = get_args(Preset)
-DEFAULT_PRESET: Preset = "quick"  # the command line's and the flows'
 
 INHERIT = "inherit"
 # section field -> the field it starts from: each method is compared with the network it improves
@@ -45,15 +43,6 @@ INHERITED = {
     "consistency.classifier": "baseline",
     "outliers.one_class_nn.architecture": "baseline.architecture",
 }
-
-
-class ResourcesConfig(StrictModel):
-    """What each stage container asks of the engine; the in-process and subprocess launchers run
-    with whatever their process has. Not part of any cache key: results do not depend on it."""
-
-    gpus: int = Field(0, ge=0, description="GPUs reserved per stage container")
-    cpus: float | None = Field(None, gt=0, description="CPU limit per stage container; None = no limit")
-    memory_gb: float | None = Field(None, gt=0, description="memory limit per stage container, GiB")
 
 
 class PipelineConfig(StrictModel):
@@ -69,14 +58,6 @@ class PipelineConfig(StrictModel):
     fine_tune: EncoderFineTuneConfig = EncoderFineTuneConfig()
     consistency: ConsistencyConfig = ConsistencyConfig()
     outliers: OutlierConfig = OutlierConfig()
-
-
-def preset_overrides(name: str) -> dict[str, Any]:
-    """The override dict of a preset, as stored in ``pipelines/presets/<name>.yaml``."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    text = resources.files("pipelines.presets").joinpath(f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
 
 
 def resolve_inheritance(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[str, list[str]]]]:
@@ -133,32 +114,11 @@ def _node(data: dict[str, Any], path: str, create: bool = False) -> dict[str, An
     return node if isinstance(node, dict) else None
 
 
-def flat_fields(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: a nested config by dotted field name (as ``--set`` and MLflow params name them)."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            flat.update(flat_fields(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def preset_differences(config: PipelineConfig) -> dict[str, Any]:
     """The fields whose values ``config`` changed from its preset's (what ``--config`` and ``--set`` did),
     by dotted name, with this config's values."""
     preset = flat_fields(load_pipeline_config(config.preset).model_dump(mode="json"))
     return {key: value for key, value in flat_fields(config.model_dump(mode="json")).items() if preset.get(key) != value}
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def parse_assignment(text: str) -> dict[str, Any]:
@@ -220,11 +180,6 @@ def consistency_grid(config: ConsistencyConfig, methods: list[str] | None) -> li
     """One validated config per SSL method; none given keeps the config's."""
     return [_grid_point(ConsistencyConfig, config, {"method": method}, f"the consistency methods ({method})")
             for method in methods or [config.method]]
-
-
-# the seed study's experiments (docs/seed-study.md), as the study flow names them
-EXPERIMENTS = ("baseline", "self_training", "autoencoder_two_step", "autoencoder_joint", "simclr_two_step", "simclr_joint")
-UNLABELED_SETS = ("all", "filtered")  # every unlabeled image, or those the outlier stage keeps
 
 
 def study_grid(config: PipelineConfig, seeds: list[int] | None, experiments: list[str] | None,

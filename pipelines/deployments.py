@@ -20,9 +20,9 @@ from prefect.deployments.runner import EntrypointType
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from pipelines.config import PipelineConfig, ResourcesConfig
+from pipelines.config import PipelineConfig
 from pipelines.flow import baseline_pipeline
-from pipelines.launchers import container_limits
+from pipelines.launchers import ResourcesConfig, container_limits
 
 FLOW = baseline_pipeline
 

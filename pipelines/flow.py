@@ -27,8 +27,8 @@ from pydantic import BaseModel
 
 import mlflow
 from pipelines import settings, tracking
-from pipelines.config import PipelineConfig, ResourcesConfig, load_pipeline_config, preset_differences
-from pipelines.launchers import LAUNCHERS
+from pipelines.config import PipelineConfig, load_pipeline_config, preset_differences
+from pipelines.launchers import LAUNCHERS, ResourcesConfig
 from stages.lib import cifar
 from stages.lib.artifacts import code_version, file_lock, read_manifest, sha256_file, sha256_json, verify
 from stages.lib.catalog import read_metrics

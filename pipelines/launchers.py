@@ -26,13 +26,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from pipelines.config import ResourcesConfig
+from stages.lib.config import StrictModel
 from stages.lib.registry import Registry
 from stages.lib.stage import get_stage
 
 log = logging.getLogger(__name__)
+
+
+class ResourcesConfig(StrictModel):
+    """What each stage container asks of the engine; the in-process and subprocess launchers run
+    with whatever their process has. Not part of any cache key: results do not depend on it."""
+
+    gpus: int = Field(0, ge=0, description="GPUs reserved per stage container")
+    cpus: float | None = Field(None, gt=0, description="CPU limit per stage container; None = no limit")
+    memory_gb: float | None = Field(None, gt=0, description="memory limit per stage container, GiB")
 
 
 class StageFailed(RuntimeError):

@@ -24,9 +24,8 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from pipelines import settings, tracking
-from pipelines.config import EXPERIMENTS
 from stages.lib.machine import cpus, processor_name
-from stages.lib.seed_study import SEED_FILTERED, SEED_ITERATIONS, SEED_OUTLIERS, SEED_RESULTS, SEED_SELF_TRAINING
+from stages.lib.seed_study import EXPERIMENTS, SEED_FILTERED, SEED_ITERATIONS, SEED_OUTLIERS, SEED_RESULTS, SEED_SELF_TRAINING
 
 NO_FILTERING_EFFECT = "- no experiment ran on both unlabeled sets with the same training seed"
 

@@ -34,9 +34,9 @@ from mlflow.tracking import MlflowClient
 
 import mlflow
 from pipelines import settings
-from pipelines.config import flat_fields
 from stages.lib.artifacts import file_lock, read_manifest
 from stages.lib.catalog import HISTORY_FILE, ITERATIONS_FILE, METRICS_FILE, MODEL_FILE
+from stages.lib.config import flat_fields
 
 log = logging.getLogger(__name__)
 

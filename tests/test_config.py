@@ -1,8 +1,9 @@
 import pytest
 from pydantic import ValidationError
 
-from pipelines.config import PRESETS, PipelineConfig, flat_fields, load_pipeline_config, parse_assignment, preset_differences
-from stages.lib.config import ConfigError
+from pipelines.config import PipelineConfig, load_pipeline_config, parse_assignment, preset_differences
+from pipelines.presets import PRESETS
+from stages.lib.config import ConfigError, flat_fields
 from stages.split import SplitConfig
 
 

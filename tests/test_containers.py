@@ -5,9 +5,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import ResourcesConfig
 from pipelines.flow import baseline_pipeline
-from pipelines.launchers import DockerLauncher, StageFailed
+from pipelines.launchers import DockerLauncher, ResourcesConfig, StageFailed
 from stages.lib import catalog
 from stages.lib.artifacts import read_manifest, sha256_file, verify
 from stages.lib.stage import STAGE_NAMES

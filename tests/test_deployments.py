@@ -10,9 +10,8 @@ from pathlib import Path
 from prefect.settings import PREFECT_API_URL
 
 from pipelines.cli import main
-from pipelines.config import ResourcesConfig
 from pipelines.deployments import container_job_variables
-from pipelines.launchers import container_limits
+from pipelines.launchers import ResourcesConfig, container_limits
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "docker" / "kubernetes-job-template.json"
 

@@ -1,5 +1,6 @@
-"""What every config class of the stages shares: frozen, strict pydantic models, and one error for
-a config that fails validation.
+"""What every config class of the stages shares: frozen, strict pydantic models, one error for a
+config that fails validation, and the two operations on config data (merging overrides, naming
+fields by dotted path).
 
 Each library component declares its own settings beside its code (the training loop's
 ``TrainConfig``, the networks' ``ArchitectureConfig``, each SSL method's and each pretraining
@@ -9,6 +10,10 @@ the environment.
 """
 
 from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -29,3 +34,24 @@ class ConfigError(ValueError):
         ]
         super().__init__(f"invalid configuration in {source}:\n" + "\n".join(lines)
                          + "\n`ssl-pipeline config --preset NAME` prints every field with its valid value")
+
+
+def flat_fields(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: a nested config by dotted field name (as ``--set`` and MLflow params name them)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_fields(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -23,6 +23,8 @@ SEED_RESULTS: dict[str, str] = {
     "simclr_two_step": "did not train",
     "simclr_joint": "did not train",
 }
+EXPERIMENTS = tuple(SEED_RESULTS)  # as the study flow names them
+UNLABELED_SETS = ("all", "filtered")  # every unlabeled image, or those the outlier filter keeps (exercise 5)
 SEED_FILTERED = "worse than unfiltered (no numbers given)"
 SEED_OUTLIERS = ("The seed: nu = 0.9, 89.8% of the unlabeled images kept. Here nu is the fraction of the labeled "
                  "images left outside the boundary (the one-class objective's bound), so the seed's 89.8% kept is "
