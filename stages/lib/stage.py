@@ -59,9 +59,10 @@ class Stage:
             raise ConfigError(source, error) from None
 
     def execute(self, config: BaseModel, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
-        """``run`` holding ``output``'s lock, with per-epoch checkpoints in the output's work
-        directory (a rerun after a crash resumes each training run from its last finished epoch);
-        returns the output's manifest."""
+        """Verify the input artifacts, then ``run`` into a staged copy of ``output`` while holding its
+        lock (per-epoch checkpoints in the output's work directory let a rerun after a crash resume
+        each training run from its last finished epoch), write the manifest and rename the copy
+        into place. Returns the manifest."""
         self.check_inputs(inputs)
         inputs = {name: Path(path) for name, path in inputs.items()}
         with exclusive_output(output):
