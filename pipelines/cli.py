@@ -293,10 +293,9 @@ def command_stages(args: argparse.Namespace) -> int:
 
 def command_config(args: argparse.Namespace) -> int:
     """The resolved configuration as YAML, after a comment line per section that inherits another."""
-    from pipelines.config import pipeline_data, resolve_inheritance
+    from pipelines.config import resolve_pipeline_config
 
-    config = _config_from(args)
-    _, taken = resolve_inheritance(pipeline_data(args.preset, _overrides_from(args)[0]))
+    config, taken = resolve_pipeline_config(args.preset, *_overrides_from(args))
     for target, (source, own) in taken.items():
         print(f"# {target}: inherits {source}" + (f", then sets {', '.join(own)}" if own else ""))
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")

@@ -147,9 +147,16 @@ def load_pipeline_config(
     preset: str = DEFAULT_PRESET, overrides: list[dict[str, Any]] | None = None, source: str = "overrides"
 ) -> PipelineConfig:
     """Build a config from a preset and override dicts; errors name the field and the fix."""
+    return resolve_pipeline_config(preset, overrides, source)[0]
+
+
+def resolve_pipeline_config(
+    preset: str, overrides: list[dict[str, Any]] | None, source: str
+) -> tuple[PipelineConfig, dict[str, tuple[str, list[str]]]]:
+    """``load_pipeline_config``'s config, and what each inheriting section took (``resolve_inheritance``)."""
     try:
-        resolved, _ = resolve_inheritance(pipeline_data(preset, overrides))
-        return PipelineConfig.model_validate(resolved)
+        resolved, taken = resolve_inheritance(pipeline_data(preset, overrides))
+        return PipelineConfig.model_validate(resolved), taken
     except ValidationError as error:
         raise ConfigError(source, error) from None
 

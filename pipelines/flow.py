@@ -10,13 +10,13 @@ Tracking is a separate task per stage with retries, since it is the step that ta
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import requests
 import sqlalchemy.exc
 from prefect import flow, task
@@ -25,12 +25,11 @@ from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-import mlflow
 from pipelines import settings, tracking
 from pipelines.config import PipelineConfig, load_pipeline_config, preset_differences
 from pipelines.launchers import LAUNCHERS, ResourcesConfig
 from stages.lib import cifar
-from stages.lib.artifacts import code_version, file_lock, read_manifest, sha256_file, sha256_json, verify
+from stages.lib.artifacts import code_version, file_digest, file_lock, read_manifest, sha256_json, verify
 from stages.lib.catalog import read_metrics
 
 log = logging.getLogger(__name__)
@@ -45,14 +44,7 @@ def input_digest(path: Path) -> str:
     path = Path(path)
     if path.is_dir():
         return read_manifest(path)["digest"]
-    stat = path.stat()
-    return _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    """Hashing the 169 MB archive takes ~0.4 s: once per process per file version is enough."""
-    return sha256_file(Path(path))
+    return file_digest(path)
 
 
 def stage_key(stage: str, config: BaseModel, inputs: dict[str, Path]) -> str:

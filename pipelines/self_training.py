@@ -14,10 +14,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from prefect import flow, task
 from prefect.runtime import flow_run
 
-import mlflow
 from pipelines import settings, tracking
 from pipelines.config import PipelineConfig, load_pipeline_config, sweep_grid
 from pipelines.flow import Steps, baseline_steps, configuration_run, is_transient, pipeline_run, train_minutes

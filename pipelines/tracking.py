@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 import requests
 import sqlalchemy.exc
@@ -32,7 +33,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
-import mlflow
 from pipelines import settings
 from stages.lib.artifacts import file_lock, read_manifest
 from stages.lib.catalog import HISTORY_FILE, ITERATIONS_FILE, METRICS_FILE, MODEL_FILE

@@ -64,7 +64,7 @@ class ConsistencyConfig(StrictModel):
     """
 
     method: MethodName = Field("fixmatch", description="key in METHODS (stages/lib/ssl_methods.py); its section below "
-                                                 "holds its settings")
+                                                        "holds its settings")
     fixmatch: FixMatchConfig = FixMatchConfig()
     freematch: FreeMatchConfig = FreeMatchConfig()
     classifier: TrainConfig = TrainConfig()
@@ -93,7 +93,6 @@ class ConsistencyConfig(StrictModel):
                                 "budget's clock instead of the step count. None = run every epoch"
     )
 
-
     @model_validator(mode="after")
     def _strong_share_after_the_weak_pass(self) -> ConsistencyConfig:
         if self.strong_fraction < 1 and self.concatenate_views:
@@ -104,8 +103,6 @@ class ConsistencyConfig(StrictModel):
             raise ValueError("target_view clean predicts the targets in an inference-mode pass of their own, which a "
                              "shared training-mode pass cannot give: set concatenate_views to false, or target_view to weak")
         return self
-
-
 
 
 class ConsistencyModel(keras.Model):

@@ -33,8 +33,6 @@ class EvaluateConfig(StrictModel):
                                "image (for models trained with random flips; off for the single view alone)")
 
 
-
-
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     """Top-1, top-5, mean cross-entropy and the confusion matrix (true x predicted counts)."""
     top5 = np.argsort(probabilities, axis=1)[:, -5:]

@@ -76,7 +76,6 @@ class OutlierConfig(StrictModel):
     one_class_nn: OneClassNNConfig = OneClassNNConfig()
 
 
-
 def outside_fraction(scores: np.ndarray) -> float:
     """Fraction of images outside the boundary (score < 0)."""
     return float((np.asarray(scores) < 0).mean())

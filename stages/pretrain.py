@@ -39,8 +39,8 @@ class PretrainConfig(Schedule):
     """Unsupervised pretraining of the shared encoder on labeled + unlabeled images, by the objective
     named in ``objective``, with the settings of its own section."""
 
-    objective: ObjectiveName = Field("autoencoder", description="key in OBJECTIVES (stages/lib/objectives); its section below "
-                                                      "holds its settings")
+    objective: ObjectiveName = Field("autoencoder", description="key in OBJECTIVES (stages/lib/objectives); its "
+                                                                "section below holds its settings")
     autoencoder: AutoencoderConfig = AutoencoderConfig()
     simclr: SimCLRConfig = SimCLRConfig()
     architecture: ArchitectureConfig = ArchitectureConfig()
@@ -53,7 +53,6 @@ class PretrainConfig(Schedule):
     probe_every: int = Field(1, ge=0, description="k-NN probe of validation accuracy every N epochs; 0 = never")
     precision: Precision = "float32"
     seed: int = 0
-
 
     def objective_setup(self) -> ObjectiveSetup:
         return ObjectiveSetup(name=self.objective, settings=getattr(self, self.objective).model_dump(mode="json"),

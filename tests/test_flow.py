@@ -4,11 +4,11 @@ import time
 from pathlib import Path
 
 import keras
+import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-import mlflow
 from pipelines import settings, tracking
 from pipelines.flow import baseline_pipeline
 from pipelines.launchers import StageFailed, SubprocessLauncher

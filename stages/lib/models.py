@@ -59,7 +59,6 @@ class ArchitectureConfig(StrictModel):
     l2: float = Field(0.003, ge=0, description="L2 penalty l2 * sum(w**2) on conv and dense kernels: its gradient "
                       "is 2 * l2 * w, so PyTorch SGD's weight_decay=w (USB, FixMatch) is l2 = w / 2")
 
-
     @model_validator(mode="after")
     def _one_dropout_per_block(self) -> ArchitectureConfig:
         if len(self.block_dropout) != len(self.filters):

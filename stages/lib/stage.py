@@ -26,15 +26,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from stages.lib.artifacts import (
-    exclusive_output,
-    parent_entry,
-    recording_reads,
-    sha256_file,
-    staged_output,
-    verify,
-    write_manifest,
-)
+from stages.lib.artifacts import exclusive_output, file_digest, parent_entry, recording_reads, staged_output, write_manifest
 from stages.lib.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -67,11 +59,11 @@ class Stage:
         inputs = {name: Path(path) for name, path in inputs.items()}
         with exclusive_output(output):
             started = dt.datetime.now(dt.timezone.utc)
-            artifacts = {name: _verified_parent(path) for name, path in inputs.items() if name not in self.sources}
+            artifacts = {name: parent_entry(path) for name, path in inputs.items() if name not in self.sources}
             with recording_reads() as reads, staged_output(output) as staged:
                 extra = self.run(config, inputs, staged) or {}
                 # a source is hashed once run() has read it: its own checks name a bad one more plainly
-                sources = {name: {"path": str(inputs[name]), "stage": "source", "digest": sha256_file(inputs[name])}
+                sources = {name: {"path": str(inputs[name]), "stage": "source", "digest": file_digest(inputs[name])}
                            for name in self.sources if name in inputs}
                 manifest = write_manifest(staged, self.name, config.model_dump(mode="json"), artifacts | sources, started,
                                           extra={"reads": _named_reads(reads, inputs), **extra})
@@ -90,11 +82,6 @@ class Stage:
     def describe_inputs(self) -> str:
         """``split, [model]``: the inputs, optional ones in brackets."""
         return ", ".join([*self.inputs, *(f"[{name}]" for name in self.optional_inputs)])
-
-
-def _verified_parent(artifact: Path) -> dict[str, str]:
-    verify(artifact)
-    return parent_entry(artifact)
 
 
 def _named_reads(reads: list[Path], inputs: Mapping[str, Path]) -> list[str]:
