@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine with Python 3.11:
-#   make run    install from requirements.lock, run the quick preset, print the test accuracy
+#   make run    install from requirements.lock, then semi-supervised learning in 30 minutes (quick preset)
 #   make test   install from requirements.lock, run the test suite
 PYTHON ?= python3.11
 VENV := .venv

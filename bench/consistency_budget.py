@@ -4,7 +4,7 @@ Every arm starts from nothing but the split and spends about the same training t
 
 - ``fixmatch``, ``freematch``: the preset's baseline, then the consistency stage with that method
   continuing from it for ``--consistency-minutes`` (default: the preset's
-  ``consistency.time_budget_minutes``; ``ssl-pipeline consistency --methods M --start-model``).
+  ``consistency.classifier.time_budget_minutes``; ``ssl-pipeline consistency --methods M --start-model``).
 - ``baseline-long``: the seed's supervised baseline with ``--baseline-epochs`` epochs, sized to
   the same total (``ssl-pipeline run``).
 - ``self-training``: the same baseline, then the seed's self-training (threshold 0.85,
@@ -159,7 +159,7 @@ def main() -> None:
     start = ["--start-model", str(baseline)]
     base_seconds = epoch_seconds(baseline)
     # arm -> (command, its --set overrides, the stage that trains its model)
-    budget = [f"consistency.time_budget_minutes={args.consistency_minutes}"] if args.consistency_minutes else []
+    budget = [f"consistency.classifier.time_budget_minutes={args.consistency_minutes}"] if args.consistency_minutes else []
     plans = {
         **{method: (["consistency", "--methods", method, *start], [*common, *budget], "consistency")
            for method in ("fixmatch", "freematch")},

@@ -47,8 +47,8 @@ def measure(stage: str, through: str, epochs: int) -> dict:
         images_per_epoch = len(labeled)
     else:
         settings = config.consistency.model_copy(update={
-            "time_budget_minutes": None, "steps_per_epoch": 40,
-            "classifier": config.consistency.classifier.model_copy(update={"epochs": epochs})})
+            "steps_per_epoch": 40,
+            "classifier": config.consistency.classifier.model_copy(update={"epochs": epochs, "time_budget_minutes": None})})
         history = consistency.train(settings, labeled, validation, table(40000).images)[1]
         images_per_epoch = settings.steps_per_epoch * settings.classifier.batch_size * (1 + settings.unlabeled_ratio)
     seconds = float(history["epoch_seconds"].iloc[1:].sum())

@@ -75,15 +75,22 @@ def _run_flow(flow_path: str, **parameters) -> tuple[dict, float]:
 
 
 def command_run(args: argparse.Namespace) -> int:
+    if args.minutes is not None:
+        args.set.append(f"budget.minutes={args.minutes}")
     config = _config_from(args)
-    result, minutes = _run_flow("pipelines.flow:baseline_pipeline", config=config, launcher=args.launcher,
-                                archive=args.archive)
-    print(
-        f"\n{config.preset}: test top-1 accuracy {result['test_accuracy']:.2%} (single view "
-        f"{result['test_accuracy_single_view']:.2%}), top-5 "
-        f"{result['test_top5_accuracy']:.2%} on {result['test_images']:,} test images "
-        f"({minutes:.1f} min). MLflow run {result['mlflow_run_id']}; model in {result['artifacts']['model']}"
-    )
+    result, _ = _run_flow("pipelines.semi_supervised:semi_supervised_pipeline", config=config, launcher=args.launcher,
+                          archive=args.archive, started=args.started, supervised_only=args.supervised_only)
+    print(f"\n{'':<12} {'test top-1':>10} {'val top-1':>10} {'minutes':>8}")
+    for row in result["table"]:
+        print(f"{row['method']:<12} {row['test_accuracy']:>10.2%} {row['val_accuracy']:>10.2%} {row['minutes']:>8.1f}")
+    budget = f" of a {config.budget.minutes:g}-minute budget" if config.budget.minutes else ""
+    from pipelines import settings, tracking
+
+    uri = settings.tracking_uri()
+    served = uri.startswith(("http://", "https://"))
+    page = tracking.run_page(uri if served else "http://127.0.0.1:5000", result["experiment_id"], result["mlflow_run_id"])
+    print(f"\n{config.preset} preset, {result['total_minutes']:.1f} min{budget}. The model: {result['champion']}\n"
+          f"MLflow run {result['mlflow_run_id']}: " + (page if served else f"mlflow ui --backend-store-uri {uri}, then {page}"))
     return 0
 
 
@@ -298,11 +305,15 @@ def command_config(args: argparse.Namespace) -> int:
     config, taken = resolve_pipeline_config(args.preset, *_overrides_from(args))
     for target, (source, own) in taken.items():
         print(f"# {target}: inherits {source}" + (f", then sets {', '.join(own)}" if own else ""))
+    if config.budget.minutes:
+        print(f"# baseline.time_budget_minutes, consistency.classifier.time_budget_minutes: `ssl-pipeline run` plans "
+              f"them from budget ({config.budget.minutes:g} minutes)")
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.time()  # what a budget counts from
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["stage"]:  # the stage's own command line, unchanged
         if len(argv) < 2 or argv[1] not in STAGE_NAMES:
@@ -311,8 +322,13 @@ def main(argv: list[str] | None = None) -> int:
         return stage_main(get_stage(argv[1]), argv[2:])
     parser = argparse.ArgumentParser(prog="ssl-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run split -> baseline -> evaluate as a Prefect flow")
+    run = commands.add_parser("run", help="the main job: split -> baseline -> the preset's SSL method -> evaluate, "
+                                          "within a wall-clock budget")
     _add_run_arguments(run)
+    run.add_argument("--minutes", type=float, help="wall-clock budget from this command's start (default: budget.minutes)")
+    run.add_argument("--supervised-only", action="store_true",
+                     help="the baseline alone, given the whole budget (what the SSL method is compared with)")
+    run.set_defaults(started=started)
     run.set_defaults(handler=command_run)
     self_train = commands.add_parser(
         "self-train", help="self-training over a grid of thresholds x iterations, with a comparison report")

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from pipelines.launchers import ResourcesConfig
 from pipelines.presets import DEFAULT_PRESET, Preset, preset_overrides
@@ -45,10 +45,30 @@ INHERITED = {
 }
 
 
+class BudgetConfig(StrictModel):
+    """The wall-clock budget of ``ssl-pipeline run``: from the command's start to its table, setup,
+    evaluation and tracking included. The run gives the baseline ``supervised_share`` of the training
+    time left once the split is made (less ``reserve_minutes`` for the stages' setup, evaluation and
+    tracking), and the SSL method what is left once the baseline is evaluated, less what the baseline's
+    setup and evaluation measured. Each becomes that stage's ``time_budget_minutes``."""
+
+    minutes: float | None = Field(None, gt=0, description="the run's wall-clock budget; None = the stages' own epochs")
+    supervised_share: float = Field(0.4, gt=0, lt=1, description="share of the training time for the supervised baseline")
+    reserve_minutes: float = Field(1.5, ge=0, description="kept for setup, evaluation and tracking until they are measured")
+
+    @model_validator(mode="after")
+    def _room_to_train(self) -> BudgetConfig:
+        if self.minutes is not None and self.minutes <= self.reserve_minutes:
+            raise ValueError(f"a budget of {self.minutes:g} minutes leaves nothing to train once reserve_minutes "
+                             f"({self.reserve_minutes:g}) are set aside: give more minutes")
+        return self
+
+
 class PipelineConfig(StrictModel):
     """Every stage's config; each flow reads the sections of the stages it runs."""
 
     preset: Preset = Field(description="name of the preset this config started from (what ssl.overrides compares with)")
+    budget: BudgetConfig = BudgetConfig()
     resources: ResourcesConfig = ResourcesConfig()
     split: SplitConfig = SplitConfig()
     baseline: TrainConfig = TrainConfig()

@@ -21,10 +21,10 @@ from prefect.exceptions import ObjectNotFound
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from pipelines.config import PipelineConfig
-from pipelines.flow import baseline_pipeline
 from pipelines.launchers import ResourcesConfig, container_limits
+from pipelines.semi_supervised import semi_supervised_pipeline
 
-FLOW = baseline_pipeline
+FLOW = semi_supervised_pipeline
 
 
 def flow_parameters(config: PipelineConfig, archive: str | None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The split -> baseline -> evaluate flow.
+"""What every flow shares: cached stage tasks, their MLflow runs, the parent run of a flow run.
 
 Each stage is one cached Prefect task: its cache key is a hash of the stage name, its config,
 the digests of its input artifacts and the stage code version, and its output lands in the
@@ -19,18 +19,17 @@ from typing import Any
 import mlflow
 import requests
 import sqlalchemy.exc
-from prefect import flow, task
+from prefect import task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from pipelines import settings, tracking
-from pipelines.config import PipelineConfig, load_pipeline_config, preset_differences
+from pipelines.config import PipelineConfig, preset_differences
 from pipelines.launchers import LAUNCHERS, ResourcesConfig
 from stages.lib import cifar
 from stages.lib.artifacts import code_version, file_digest, file_lock, read_manifest, sha256_json, verify
-from stages.lib.catalog import read_metrics
 
 log = logging.getLogger(__name__)
 # Stage progress (epochs, container logs) is INFO: with PREFECT_LOGGING_EXTRA_LOGGERS=stages,pipelines
@@ -242,18 +241,6 @@ def train_minutes(artifact: Path) -> float:
     manifest = read_manifest(artifact)
     own = [read_manifest(Path(p["path"]))["seconds"] for p in manifest["parents"].values() if p["stage"] not in SHARED_STAGES]
     return round((manifest["seconds"] + sum(own)) / 60, 2)
-
-
-@flow(name="ssl-baseline")
-def baseline_pipeline(config: PipelineConfig = load_pipeline_config(), launcher: str = "in-process",
-                      archive: str | None = None) -> dict[str, Any]:
-    """Split CIFAR-100, train the supervised baseline, evaluate it on the test set."""
-    with pipeline_run(config, launcher) as (steps, metrics):
-        split, model = baseline_steps(steps, config, archive)
-        evaluation = steps.run("evaluate", config.evaluate, {"split": split, "model": model})
-        metrics.update(read_metrics(evaluation))
-    return {**metrics, "mlflow_run_id": steps.parent_run_id,
-            "artifacts": {"split": str(split), "model": str(model), "evaluate": str(evaluation)}}
 
 
 def baseline_steps(steps: Steps, config: PipelineConfig, archive: str | None,

@@ -27,11 +27,12 @@ import requests
 import sqlalchemy.exc
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
-from mlflow.entities import Metric, Param
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
 from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pipelines import settings
 from stages.lib.artifacts import file_lock, read_manifest
@@ -57,6 +58,8 @@ TAG_RESUMED_BY = "ssl.resumed_by"  # on a killed attempt: the parent run that to
 TAG_OVERRIDES = "ssl.overrides"  # on a parent run: "key=value; ..." of the fields its config changed from the preset
 ITERATION_METRICS = ("selected", "pseudo_label_accuracy", "mean_confidence", "val_accuracy", "val_loss",
                      "train_accuracy", "train_loss")
+# MLflow's UI opens an experiment by its kind: the GenAI overview (traces, prompts) unless it is model training
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 CHAMPION = "champion"  # registry alias of the registered classifier's best version on validation (never test)
 TAG_VALIDATION = "ssl.validation_sha256"  # on a model version: the validation table its accuracy was measured on
 
@@ -103,11 +106,14 @@ def configure() -> str:
             # the default artifact location is relative to the working directory: be explicit
             location = settings.mlflow_artifact_location() if database else None
             try:
-                return mlflow.create_experiment(name, artifact_location=location)
+                return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
             except MlflowException:  # a flow on another machine created it just now
                 experiment = mlflow.get_experiment_by_name(name)
                 if experiment is None:
                     raise
+        for key, value in EXPERIMENT_KIND.items():  # an experiment made before the kind was set
+            if experiment.tags.get(key) != value:
+                MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
 
 
@@ -248,6 +254,33 @@ def finish_parent_run(run_id: str, metrics: Mapping[str, float], status: str) ->
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)
     client.set_terminated(run_id, status)
+
+
+def log_params(run_id: str, params: Mapping[str, Any]) -> None:
+    MlflowClient().log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
+
+
+def log_split_datasets(run_id: str, split: Path) -> None:
+    """The split's tables as the datasets of ``run_id`` (a flow's parent run), each in its role."""
+    manifest = read_manifest(split)
+    contexts = {"labeled": "training", "unlabeled": "training (unlabeled)", "validation": "validation", "test": "test"}
+    inputs = [DatasetInput(MetaDataset(LocalArtifactDatasetSource(str(split / f"{table}.parquet")), name=table,
+                                       digest=manifest["files"][f"{table}.parquet"]["sha256"][:16])._to_mlflow_entity(),
+                           tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+              for table, context in contexts.items() if f"{table}.parquet" in manifest["files"]]
+    MlflowClient().log_inputs(run_id, datasets=inputs)
+
+
+def run_page(server: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI at ``server``. The UI opens on GenAI views (traces, an assistant)
+    unless the address asks for model training, whatever the experiment's kind tag says."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def champion_uri(name: str) -> str:
+    """``models:/NAME@champion``, with the version it points at, e.g. ``models:/ssl-classifier@champion (version 3)``."""
+    version = MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    return f"models:/{name}@{CHAMPION} (version {version.version}, {version.tags.get(TAG_STAGE, '')})"
 
 
 def _history_metrics(history: pd.DataFrame) -> list[Metric]:

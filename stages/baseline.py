@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.lib import catalog
+from stages.lib.models import resolve_precision
 from stages.lib.stage import Stage, main
 from stages.lib.training import TrainConfig, train_classifier
 
@@ -17,7 +18,8 @@ log = logging.getLogger(__name__)
 
 def run(config: TrainConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
     train, validation = catalog.read_table(inputs["split"], "labeled"), catalog.read_table(inputs["split"], "validation")
-    log.info("training %s on %d labeled images, validating on %d", config.architecture.name, len(train), len(validation))
+    log.info("training %s in %s on %d labeled images, validating on %d", config.architecture.name,
+             resolve_precision(config.precision), len(train), len(validation))
     result = train_classifier(config, train, validation)
     best = result.history.iloc[result.best_epoch - 1]
     # "best_" = at the kept epoch; the unprefixed names are the per-epoch history's

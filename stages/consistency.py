@@ -38,13 +38,14 @@ from stages.lib.models import INFERENCE_BATCH, StrongAugmentConfig, build_strong
 from stages.lib.ssl_methods import METHODS, FixMatchConfig, FreeMatchConfig, MethodName
 from stages.lib.stage import Stage, main
 from stages.lib.training import (
+    Budget,
     TrainConfig,
     TwoStreamBatches,
     build_classifier,
     build_optimizer,
-    cosine_schedule,
     fit_epochs,
     kept_model_summary,
+    learning_rate,
     one_hot,
     training_seconds,
     validation_metrics,
@@ -88,10 +89,6 @@ class ConsistencyConfig(StrictModel):
                                      "first, the surest first. 1 = all (FixMatch as published); below the mask rate, "
                                      "targets go unused (the capped_rate metric). Needs concatenate_views false")
     strong: StrongAugmentConfig = StrongAugmentConfig()
-    time_budget_minutes: float | None = Field(
-        None, gt=0, description="stop before an epoch would overrun this; the learning rate then follows the "
-                                "budget's clock instead of the step count. None = run every epoch"
-    )
 
     @model_validator(mode="after")
     def _strong_share_after_the_weak_pass(self) -> ConsistencyConfig:
@@ -199,14 +196,13 @@ def train(config: ConsistencyConfig, labeled: ImageTable, validation: ImageTable
         model.method.start_from(weak_view_probabilities(classifier, images, schedule.seed))
     batches = TwoStreamBatches(labeled, images, schedule.batch_size, schedule.batch_size * config.unlabeled_ratio,
                                schedule.seed, steps=config.steps_per_epoch)
-    budget = config.time_budget_minutes
-    learning_rate = schedule.learning_rate if budget else cosine_schedule(schedule, config.steps_per_epoch)
-    model.compile(optimizer=build_optimizer(schedule, learning_rate, use_ema=True, ema_momentum=config.ema_momentum))
+    model.compile(optimizer=build_optimizer(schedule, learning_rate(schedule, config.steps_per_epoch), use_ema=True,
+                                            ema_momentum=config.ema_momentum))
     # the EMA swap's epoch end puts the EMA weights in the model before the selector sees them: those are kept
     fitted = fit_epochs(model, batches, schedule.epochs, schedule.seed,
                         validation_data=((validation.images,) * 2, one_hot(validation.labels)),
                         validation_batch_size=INFERENCE_BATCH, select_on="val_accuracy", patience=schedule.early_stopping_patience,
-                        budget=(budget * 60, schedule.learning_rate) if budget else None,
+                        budget=Budget.of(schedule),
                         extra=(keras.callbacks.SwapEMAWeights(swap_on_epoch=True),))
     if start is not None and validation_metrics(start, validation, batch_size=INFERENCE_BATCH)["val_accuracy"] >= fitted.best:
         classifier.set_weights(start.get_weights())

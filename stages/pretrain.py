@@ -22,12 +22,12 @@ from pydantic import Field
 
 from stages.lib import catalog, figures
 from stages.lib.catalog import ImageTable
-from stages.lib.models import ArchitectureConfig, encode_with
+from stages.lib.models import ArchitectureConfig, Precision, encode_with
 from stages.lib.objectives import ObjectiveName, ObjectiveSetup, build_objective
 from stages.lib.objectives.autoencoder import AutoencoderConfig
 from stages.lib.objectives.simclr import SimCLRConfig
 from stages.lib.stage import Stage, main
-from stages.lib.training import EpochBatches, Precision, Schedule, cosine_schedule, fit_epochs, training_seconds
+from stages.lib.training import EpochBatches, Schedule, cosine_schedule, fit_epochs, training_seconds
 
 log = logging.getLogger(__name__)
 

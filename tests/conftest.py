@@ -1,8 +1,13 @@
 """Shared fixtures: an isolated home for every store, the real CIFAR-100 archive, smoke artifacts."""
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 # Before Prefect or MLflow is imported anywhere: nothing a test does may land in ~ or in a server.
@@ -21,6 +26,7 @@ for variable in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
 (_HOME / "prefect").mkdir()
 
 import pytest  # noqa: E402
+import requests  # noqa: E402
 
 from pipelines.config import load_pipeline_config  # noqa: E402
 from stages.lib import cifar  # noqa: E402
@@ -102,3 +108,37 @@ def stage_image(docker_client) -> str:
     """The CPU stage image, built on a local Debian base from a wheelhouse (cached layers reused)."""
     subprocess.run([ROOT / "docker" / "build-local.sh", "stage"], check=True, cwd=ROOT)
     return "ssl-pipeline/stage:cpu"
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """Kill a server started in a session of its own, with its worker processes, which would go on answering."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.fixture(scope="module")
+def start_mlflow():
+    """Starts ``python -m mlflow ARGUMENTS --host 127.0.0.1 --port <a free one>`` and waits until it
+    answers: (its address, the process). What is still running is killed with the module."""
+    started = []
+
+    def start(*arguments: str) -> tuple[str, subprocess.Popen]:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", *arguments, "--host", "127.0.0.1", "--port", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        started.append(server)
+        uri, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+        while True:
+            try:
+                requests.get(f"{uri}/health", timeout=2).raise_for_status()
+                return uri, server
+            except requests.RequestException:
+                assert time.monotonic() < deadline and server.poll() is None, f"mlflow {arguments[0]} did not start"
+                time.sleep(1)
+
+    yield start
+    for server in started:
+        stop_process_group(server)

@@ -18,8 +18,10 @@ def test_config_resolves_preset_file_and_set(capsys, tmp_path):
     overrides = tmp_path / "overrides.yaml"
     overrides.write_text("baseline: {epochs: 5}\n")
     assert main(["config", "--preset", "quick", "--config", str(overrides), "--set", "baseline.seed=3"]) == 0
-    config = yaml.safe_load(capsys.readouterr().out)
+    shown = capsys.readouterr().out
+    config = yaml.safe_load(shown)
     assert (config["preset"], config["baseline"]["epochs"], config["baseline"]["seed"]) == ("quick", 5, 3)
+    assert "consistency.classifier.time_budget_minutes: `ssl-pipeline run` plans them from budget (30 minutes)" in shown
 
 
 def test_bad_override_is_a_clear_error(capsys):
@@ -68,3 +70,9 @@ def test_a_comparison_gives_the_baseline_accuracy_and_the_flow_time_apart(capsys
     _print_comparison({"table": [{"method": "fixmatch", "test_accuracy": 0.4189}], "baseline_test_accuracy": 0.4014,
                        "mlflow_run_id": "0" * 32}, minutes=39.1)
     assert f"baseline test top-1 40.14%; the flow took 39.1 min. MLflow run {'0' * 32}" in capsys.readouterr().out
+
+
+def test_a_budget_with_no_room_to_train_fails_before_any_work(capsys):
+    assert main(["run", "--preset", "smoke", "--minutes", "1"]) == 2
+    error = capsys.readouterr().err
+    assert "budget: Value error, a budget of 1 minutes leaves nothing to train once reserve_minutes (1.5)" in error

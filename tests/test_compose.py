@@ -7,6 +7,7 @@ the MLflow compare page of those two runs in a headless Chromium (its screenshot
 
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -107,15 +108,15 @@ def direct_run(stack, archive, tmp_path_factory):
     result = subprocess.run([*CLI, "run", "--preset", "smoke", "--archive", str(archive)], text=True,
                             capture_output=True, env=stack.client_env(tmp_path_factory.mktemp("client-home")))
     assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.split("MLflow run ")[1].split(";")[0]
+    return re.search(r"MLflow run ([0-9a-f]{32})", result.stdout).group(1)
 
 
 def test_pipeline_run_lands_in_postgres_backed_mlflow(stack, direct_run):
     client = MlflowClient(stack.mlflow_uri)
     parent = client.get_run(direct_run)
-    assert parent.info.status == "FINISHED" and "test_accuracy" in parent.data.metrics
+    assert parent.info.status == "FINISHED" and "ssl_test_accuracy" in parent.data.metrics
     nested = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{direct_run}'")
-    assert {run.data.tags["ssl.stage"] for run in nested} == {"split", "baseline", "evaluate"}
+    assert {run.data.tags["ssl.stage"] for run in nested} == {"split", "baseline", "consistency", "evaluate"}
     status = stack.run("exec", "-T", "postgres", "psql", "--username=ssl", "--dbname=mlflow", "--tuples-only",
                        "--no-align", "--command", f"SELECT status FROM runs WHERE run_uuid = '{direct_run}'")
     assert status.stdout.strip() == "FINISHED"
@@ -177,7 +178,7 @@ def scheduled_run(stack, archive, tmp_path_factory):
 def test_scheduled_deployment_fires_and_completes(scheduled_run):
     run, listing = scheduled_run
     assert run.auto_scheduled and run.state.is_completed()
-    assert "ssl-baseline/every-minute" in listing and "paused" in listing and "* * * * *" in listing
+    assert "ssl-semi-supervised/every-minute" in listing and "paused" in listing and "* * * * *" in listing
 
 
 def parent_runs(client: MlflowClient, flow_run_id) -> list:
@@ -202,7 +203,7 @@ def test_scheduled_run_is_tracked_in_mlflow(stack, scheduled_run):
     parents = parent_runs(MlflowClient(stack.mlflow_uri), run.id)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.params["baseline.learning_rate"] == "0.003"
-    assert "test_accuracy" in parents[0].data.metrics
+    assert "ssl_test_accuracy" in parents[0].data.metrics
 
 
 def test_mlflow_compare_page_shows_both_configurations(stack, direct_run, scheduled_run):
@@ -217,7 +218,7 @@ def test_mlflow_compare_page_shows_both_configurations(stack, direct_run, schedu
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1500})
         page.goto(f"{stack.mlflow_uri}/#/compare-runs?{query}")
-        page.get_by_text("test_accuracy").first.wait_for(timeout=60_000)
+        page.get_by_text("ssl_test_accuracy").first.wait_for(timeout=60_000)
         page.get_by_label("Close").click()  # the assistant panel
         page.get_by_label("Parameters - Show diff only").click()  # the two configurations' differences
         page.wait_for_timeout(500)
@@ -230,7 +231,7 @@ def test_mlflow_compare_page_shows_both_configurations(stack, direct_run, schedu
     for compared in runs:
         assert compared.info.run_name in details
         # the page rounds metric values to 3 decimals
-        assert str(round(compared.data.metrics["test_accuracy"], 3)) in metrics
+        assert str(round(compared.data.metrics["ssl_test_accuracy"], 3)) in metrics
     assert "baseline.learning_rate" in parameters and "0.001" in parameters and "0.003" in parameters
 
 
@@ -243,10 +244,10 @@ def test_concurrent_flows_lose_nothing_in_postgres_backed_mlflow(stack, archive,
     assert [code for _, code in results] == [0, 0, 0], [err[-2000:] for (_, err), _ in results]
     client = MlflowClient(stack.mlflow_uri)
     for (out, _), _ in results:
-        parent = client.get_run(out.split("MLflow run ")[1].split(";")[0])
-        assert parent.info.status == "FINISHED" and "test_accuracy" in parent.data.metrics
+        parent = client.get_run(re.search(r"MLflow run ([0-9a-f]{32})", out).group(1))
+        assert parent.info.status == "FINISHED" and "ssl_test_accuracy" in parent.data.metrics
         nested = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-        assert {run.data.tags["ssl.stage"]: run.info.status for run in nested} == dict.fromkeys(["split", "baseline", "evaluate"],
-                                                                                                "FINISHED")
+        assert sorted((run.data.tags["ssl.stage"], run.info.status) for run in nested) == [
+            (stage, "FINISHED") for stage in ("baseline", "consistency", "evaluate", "evaluate", "split")]
         baseline = next(run for run in nested if run.data.tags["ssl.stage"] == "baseline")
         assert len(client.get_metric_history(baseline.info.run_id, "val_accuracy")) == 2  # the smoke preset's epochs

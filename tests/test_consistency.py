@@ -20,7 +20,7 @@ from stages.lib.artifacts import ArtifactError
 from stages.lib.config import ConfigError
 from stages.lib.models import PerImageRandAugment, StrongAugmentConfig, build_strong_augmentation
 from stages.lib.ssl_methods import METHODS, FixMatchConfig, FreeMatchConfig, confident, hard_pseudo_labels
-from stages.lib.training import EpochRecorder, TimeBudget, TwoStreamBatches, build_classifier, validation_metrics
+from stages.lib.training import Budget, EpochRecorder, TimeBudget, TwoStreamBatches, build_classifier, validation_metrics
 
 PROBABILITIES = np.array([[0.96, 0.02, 0.02],
                           [0.10, 0.85, 0.05],
@@ -294,32 +294,63 @@ def test_the_stage_writes_a_classifier_with_its_evidence(split_artifact, smoke, 
     assert model.output_shape == (None, 100)
 
 
+def budget_on(model: keras.Model, budget: Budget, recorder: EpochRecorder, epochs: int, steps: int) -> TimeBudget:
+    callback = TimeBudget(budget, recorder)
+    callback.set_model(model)
+    callback.set_params({"epochs": epochs, "steps": steps})
+    return callback
+
+
+def learning_rate_of(model: keras.Model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+def sgd_model() -> keras.Model:
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd")
+    return model
+
+
 @pytest.mark.parametrize("epoch_seconds, stops", [(25.0, False), (31.0, True)])
 def test_a_resumed_time_budget_goes_on_from_the_epochs_already_spent(epoch_seconds, stops, monkeypatch):
     """Restored from a checkpoint, 60 s of a 120 s budget are spent: the cosine is at its middle, not
     back at the peak, and training stops when one more epoch like this one would overrun the budget."""
     recorder = EpochRecorder(epochs=10)
     recorder.rows = [{"epoch": 1, "epoch_seconds": 30.0}, {"epoch": 2, "epoch_seconds": 30.0}]  # as restored
-    budget = TimeBudget(120, peak_learning_rate=0.1, recorder=recorder)
-    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
-    model.compile(optimizer="sgd")
-    budget.set_model(model)
-    clock = iter([1000.0, 1000.0 + epoch_seconds])  # the epoch's begin and end
+    model = sgd_model()
+    budget = budget_on(model, Budget(120, peak_learning_rate=0.1), recorder, epochs=10, steps=5)
+    clock = iter([1000.0, 1000.0, 1000.0 + epoch_seconds])  # the epoch's begin, its first step, its end
     monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
     budget.on_train_begin()
     budget.on_epoch_begin(2)
-    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.05, rel=1e-3)
+    budget.on_train_batch_begin(0)
+    assert learning_rate_of(model) == pytest.approx(0.05, rel=1e-3)  # 60 of 120 s spent, 10 of 50 steps
     budget.on_epoch_end(2)
     assert bool(model.stop_training) is stops  # 60 + 2 x 25 fits in 120 s, 60 + 2 x 31 does not
 
 
+def test_a_time_budget_warms_up_then_ends_where_the_epochs_do_when_they_come_first(monkeypatch):
+    """A budget far beyond what the epochs take: the warm-up ramps over the first epoch's steps and the
+    cosine follows the steps, reaching 0 at the last one."""
+    model = sgd_model()
+    budget = budget_on(model, Budget(1e6, peak_learning_rate=0.1, warmup_epochs=1), EpochRecorder(epochs=4), epochs=4, steps=10)
+    monkeypatch.setattr(training.time, "perf_counter", lambda: 1000.0)  # no time passes
+    budget.on_train_begin()
+    budget.on_epoch_begin(0)
+    budget.on_train_batch_begin(4)  # step 5 of 10 warming up, 4 of 40 steps spent
+    assert learning_rate_of(model) == pytest.approx(0.1 * 0.5 * 0.5 * (1 + np.cos(np.pi * 0.1)), rel=1e-4)
+    budget.on_epoch_begin(3)
+    budget.on_train_batch_begin(9)  # the last step
+    assert learning_rate_of(model) < 0.001
+
+
 def test_a_time_budget_stops_training_early(split_artifact, smoke, tmp_path):
-    config = smoke_consistency(smoke, time_budget_minutes=0.05,  # 3 s: less than the first epoch
-                               classifier=smoke.consistency.classifier.model_copy(update={"epochs": 50}))
+    classifier = smoke.consistency.classifier.model_copy(update={"epochs": 50, "time_budget_minutes": 0.05})  # 3 s: less
+    config = smoke_consistency(smoke, classifier=classifier)  # than the first epoch
     consistency.STAGE.execute(config, {"split": split_artifact}, tmp_path / "out")
     history = pd.read_parquet(tmp_path / "out" / "history.parquet")
     assert len(history) == 1
-    assert history["learning_rate"].iloc[0] == pytest.approx(config.classifier.learning_rate, rel=0.01)  # none spent yet
+    assert history["learning_rate"].iloc[0] < config.classifier.learning_rate  # it followed the clock
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")

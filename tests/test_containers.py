@@ -5,8 +5,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.flow import baseline_pipeline
 from pipelines.launchers import DockerLauncher, ResourcesConfig, StageFailed
+from pipelines.semi_supervised import semi_supervised_pipeline
 from stages.lib import catalog
 from stages.lib.artifacts import read_manifest, sha256_file, verify
 from stages.lib.stage import STAGE_NAMES
@@ -29,7 +29,7 @@ def test_stage_image_lists_stages_and_runs_as_non_root(docker_client, stage_imag
 @pytest.fixture(scope="module")
 def docker_run(prefect, archive, smoke, stage_image, fresh_home):
     """The smoke flow with every stage in a container, in a fresh store (no cache hit)."""
-    result = baseline_pipeline(config=smoke, launcher="docker", archive=str(archive))
+    result = semi_supervised_pipeline(config=smoke, launcher="docker", archive=str(archive), supervised_only=True)
     runs = MlflowClient().search_runs(
         [MlflowClient().get_run(result["mlflow_run_id"]).info.experiment_id],
         f"tags.mlflow.parentRunId = '{result['mlflow_run_id']}'",
@@ -44,8 +44,8 @@ def test_stages_in_containers_match_in_process(docker_run, split_artifact, docke
         assert sha256_file(catalog.table_path(split, name)) == sha256_file(catalog.table_path(split_artifact, name))
     for artifact in result["artifacts"].values():
         verify(artifact)
-    assert read_manifest(result["artifacts"]["model"])["backend"] == "tensorflow"
-    assert 0 <= result["test_accuracy"] <= 1
+    assert read_manifest(result["artifacts"]["supervised_model"])["backend"] == "tensorflow"
+    assert 0 <= result["supervised_test_accuracy"] <= 1
     assert stage_containers(docker_client) == []  # every stopped container removed
 
 
@@ -53,7 +53,7 @@ def test_container_stages_are_tracked(docker_run):
     result, runs = docker_run
     assert set(runs) == {"split", "baseline", "evaluate"}
     assert all(run.data.tags["ssl.cached"] == "false" for run in runs.values())
-    assert runs["evaluate"].data.metrics["test_accuracy"] == result["test_accuracy"]
+    assert runs["evaluate"].data.metrics["test_accuracy"] == result["supervised_test_accuracy"]
 
 
 def test_container_log_reaches_the_prefect_flow_log(docker_run):

@@ -25,7 +25,8 @@ from pipelines import tracking
 from stages.lib.artifacts import verify
 
 KILL_POINTS = 5  # each costs a kill and a rerun: about 1.5 clean runs (20-50 s each, by machine)
-SMOKE = ["--preset", "smoke", "--set", "baseline.epochs=4"]  # 4 epochs: kills also land between epochs
+# the supervised part of the main job; 4 epochs: kills also land between epochs
+SMOKE = ["--preset", "smoke", "--supervised-only", "--set", "baseline.epochs=4"]
 # what a resumed run must reproduce exactly (timings are left out: they differ by nature)
 COMPARED = {"evaluate": ("test_accuracy", "test_top5_accuracy", "test_loss"),
             "baseline": ("best_epoch", "epochs_run", "best_val_accuracy", "best_val_loss", "best_train_loss")}
@@ -206,10 +207,10 @@ def test_concurrent_flows_lose_nothing(flow_env, tmp_path, clean_run):
                   if run.data.tags.get("mlflow.parentRunId") == parent}
         assert set(stages) == {"split", "baseline", "evaluate"}
         assert all(run.info.status == "FINISHED" for run in stages.values())
-        assert runs[parent].data.metrics["test_accuracy"] == stages["evaluate"].data.metrics["test_accuracy"]
+        assert runs[parent].data.metrics["supervised_test_accuracy"] == stages["evaluate"].data.metrics["test_accuracy"]
         history = MlflowClient(f"sqlite:///{home / 'mlflow.db'}").get_metric_history(stages["baseline"].info.run_id, "val_accuracy")
         assert sorted(metric.step for metric in history) == [1, 2, 3, 4]
-    accuracy = [runs[parent].data.metrics["test_accuracy"] for parent in parents]
+    accuracy = [runs[parent].data.metrics["supervised_test_accuracy"] for parent in parents]
     assert accuracy[0] == accuracy[1] == clean_run[2]["evaluate.test_accuracy"]
     assert len(artifacts(home, "baseline")) == 3  # one per seed, none overwritten
     check_store(home)

@@ -3,9 +3,6 @@ costs no trained artifact, and runs that killed flows left RUNNING are closed as
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,10 +10,12 @@ import time
 
 import pytest
 import requests
+from conftest import stop_process_group
 from mlflow.tracking import MlflowClient
 
 from pipelines import launchers, settings, tracking
-from pipelines.flow import TrackingFailed, baseline_pipeline
+from pipelines.flow import TrackingFailed
+from pipelines.semi_supervised import semi_supervised_pipeline
 from stages.lib.artifacts import verify
 
 
@@ -40,36 +39,15 @@ def test_an_unreachable_server_fails_the_flow_before_any_stage(prefect, archive,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     started = time.monotonic()
     with pytest.raises(tracking.TrackingUnavailable, match=f"server at {uri} .* does not answer.*Start it"):
-        baseline_pipeline(config=smoke, archive=str(archive))
+        semi_supervised_pipeline(config=smoke, archive=str(archive), supervised_only=True)
     assert time.monotonic() - started < 30
     assert not settings.artifact_root().exists()  # no stage started
 
 
 @pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                               "--default-artifact-root", str(tmp_path / "server-artifacts")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            requests.get(f"{uri}/health", timeout=2).raise_for_status()
-            break
-        except requests.RequestException:
-            assert time.monotonic() < deadline and server.poll() is None, "the MLflow server did not start"
-            time.sleep(1)
-    yield uri, server
-    stop(server)
-
-
-def stop(server: subprocess.Popen) -> None:
-    """Kill the server with its worker processes, which would go on answering."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGKILL)
-    server.wait()
+def mlflow_server(tmp_path, start_mlflow):
+    return start_mlflow("server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                        "--default-artifact-root", str(tmp_path / "server-artifacts"))
 
 
 def test_a_server_lost_mid_flow_keeps_the_trained_model_and_says_where(prefect, archive, smoke, home, mlflow_server,
@@ -80,13 +58,13 @@ def test_a_server_lost_mid_flow_keeps_the_trained_model_and_says_where(prefect, 
 
     def server_dies_during_baseline(self, stage, *args):
         if stage == "baseline":
-            stop(server)
+            stop_process_group(server)
         return launch(self, stage, *args)
     monkeypatch.setattr(launchers.InProcessLauncher, "launch", server_dies_during_baseline)
 
     with pytest.raises(TrackingFailed, match=r"stage baseline finished and its artifact is kept at (\S+), but logging it "
                                              r"to MLflow .* Rerun the same command") as failure:
-        baseline_pipeline(config=smoke, archive=str(archive))
+        semi_supervised_pipeline(config=smoke, archive=str(archive), supervised_only=True)
     kept = failure.value.args[0].split("kept at ")[1].split(",")[0]
     assert verify(kept)["stage"] == "baseline"
     assert not (settings.artifact_root() / "evaluate").exists()
@@ -129,7 +107,7 @@ def test_a_retried_parent_run_leaves_no_run_running(prefect, archive, smoke, hom
         return log_dict(self, *args, **kwargs)
 
     monkeypatch.setattr(MlflowClient, "log_dict", fails_once)
-    result = baseline_pipeline(config=smoke, archive=str(archive))
+    result = semi_supervised_pipeline(config=smoke, archive=str(archive), supervised_only=True)
     client = MlflowClient()
     experiment_id = client.get_run(result["mlflow_run_id"]).info.experiment_id
     parents = {run.info.run_id: run.info.status for run in client.search_runs([experiment_id])

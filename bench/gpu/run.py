@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     overrides = [parse_assignment(text) for text in args.assignments]
-    config = load_pipeline_config(args.preset, [*overrides, {"consistency": {"time_budget_minutes": args.minutes}}])
+    config = load_pipeline_config(args.preset, [*overrides, {"consistency": {"classifier": {"time_budget_minutes": args.minutes}}}])
     started = time.perf_counter()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)

@@ -26,6 +26,13 @@ def vector_extensions(cpuinfo: Path = CPUINFO) -> list[str]:
     return sorted(flag for flag in (_cpuinfo_field("flags", cpuinfo) or "").split() if flag.startswith("avx"))
 
 
+def has_bfloat16(cpuinfo: Path = CPUINFO) -> bool:
+    """Whether the CPU multiplies bfloat16 natively (AMX or AVX512_BF16): elsewhere oneDNN emulates it,
+    slower than float32."""
+    flags = set((_cpuinfo_field("flags", cpuinfo) or "").split())
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
 def cpus() -> int:
     """The CPUs this process may run on (a container's or taskset's share, not the host's count)."""
     return len(os.sched_getaffinity(0))

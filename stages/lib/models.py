@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from typing import Literal
 
 import keras
 import numpy as np
@@ -17,7 +18,19 @@ from pydantic import Field, model_validator
 
 from stages.lib.catalog import IMAGE_SHAPE
 from stages.lib.config import StrictModel
+from stages.lib.machine import has_bfloat16
 from stages.lib.registry import Registry
+
+# Keras dtype policies, or "auto": mixed_bfloat16 where the CPU multiplies bfloat16 natively, else float32
+Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
+
+
+def resolve_precision(precision: Precision) -> str:
+    """The Keras dtype policy that ``precision`` names on this machine."""
+    if precision != "auto":
+        return precision
+    return "mixed_bfloat16" if has_bfloat16() else "float32"
+
 
 PIXEL_SCALE, PIXEL_OFFSET = 1 / 127.5, -1.0  # uint8 values 0..255 -> the encoder's [-1, 1]
 INFERENCE_BATCH = 500  # images per predict call where no config sets it: memory depends on it, results do not

@@ -24,15 +24,15 @@ from stages.lib.models import (
     INFERENCE_BATCH,
     ArchitectureConfig,
     AugmentConfig,
+    Precision,
     WeightSeeds,
     build_augmentation,
     build_encoder,
     build_scaling,
+    resolve_precision,
 )
 
 log = logging.getLogger(__name__)
-
-Precision = Literal["float32", "mixed_bfloat16", "mixed_float16"]  # Keras dtype policies
 
 
 class Schedule(StrictModel):
@@ -68,11 +68,15 @@ class TrainConfig(Schedule):
     )
     precision: Precision = "float32"
     seed: int = Field(0, description="seed of initialisation, shuffling and augmentation")
+    time_budget_minutes: float | None = Field(
+        None, gt=0, description="train for this much wall time at most (epochs stay the upper bound): the learning rate "
+                                "then follows the share of the budget spent instead of the step count, and training "
+                                "stops before an epoch would overrun it. None = run every epoch")
 
 
 def build_classifier(config: TrainConfig, num_classes: int = NUM_CLASSES) -> keras.Model:
     """augmentation -> scale to [-1, 1] -> encoder -> [dense] -> [dropout] -> softmax (float32)."""
-    arch, dtype = config.architecture, config.precision
+    arch, dtype = config.architecture, resolve_precision(config.precision)
     regularizer = keras.regularizers.L2(arch.l2) if arch.l2 else None
     images = keras.Input(IMAGE_SHAPE, name="image")  # uint8 values, passed as float32
     augmentation = build_augmentation(config.augment, config.seed)
@@ -203,33 +207,59 @@ def build_optimizer(config: TrainConfig, learning_rate, **options) -> keras.opti
     return keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay, **options)
 
 
-class TimeBudget(keras.callbacks.Callback):
-    """Trains for ``seconds`` of wall time: each epoch's learning rate is the cosine of the budget spent
-    so far (a step-count schedule cannot know how many steps will fit), and training stops before an
-    epoch that would overrun the budget (judged by the last epoch's time). A resumed fit goes on
-    where it stopped: the epochs already in ``recorder``'s history count as spent."""
+@dataclass(frozen=True)
+class Budget:
+    """A fit that trains for wall time: ``seconds`` at most, its learning rate warming up over
+    ``warmup_epochs`` to ``peak_learning_rate``, then following the share of the run spent."""
 
-    def __init__(self, seconds: float, peak_learning_rate: float, recorder: EpochRecorder):
+    seconds: float
+    peak_learning_rate: float
+    warmup_epochs: int = 0
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> Budget | None:
+        if config.time_budget_minutes is None:
+            return None
+        return cls(config.time_budget_minutes * 60, config.learning_rate, config.warmup_epochs)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Trains for ``budget.seconds`` of wall time or the fit's epochs, whichever ends first. Each step's
+    learning rate is the warm-up ramp times the cosine of the share of the run spent, the larger of
+    the time and the steps spent (a step-count schedule cannot know how many steps will fit), so it
+    reaches 0 where the run ends. Training stops before an epoch that would overrun the budget, judged
+    by the last epoch's time. A resumed fit goes on where it stopped: the epochs already in
+    ``recorder``'s history count as spent."""
+
+    def __init__(self, budget: Budget, recorder: EpochRecorder):
         super().__init__()
-        self.seconds, self.peak, self.recorder = seconds, peak_learning_rate, recorder
+        self.budget, self.recorder = budget, recorder
         self._start: float | None = None
         self._epoch_start = 0.0
+        self._epoch = 0
 
     def on_train_begin(self, logs=None):
         self._start = None  # set by the first epoch, once a checkpoint has restored the history
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = time.perf_counter()
+        self._epoch_start, self._epoch = time.perf_counter(), epoch
         if self._start is None:
             self._start = self._epoch_start - training_seconds(self.recorder.history())
-        spent = min((self._epoch_start - self._start) / self.seconds, 1.0)
-        self.model.optimizer.learning_rate = self.peak * 0.5 * (1 + math.cos(math.pi * spent))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps_per_epoch = self.params["steps"]
+        step = self._epoch * steps_per_epoch + batch
+        spent = max((time.perf_counter() - self._start) / self.budget.seconds, step / (self.params["epochs"] * steps_per_epoch))
+        warmup_steps = self.budget.warmup_epochs * steps_per_epoch
+        ramp = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+        cosine = 0.5 * (1 + math.cos(math.pi * min(spent, 1.0)))
+        self.model.optimizer.learning_rate = self.budget.peak_learning_rate * ramp * cosine
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()
-        if now - self._start + (now - self._epoch_start) > self.seconds:
+        if now - self._start + (now - self._epoch_start) > self.budget.seconds:
             log.info("time budget: %.1f of %.1f min spent, stopping after epoch %d",
-                     (now - self._start) / 60, self.seconds / 60, epoch + 1)
+                     (now - self._start) / 60, self.budget.seconds / 60, epoch + 1)
             self.model.stop_training = True
 
 
@@ -485,9 +515,15 @@ def epoch_callbacks(seed: int, recorder: EpochRecorder, selector: keras.callback
     return callbacks
 
 
+def learning_rate(config: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The optimizer's learning rate: the cosine schedule, or under a time budget a value that
+    ``TimeBudget`` sets at each step."""
+    return config.learning_rate if config.time_budget_minutes else cosine_schedule(config, steps_per_epoch)
+
+
 def compile_classifier(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
     model.compile(
-        optimizer=build_optimizer(config, cosine_schedule(config, steps_per_epoch)),
+        optimizer=build_optimizer(config, learning_rate(config, steps_per_epoch)),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[
             keras.metrics.CategoricalAccuracy(name="accuracy"),
@@ -535,7 +571,7 @@ def fit_classifier(model: keras.Model, config: TrainConfig, train: ImageTable, v
     arrays = (train.images, one_hot(train.labels)) + (() if sample_weight is None else (sample_weight.astype("float32"),))
     fitted = fit_epochs(model, EpochBatches(arrays, config.batch_size, config.seed), config.epochs, config.seed,
                         validation_data=(validation.images.astype("float32"), one_hot(validation.labels)),
-                        select_on=config.select_on, patience=config.early_stopping_patience)
+                        select_on=config.select_on, patience=config.early_stopping_patience, budget=Budget.of(config))
     return TrainingResult(model=model, history=fitted.history, best_epoch=fitted.best_epoch,
                           images_per_second=len(train) * len(fitted.history) / training_seconds(fitted.history))
 
@@ -549,18 +585,18 @@ class Fitted:
 
 def fit_epochs(model: keras.Model, batches: EpochBatches | TwoStreamBatches, epochs: int, seed: int, *,
                validation_data=None, select_on: str | None = None, patience: int | None = None,
-               budget: tuple[float, float] | None = None, extra: tuple[keras.callbacks.Callback, ...] = (),
+               budget: Budget | None = None, extra: tuple[keras.callbacks.Callback, ...] = (),
                **fit_options) -> Fitted:
     """``model.fit`` over ``batches`` for ``epochs``, with the callbacks of every training stage.
 
     ``select_on`` (a validation metric, ``val_loss`` minimised, others maximised) keeps the weights of
     the best epoch and stops after ``patience`` epochs without improvement (None: never stops
-    early). ``budget`` = (seconds, peak learning rate) trains for wall time instead (``TimeBudget``).
+    early). ``budget`` trains for wall time instead (``TimeBudget``).
     ``extra`` callbacks run before the recorder (the EMA swap must precede the selector).
     """
-    recorder = EpochRecorder(epochs, budget_seconds=budget[0] if budget else None)
+    recorder = EpochRecorder(epochs, budget_seconds=budget.seconds if budget else None)
     if budget:
-        extra = (*extra, TimeBudget(budget[0], budget[1], recorder))
+        extra = (*extra, TimeBudget(budget, recorder))
     selector = None
     if select_on:
         selector = keras.callbacks.EarlyStopping(monitor=select_on, mode="min" if select_on == "val_loss" else "max",

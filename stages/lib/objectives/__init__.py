@@ -16,9 +16,8 @@ from typing import Any
 import keras
 
 from stages.lib.config import StrictModel
-from stages.lib.models import ArchitectureConfig
+from stages.lib.models import ArchitectureConfig, Precision, resolve_precision
 from stages.lib.registry import Registry
-from stages.lib.training import Precision
 
 OBJECTIVES: Registry = Registry("objective")
 ObjectiveName = OBJECTIVES.name_type()
@@ -38,7 +37,7 @@ class ObjectiveSetup(StrictModel):
 def build_objective(setup: ObjectiveSetup, encoder: keras.Model | None = None) -> keras.Model:
     """The objective's network; ``encoder``, when given, is shared instead of a fresh one."""
     objective = OBJECTIVES[setup.name]
-    return objective(objective.config_type.model_validate(setup.settings), setup.architecture, setup.precision,
+    return objective(objective.config_type.model_validate(setup.settings), setup.architecture, resolve_precision(setup.precision),
                      setup.seed, encoder=encoder)
 
 
