@@ -89,7 +89,8 @@ def command_run(args: argparse.Namespace) -> int:
     uri = settings.tracking_uri()
     served = uri.startswith(("http://", "https://"))
     page = tracking.run_page(uri if served else "http://127.0.0.1:5000", result["experiment_id"], result["mlflow_run_id"])
-    print(f"\n{config.preset} preset, {result['total_minutes']:.1f} min{budget}. The model: {result['champion']}\n"
+    model = result["champion"] or result["artifacts"][f"{'supervised' if args.supervised_only else 'ssl'}_model"]
+    print(f"\n{config.preset} preset, {result['total_minutes']:.1f} min{budget}. The model: {model}\n"
           f"MLflow run {result['mlflow_run_id']}: " + (page if served else f"mlflow ui --backend-store-uri {uri}, then {page}"))
     return 0
 

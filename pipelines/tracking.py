@@ -277,9 +277,15 @@ def run_page(server: str, experiment_id: str, run_id: str) -> str:
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
-def champion_uri(name: str) -> str:
-    """``models:/NAME@champion``, with the version it points at, e.g. ``models:/ssl-classifier@champion (version 3)``."""
-    version = MlflowClient().get_model_version_by_alias(name, CHAMPION)
+def champion_uri(name: str) -> str | None:
+    """``models:/NAME@champion``, with the version it points at, e.g. ``models:/ssl-classifier@champion (version 3)``;
+    None while no version is registered (a rerun after a kill takes its models from the cache, unregistered)."""
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return None
     return f"models:/{name}@{CHAMPION} (version {version.version}, {version.tags.get(TAG_STAGE, '')})"
 
 
