@@ -329,8 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--minutes", type=float, help="wall-clock budget from this command's start (default: budget.minutes)")
     run.add_argument("--supervised-only", action="store_true",
                      help="the baseline alone, given the whole budget (what the SSL method is compared with)")
-    run.set_defaults(started=started)
-    run.set_defaults(handler=command_run)
+    run.set_defaults(handler=command_run, started=started)
     self_train = commands.add_parser(
         "self-train", help="self-training over a grid of thresholds x iterations, with a comparison report")
     _add_run_arguments(self_train)

@@ -262,13 +262,10 @@ def log_params(run_id: str, params: Mapping[str, Any]) -> None:
 
 def log_split_datasets(run_id: str, split: Path) -> None:
     """The split's tables as the datasets of ``run_id`` (a flow's parent run), each in its role."""
-    manifest = read_manifest(split)
+    files = read_manifest(split)["files"]
     contexts = {"labeled": "training", "unlabeled": "training (unlabeled)", "validation": "validation", "test": "test"}
-    inputs = [DatasetInput(MetaDataset(LocalArtifactDatasetSource(str(split / f"{table}.parquet")), name=table,
-                                       digest=manifest["files"][f"{table}.parquet"]["sha256"][:16])._to_mlflow_entity(),
-                           tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
-              for table, context in contexts.items() if f"{table}.parquet" in manifest["files"]]
-    MlflowClient().log_inputs(run_id, datasets=inputs)
+    _log_inputs(run_id, [(_table_dataset(split, f"{table}.parquet"), context) for table, context in contexts.items()
+                         if f"{table}.parquet" in files])
 
 
 def run_page(server: str, experiment_id: str, run_id: str) -> str:
@@ -308,17 +305,20 @@ def _datasets_read(manifest: Mapping[str, Any]) -> list[tuple[MetaDataset, str]]
         parent_name, _, filename = reference.partition("/")
         if not filename.endswith(".parquet"):
             continue
-        parent = Path(manifest["parents"][parent_name]["path"])
-        entry = read_manifest(parent)["files"][filename]
-        table = filename.removesuffix(".parquet")
-        dataset = MetaDataset(LocalArtifactDatasetSource(str(parent / filename)), name=table,
-                              digest=entry["sha256"][:16])
-        datasets.append((dataset, table))
+        dataset = _table_dataset(Path(manifest["parents"][parent_name]["path"]), filename)
+        datasets.append((dataset, dataset.name))
     if manifest["stage"] == "split":
         archive = manifest["parents"]["archive"]
         datasets.append((MetaDataset(LocalArtifactDatasetSource(archive["path"]), name="cifar-100-python",
                                      digest=archive["digest"][:16]), "source"))
     return datasets
+
+
+def _table_dataset(artifact: Path, filename: str) -> MetaDataset:
+    """A Parquet table of an artifact as an MLflow dataset named after it: its digest, no data copied."""
+    entry = read_manifest(artifact)["files"][filename]
+    return MetaDataset(LocalArtifactDatasetSource(str(artifact / filename)), name=filename.removesuffix(".parquet"),
+                       digest=entry["sha256"][:16])
 
 
 def find_stage_run(experiment_id: str, digest: str) -> str | None:
@@ -351,8 +351,7 @@ def log_stage(
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         mlflow.log_metrics(metrics)
         mlflow.log_metric("stage_seconds", manifest["seconds"])
-        for dataset, context in _datasets_read(manifest):
-            _log_input(dataset, context)
+        _log_inputs(run.info.run_id, _datasets_read(manifest))
         iterations = artifact / ITERATIONS_FILE
         if iterations.is_file():
             MlflowClient().log_batch(run.info.run_id, metrics=_iteration_metrics(pd.read_parquet(iterations)))
@@ -367,16 +366,21 @@ def log_stage(
     return run.info.run_id
 
 
-def _log_input(dataset: MetaDataset, context: str) -> None:
-    """``mlflow.log_input``, once more if it fails: MLflow inserts a dataset it has not seen without a
-    lock, so of two flows logging the same dataset at one moment the second breaks a unique
-    constraint (measured: tests/test_faults.py). By the retry the dataset exists and is linked."""
+def _log_inputs(run_id: str, datasets: list[tuple[MetaDataset, str]]) -> None:
+    """Log (dataset, context) pairs as the run's inputs, once more if that fails: MLflow inserts a
+    dataset it has not seen without a lock, so of two flows logging the same dataset at one moment the
+    second breaks a unique constraint (measured: tests/test_faults.py). By the retry the dataset exists
+    and is linked."""
+    inputs = [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+              for dataset, context in datasets]
+    if not inputs:
+        return
     try:
-        mlflow.log_input(dataset, context=context)
+        MlflowClient().log_inputs(run_id, datasets=inputs)
     except (sqlalchemy.exc.IntegrityError, MlflowException) as error:
-        log.info("logging dataset %s again after %s", dataset.name, type(error).__name__)
+        log.info("logging datasets %s again after %s", [dataset.name for dataset, _ in datasets], type(error).__name__)
         time.sleep(1)
-        mlflow.log_input(dataset, context=context)
+        MlflowClient().log_inputs(run_id, datasets=inputs)
 
 
 def _iteration_metrics(iterations: pd.DataFrame, keys: tuple[str, ...] = ITERATION_METRICS) -> list[Metric]:
