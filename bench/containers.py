@@ -39,7 +39,7 @@ def time_stages(launcher_name: str, archive: Path, scratch: Path) -> dict[str, d
     config = load_pipeline_config("smoke")
     launcher = LAUNCHERS[launcher_name]()
     split, model, evaluation = scratch / "split", scratch / "baseline", scratch / "evaluate"
-    steps = [("split", config.split, {"archive": archive}, split),
+    steps = [("split", config.split, {"data": archive}, split),
              ("baseline", config.baseline, {"split": split}, model),
              ("evaluate", config.evaluate, {"split": split, "model": model}, evaluation)]
     timings = {}
@@ -64,7 +64,7 @@ def time_build(no_cache: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archive", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--build", action="store_true", help="also time an image rebuild after a source change")
     parser.add_argument("--cold", action="store_true", help="also time a build with no layer cache")

@@ -16,11 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from stages.lib.catalog import DatasetInfo
 from stages.lib.machine import describe
 
 RESULTS = Path(__file__).parent / "results"
 FEEDS = ("pydataset", "tf.data")
 STAGES = ("baseline", "consistency")
+
+CIFAR100_SHAPE = DatasetInfo([str(label) for label in range(100)], (32, 32, 3), "crop")  # classes and images as CIFAR-100's
 
 
 def measure(stage: str, through: str, epochs: int) -> dict:
@@ -43,13 +46,13 @@ def measure(stage: str, through: str, epochs: int) -> dict:
     config = load_pipeline_config("quick")
     if stage == "baseline":
         schedule = config.baseline.model_copy(update={"epochs": epochs, "warmup_epochs": 1})
-        history = training.train_classifier(schedule, labeled, validation).history
+        history = training.train_classifier(schedule, CIFAR100_SHAPE, labeled, validation).history
         images_per_epoch = len(labeled)
     else:
         settings = config.consistency.model_copy(update={
             "steps_per_epoch": 40,
             "classifier": config.consistency.classifier.model_copy(update={"epochs": epochs, "time_budget_minutes": None})})
-        history = consistency.train(settings, labeled, validation, table(40000).images)[1]
+        history = consistency.train(settings, CIFAR100_SHAPE, labeled, validation, table(40000).images)[1]
         images_per_epoch = settings.steps_per_epoch * settings.classifier.batch_size * (1 + settings.unlabeled_ratio)
     seconds = float(history["epoch_seconds"].iloc[1:].sum())
     return {"stage": stage, "feed": through, "epochs_timed": len(history) - 1, "seconds": round(seconds, 1),

@@ -16,9 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+from stages.lib.catalog import DatasetInfo
 from stages.lib.machine import describe, has_bfloat16
 
 RESULTS = Path(__file__).parent / "results"
+
+CIFAR100_SHAPE = DatasetInfo([str(label) for label in range(100)], (32, 32, 3), "crop")  # classes and images as CIFAR-100's
 
 
 def gemm_gflops(precision: str, size: int = 2048, repeats: int = 20) -> float:
@@ -66,11 +69,11 @@ def measure_network(preset: str, precision: str, images: int, batch_size: int, b
     from stages.lib.training import build_classifier, compile_classifier, one_hot
 
     config = load_pipeline_config(preset, [{"baseline": {**(baseline or {}), "batch_size": batch_size, "precision": precision}}]).baseline
-    model = build_classifier(config)
+    model = build_classifier(config, CIFAR100_SHAPE)
     compile_classifier(model, config, steps_per_epoch=images // batch_size)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (images, 32, 32, 3)).astype("float32")
-    y = one_hot(rng.integers(0, 100, images))
+    y = one_hot(rng.integers(0, 100, images), 100)
     model.fit(x[: 2 * batch_size], y[: 2 * batch_size], batch_size=batch_size, epochs=1, verbose=0)  # build graph
     started = time.perf_counter()
     model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)

@@ -27,7 +27,7 @@ from stages.lib.stage import main as stage_main
 
 
 def _overrides_from(args: argparse.Namespace) -> tuple[list[dict], str]:
-    """The overrides of ``--config`` and ``--set``, and where they come from (for errors)."""
+    """The overrides of ``--config``, ``--set`` and ``--data``, and where they come from (for errors)."""
     from pipelines.config import parse_assignment
 
     overrides, source = [], f"preset {args.preset}"
@@ -37,7 +37,27 @@ def _overrides_from(args: argparse.Namespace) -> tuple[list[dict], str]:
     overrides += [parse_assignment(text) for text in args.set]
     if args.set:
         source += " + --set " + " ".join(args.set)
+    if data_source := _data_argument(args)[0]:
+        overrides.append({"split": {"data": {"source": data_source}}})
+        source += f" + --data {args.data}"
     return overrides, source
+
+
+def _data_argument(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """``--data NAME|PATH`` as (the source it names or its path holds, the path). A path that is not
+    here is taken as it is where the flow runs (a deployment's container), its source from the config."""
+    from stages.lib.sources import SOURCES, infer_source
+
+    text = getattr(args, "data", None)
+    if text is None or text in SOURCES:
+        return text, None
+    path = Path(text)
+    if path.exists():
+        return infer_source(path), text
+    if args.handler in (command_deploy, command_serve):
+        return None, text
+    raise ValueError(f"--data {text}: neither a source ({', '.join(SOURCES)}) nor an existing path; give a folder "
+                     "(ROOT/labeled/<class>/...), a Parquet table or the CIFAR-100 archive")
 
 
 def _config_from(args: argparse.Namespace):
@@ -47,18 +67,23 @@ def _config_from(args: argparse.Namespace):
     return load_pipeline_config(args.preset, overrides, source)
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_config_arguments(parser: argparse.ArgumentParser, data: bool = True) -> None:
     parser.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET, help="starting configuration")
     parser.add_argument("--config", type=Path, help="YAML file of overrides, e.g. {baseline: {epochs: 10}}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="one override, e.g. --set baseline.seed=1 (repeatable)")
+    if not data:
+        return
+    parser.add_argument("--data", metavar="NAME|PATH",
+                        help="cifar100 or cifar100-coarse, or the path of an image folder (ROOT/labeled/<class>/*, "
+                             "ROOT/unlabeled/**, [ROOT/test/<class>/*]), a Parquet table (image, label[, split]) or the "
+                             "CIFAR-100 archive (default: cifar100 from $CIFAR100_ARCHIVE or the download)")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     _add_config_arguments(parser)
     parser.add_argument("--launcher", choices=list(LAUNCHERS), default="in-process",
                         help="how each stage is started (docker: the stage image, $SSL_PIPELINE_STAGE_IMAGE)")
-    parser.add_argument("--archive", help="path of cifar-100-python.tar.gz (default: $CIFAR100_ARCHIVE or download)")
 
 
 def _run_flow(flow_path: str, **parameters) -> tuple[dict, float]:
@@ -79,7 +104,7 @@ def command_run(args: argparse.Namespace) -> int:
         args.set.append(f"budget.minutes={args.minutes}")
     config = _config_from(args)
     result, _ = _run_flow("pipelines.semi_supervised:semi_supervised_pipeline", config=config, launcher=args.launcher,
-                          archive=args.archive, started=args.started, supervised_only=args.supervised_only)
+                          data=_data_argument(args)[1], started=args.started, supervised_only=args.supervised_only)
     print(f"\n{'':<12} {'test top-1':>10} {'val top-1':>10} {'minutes':>8}")
     for row in result["table"]:
         print(f"{row['method']:<12} {row['test_accuracy']:>10.2%} {row['val_accuracy']:>10.2%} {row['minutes']:>8.1f}")
@@ -89,9 +114,20 @@ def command_run(args: argparse.Namespace) -> int:
     uri = settings.tracking_uri()
     served = uri.startswith(("http://", "https://"))
     page = tracking.run_page(uri if served else "http://127.0.0.1:5000", result["experiment_id"], result["mlflow_run_id"])
-    model = result["champion"] or result["artifacts"][f"{'supervised' if args.supervised_only else 'ssl'}_model"]
+    model = result["champion"] or result["artifacts"].get("ssl_model") or result["artifacts"]["supervised_model"]
     print(f"\n{config.preset} preset, {result['total_minutes']:.1f} min{budget}. The model: {model}\n"
           f"MLflow run {result['mlflow_run_id']}: " + (page if served else f"mlflow ui --backend-store-uri {uri}, then {page}"))
+    return 0
+
+
+def command_predict(args: argparse.Namespace) -> int:
+    if args.csv:
+        args.set.append("predict.csv=true")
+    config = _config_from(args)
+    result, minutes = _run_flow("pipelines.predict:predict_pipeline", model=args.model, images=args.images,
+                                output=args.output, config=config, launcher=args.launcher)
+    print(f"{result['images']} images, {result['classes_predicted']} classes predicted, in {minutes:.1f} min: "
+          + ", ".join(result["outputs"]))
     return 0
 
 
@@ -134,7 +170,7 @@ def command_self_train(args: argparse.Namespace) -> int:
     sweep_grid(config.self_training, args.thresholds, args.iterations)  # a bad grid fails before any server starts
     result, minutes = _run_flow("pipelines.self_training:self_training_pipeline", config=config,
                                 thresholds=args.thresholds, iterations=args.iterations, launcher=args.launcher,
-                                archive=args.archive, start_model=args.start_model)
+                                data=_data_argument(args)[1], start_model=args.start_model)
     print(f"\n{(Path(result['report']) / 'comparison.md').read_text()}\n"
           f"best on validation: threshold {result['best_threshold']}, {result['best_iterations']} iterations: "
           f"test top-1 {result['test_accuracy']:.2%} (baseline {result['baseline_test_accuracy']:.2%}) "
@@ -149,7 +185,7 @@ def command_pretrain(args: argparse.Namespace) -> int:
     pretraining_grid(config, args.objectives, args.modes)  # a bad grid fails before any server starts
     result, minutes = _run_flow("pipelines.pretraining:pretraining_pipeline", config=config,
                                 objectives=args.objectives, modes=args.modes, launcher=args.launcher,
-                                archive=args.archive)
+                                data=_data_argument(args)[1])
     return _print_comparison(result, minutes)
 
 
@@ -170,7 +206,7 @@ def command_consistency(args: argparse.Namespace) -> int:
     config = _config_from(args)
     consistency_grid(config.consistency, args.methods)  # a bad method fails before any server starts
     result, minutes = _run_flow("pipelines.consistency:consistency_pipeline", config=config, methods=args.methods,
-                                launcher=args.launcher, archive=args.archive, start_model=args.start_model)
+                                launcher=args.launcher, data=_data_argument(args)[1], start_model=args.start_model)
     return _print_comparison(result, minutes)
 
 
@@ -182,7 +218,7 @@ def command_study(args: argparse.Namespace) -> int:
     sweep_grid(config.self_training, args.thresholds, None)  # and bad thresholds
     result, minutes = _run_flow("pipelines.study:study_pipeline", config=config, seeds=args.seeds,
                                 experiments=args.experiments, unlabeled=args.unlabeled, thresholds=args.thresholds,
-                                launcher=args.launcher, archive=args.archive)
+                                launcher=args.launcher, data=_data_argument(args)[1])
     from pipelines.report import write_report
 
     report = write_report(result["study"], args.report)
@@ -225,7 +261,7 @@ def command_deploy(args: argparse.Namespace) -> int:
         job_variables = {"env": dict(args.env)}
     deployment_id = deployments.deploy(args.name, config, pool=args.pool, pool_type=args.pool_type,
                                        image=args.image, cron=args.cron, job_variables=job_variables,
-                                       archive=args.archive, paused=args.paused)
+                                       data=_data_argument(args)[1], paused=args.paused)
     schedule = f"on cron {args.cron!r}" if args.cron else "on demand"
     where = f"image {args.image}" if args.pool_type == "docker" else "in the worker's environment"
     print(f"deployment {deployments.full_name(args.name)} ({deployment_id}): {config.preset} preset, "
@@ -236,7 +272,7 @@ def command_deploy(args: argparse.Namespace) -> int:
 def command_serve(args: argparse.Namespace) -> int:
     from pipelines import deployments
 
-    deployments.serve(args.name, _config_from(args), cron=args.cron, archive=args.archive)
+    deployments.serve(args.name, _config_from(args), cron=args.cron, data=_data_argument(args)[1])
     return 0
 
 
@@ -273,14 +309,12 @@ def _add_deploy_commands(commands) -> None:
                         help="mount into flow-run containers, e.g. ssl-pipeline_artifacts:/data (repeatable)")
     deploy.add_argument("--env", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                         help="environment of flow runs, e.g. MLFLOW_TRACKING_URI=http://mlflow:5000")
-    deploy.add_argument("--archive", help="CIFAR-100 archive path inside the flow-run container")
     deploy.add_argument("--paused", action="store_true", help="register with the schedule paused")
     deploy.set_defaults(handler=command_deploy)
     serve = commands.add_parser("serve", help="run a schedule of the pipeline in this process (no worker)")
     serve.add_argument("name", help="deployment name")
     _add_config_arguments(serve)
     serve.add_argument("--cron", help="schedule (default: runs only when triggered)")
-    serve.add_argument("--archive", help="path of cifar-100-python.tar.gz")
     serve.set_defaults(handler=command_serve)
     manage = commands.add_parser("deployments", help="list, pause, resume or trigger deployments")
     actions = manage.add_subparsers(dest="action", required=True)
@@ -366,6 +400,16 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("study", help="the study name (the runs' ssl.study tag)")
     report.add_argument("--output", type=Path, metavar="DIR", help="default: $SSL_PIPELINE_HOME/reports/STUDY")
     report.set_defaults(handler=command_report)
+    predict = commands.add_parser("predict", help="label new images with a trained classifier: class, probability, top 5")
+    _add_config_arguments(predict, data=False)
+    predict.add_argument("--model", required=True, metavar="DIR|models:/NAME@ALIAS",
+                         help="a classifier artifact, or a registered version, e.g. models:/ssl-pipeline-classifier@champion")
+    predict.add_argument("--images", required=True, metavar="DIR|TABLE",
+                         help="a folder of image files, or a Parquet table with an 'image' column (bytes or paths)")
+    predict.add_argument("--output", required=True, help="the Parquet file of predictions to write")
+    predict.add_argument("--csv", action="store_true", help="also write the predictions as CSV beside it")
+    predict.add_argument("--launcher", choices=list(LAUNCHERS), default="in-process", help="how the stage is started")
+    predict.set_defaults(handler=command_predict)
     _add_deploy_commands(commands)
     commands.add_parser("stages", help="list the stages").set_defaults(handler=command_stages)
     commands.add_parser("stage", help="run one stage: ssl-pipeline stage NAME --help")

@@ -30,6 +30,7 @@ from stages.lib.config import ConfigError, StrictModel, deep_merge, flat_fields
 from stages.lib.seed_study import EXPERIMENTS, UNLABELED_SETS
 from stages.lib.training import TrainConfig
 from stages.outliers import OutlierConfig
+from stages.predict import PredictConfig
 from stages.pretrain import PretrainConfig
 from stages.self_train import SelfTrainConfig
 from stages.split import SplitConfig
@@ -78,6 +79,7 @@ class PipelineConfig(StrictModel):
     fine_tune: EncoderFineTuneConfig = EncoderFineTuneConfig()
     consistency: ConsistencyConfig = ConsistencyConfig()
     outliers: OutlierConfig = OutlierConfig()
+    predict: PredictConfig = PredictConfig()
 
 
 def resolve_inheritance(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[str, list[str]]]]:

@@ -20,7 +20,7 @@ from stages.lib.catalog import read_metrics
 
 @flow(name="ssl-consistency")
 def consistency_pipeline(config: PipelineConfig = load_pipeline_config(), methods: list[str] | None = None,
-                         launcher: str = "in-process", archive: str | None = None,
+                         launcher: str = "in-process", data: str | None = None,
                          start_model: str | None = None) -> dict[str, Any]:
     """Train each consistency method, evaluate it on test, and compare it with the baseline.
 
@@ -30,7 +30,7 @@ def consistency_pipeline(config: PipelineConfig = load_pipeline_config(), method
     grid = consistency_grid(config.consistency, methods)  # a bad grid fails before any work
     rows = []
     with pipeline_run(config, launcher) as (steps, metrics):
-        split, model = baseline_steps(steps, config, archive, start_model)
+        split, model = baseline_steps(steps, config, data, start_model)
         baseline_test = read_metrics(steps.run("evaluate", config.evaluate, {"split": split, "model": model}))["test_accuracy"]
         for method in grid:
             inputs: dict[str, Path] = {"split": split, **({"model": model} if method.warm_start else {})}

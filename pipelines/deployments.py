@@ -27,8 +27,8 @@ from pipelines.semi_supervised import semi_supervised_pipeline
 FLOW = semi_supervised_pipeline
 
 
-def flow_parameters(config: PipelineConfig, archive: str | None) -> dict[str, Any]:
-    return {"config": config.model_dump(mode="json"), "archive": archive}
+def flow_parameters(config: PipelineConfig, data: str | None) -> dict[str, Any]:
+    return {"config": config.model_dump(mode="json"), "data": data}
 
 
 def container_job_variables(network: str | None, volumes: list[str], env: Mapping[str, str],
@@ -51,7 +51,7 @@ def container_job_variables(network: str | None, volumes: list[str], env: Mappin
 
 
 def deploy(name: str, config: PipelineConfig, *, pool: str, pool_type: str, image: str | None, cron: str | None,
-           job_variables: dict[str, Any], archive: str | None = None, paused: bool = False) -> UUID:
+           job_variables: dict[str, Any], data: str | None = None, paused: bool = False) -> UUID:
     """Register (or update) a deployment of the pipeline on a work pool; its id.
 
     A docker pool starts each run in ``image``; a process pool runs it in the worker's own
@@ -59,7 +59,7 @@ def deploy(name: str, config: PipelineConfig, *, pool: str, pool_type: str, imag
     """
     ensure_work_pool(pool, pool_type)
     deployment = FLOW.to_deployment(
-        name=name, cron=cron, paused=paused, parameters=flow_parameters(config, archive),
+        name=name, cron=cron, paused=paused, parameters=flow_parameters(config, data),
         job_variables=job_variables, tags=[f"preset:{config.preset}"],
         description=f"{FLOW.name} with the {config.preset} preset",
         # the images have the package installed: import by module, whatever the caller's directory
@@ -68,9 +68,9 @@ def deploy(name: str, config: PipelineConfig, *, pool: str, pool_type: str, imag
     return deployment.apply(work_pool_name=pool, image=image if pool_type == "docker" else None)
 
 
-def serve(name: str, config: PipelineConfig, *, cron: str | None, archive: str | None = None) -> None:
+def serve(name: str, config: PipelineConfig, *, cron: str | None, data: str | None = None) -> None:
     """Run the schedule in this process until interrupted (no work pool, no worker)."""
-    FLOW.serve(name=name, cron=cron, parameters=flow_parameters(config, archive),
+    FLOW.serve(name=name, cron=cron, parameters=flow_parameters(config, data),
                tags=[f"preset:{config.preset}"])
 
 

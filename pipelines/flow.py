@@ -28,8 +28,8 @@ from pydantic import BaseModel
 from pipelines import settings, tracking
 from pipelines.config import PipelineConfig, preset_differences
 from pipelines.launchers import LAUNCHERS, ResourcesConfig
-from stages.lib import cifar
-from stages.lib.artifacts import code_version, file_digest, file_lock, read_manifest, sha256_json, verify
+from stages.lib import sources
+from stages.lib.artifacts import MANIFEST, code_version, file_digest, file_lock, read_manifest, sha256_json, verify
 
 log = logging.getLogger(__name__)
 # Stage progress (epochs, container logs) is INFO: with PREFECT_LOGGING_EXTRA_LOGGERS=stages,pipelines
@@ -39,9 +39,9 @@ for _name in ("stages", "pipelines"):
 
 
 def input_digest(path: Path) -> str:
-    """An artifact directory's manifest digest, or a plain file's SHA-256."""
+    """An artifact directory's manifest digest, or the SHA-256 of a file or folder from outside the store."""
     path = Path(path)
-    if path.is_dir():
+    if (path / MANIFEST).is_file():
         return read_manifest(path)["digest"]
     return file_digest(path)
 
@@ -70,9 +70,10 @@ def is_transient(task, task_run, state) -> bool:
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
-def fetch_archive(path: str | None) -> Path:
-    """The verified CIFAR-100 archive (downloaded into the cache when no path is given)."""
-    return cifar.resolve_archive(path)
+def locate_data(config: PipelineConfig, path: str | None) -> Path:
+    """What the split reads: the verified CIFAR-100 archive (downloaded into the cache when no path is
+    given), or the user's folder or table."""
+    return sources.locate(config.split.data.source, path)
 
 
 @task(cache_policy=StageCachePolicy(), persist_result=True, task_run_name="{stage}")
@@ -243,12 +244,12 @@ def train_minutes(artifact: Path) -> float:
     return round((manifest["seconds"] + sum(own)) / 60, 2)
 
 
-def baseline_steps(steps: Steps, config: PipelineConfig, archive: str | None,
+def baseline_steps(steps: Steps, config: PipelineConfig, data: str | None,
                    start_model: str | None = None) -> tuple[Path, Path]:
     """(split, baseline model): made by the split and baseline stages, or ``start_model`` and its split."""
     if start_model:
         model = Path(start_model).resolve()
         split = Path(read_manifest(model)["parents"]["split"]["path"])
         return steps.reuse("split", split), steps.reuse("baseline", model)
-    split = steps.run("split", config.split, {"archive": fetch_archive(archive)})
+    split = steps.run("split", config.split, {"data": locate_data(config, data)})
     return split, steps.run("baseline", config.baseline, {"split": split})

@@ -39,12 +39,12 @@ def pretrain_configuration(steps: Steps, pretrain: PretrainConfig, fine_tune: En
 @flow(name="ssl-pretraining")
 def pretraining_pipeline(config: PipelineConfig = load_pipeline_config(), objectives: list[str] | None = None,
                          modes: list[str] | None = None, launcher: str = "in-process",
-                         archive: str | None = None) -> dict[str, Any]:
+                         data: str | None = None) -> dict[str, Any]:
     """Pretrain the baseline's encoder with each objective and fine-tune it each way; compare on test."""
     grid = pretraining_grid(config, objectives, modes)  # a bad grid fails before any work
     rows = []
     with pipeline_run(config, launcher) as (steps, metrics):
-        split, model = baseline_steps(steps, config, archive)
+        split, model = baseline_steps(steps, config, data)
         baseline_test = read_metrics(steps.run("evaluate", config.evaluate, {"split": split, "model": model}))["test_accuracy"]
         for pretrain, fine_tune in grid:
             _, _, result = pretrain_configuration(steps, pretrain, fine_tune, config, split)

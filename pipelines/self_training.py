@@ -51,7 +51,7 @@ def self_train_configuration(steps: Steps, config: SelfTrainConfig, pipeline: Pi
 @flow(name="ssl-self-training")
 def self_training_pipeline(config: PipelineConfig = load_pipeline_config(), thresholds: list[float] | None = None,
                            iterations: list[int] | None = None, launcher: str = "in-process",
-                           archive: str | None = None, start_model: str | None = None) -> dict[str, Any]:
+                           data: str | None = None, start_model: str | None = None) -> dict[str, Any]:
     """Self-training over thresholds x iterations from one split and baseline; writes their comparison.
 
     ``start_model``: a finished baseline artifact to start from instead of training one (its split
@@ -61,7 +61,7 @@ def self_training_pipeline(config: PipelineConfig = load_pipeline_config(), thre
     sweep = f"{flow_run.name}-{str(flow_run.id)[:8]}"
     report = settings.artifact_root() / "sweeps" / sweep
     with pipeline_run(config, launcher, {tracking.TAG_SWEEP: sweep}) as (steps, metrics):
-        split, model = baseline_steps(steps, config, archive, start_model)
+        split, model = baseline_steps(steps, config, data, start_model)
         baseline_evaluation = steps.run("evaluate", config.evaluate, {"split": split, "model": model})
         done = [self_train_configuration(steps, point, config, split, model) for point in grid]
         with staged_output(report) as tmp:

@@ -19,10 +19,10 @@ from prefect import flow, task
 
 from pipelines import settings, tracking
 from pipelines.config import BudgetConfig, PipelineConfig, consistency_grid, load_pipeline_config
-from pipelines.flow import Steps, fetch_archive, is_transient, pipeline_run
+from pipelines.flow import Steps, is_transient, locate_data, pipeline_run
 from stages.consistency import ConsistencyConfig
 from stages.evaluate import EvaluateConfig
-from stages.lib.catalog import read_metrics
+from stages.lib.catalog import read_metrics, split_counts
 from stages.lib.models import resolve_precision
 from stages.lib.training import TrainConfig
 
@@ -76,21 +76,27 @@ def budgeted(config: TrainConfig, minutes: float | None) -> TrainConfig:
 
 @flow(name="ssl-semi-supervised")
 def semi_supervised_pipeline(config: PipelineConfig = load_pipeline_config(), launcher: str = "in-process",
-                             archive: str | None = None, started: float | None = None,
+                             data: str | None = None, started: float | None = None,
                              supervised_only: bool = False) -> dict[str, Any]:
     """The supervised baseline, then the preset's SSL method from it, both evaluated on test.
 
+    ``data``: the path of the source ``config.split.data.source`` reads (default, for CIFAR-100: the
+    archive from $CIFAR100_ARCHIVE or the download).
     ``started``: the Unix time the budget counts from (the command's start; default: the flow's).
-    ``supervised_only``: the baseline alone, given the whole budget (the control of the SSL method).
+    ``supervised_only``: the baseline alone, given the whole budget (the control of the SSL method);
+    so it is too for data without unlabeled images.
     """
     started = started or time.time()
-    plan = None
-    if config.budget.minutes:
-        plan = Plan(config.budget, started, 1.0 if supervised_only else config.budget.supervised_share)
     method = consistency_grid(config.consistency, None)[0]
     with pipeline_run(config, launcher) as (steps, metrics):
-        split = steps.run("split", config.split, {"archive": fetch_archive(archive)})
+        split = steps.run("split", config.split, {"data": locate_data(config, data)})
         log_training_data(steps.parent_run_id, split)
+        if not supervised_only and not split_counts(split)["unlabeled"]:
+            log.warning("the data has no unlabeled images: the supervised baseline alone gets the budget")
+            supervised_only = True
+        plan = None
+        if config.budget.minutes:
+            plan = Plan(config.budget, started, 1.0 if supervised_only else config.budget.supervised_share)
         rows = {"supervised": supervised_part(steps, config, split, plan)}
         if not supervised_only:
             rows[method.method] = ssl_part(steps, config, method, split, rows["supervised"], plan)

@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 
 from pipelines import tracking
 from pipelines.config import PipelineConfig, load_pipeline_config, pretraining_grid, study_grid, sweep_grid, with_training_seed
-from pipelines.flow import Steps, configuration_run, fetch_archive, log_comparison, pipeline_run, train_minutes
+from pipelines.flow import Steps, configuration_run, locate_data, log_comparison, pipeline_run, train_minutes
 from pipelines.pretraining import pretrain_configuration
 from pipelines.self_training import self_train_configuration
 from stages.lib.catalog import read_metrics
@@ -61,7 +61,7 @@ def baseline_experiment(steps: Steps, config: PipelineConfig, split: Path) -> tu
 def study_pipeline(config: PipelineConfig = load_pipeline_config(), seeds: list[int] | None = None,
                    experiments: list[str] | None = None, unlabeled: list[str] | None = None,
                    thresholds: list[float] | None = None, launcher: str = "in-process",
-                   archive: str | None = None) -> dict[str, Any]:
+                   data: str | None = None) -> dict[str, Any]:
     """The seed study's experiments x unlabeled sets (``all``, ``filtered``) x training seeds, self-training
     at each of ``thresholds``. The baseline runs for every seed whatever ``experiments`` holds:
     self-training starts from it."""
@@ -70,7 +70,7 @@ def study_pipeline(config: PipelineConfig = load_pipeline_config(), seeds: list[
     study = f"{flow_run.name}-{str(flow_run.id)[:8]}"
     rows = []
     with pipeline_run(config, launcher, {tracking.TAG_STUDY: study}) as (steps, metrics):
-        split = steps.run("split", config.split, {"archive": fetch_archive(archive)})
+        split = steps.run("split", config.split, {"data": locate_data(config, data)})
         for seed in seeds:
             seeded = with_training_seed(config, seed)
             model, evaluation = baseline_experiment(tagged(steps, seed, "none", "baseline"), seeded, split)

@@ -36,7 +36,15 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pipelines import settings
 from stages.lib.artifacts import file_lock, read_manifest
-from stages.lib.catalog import HISTORY_FILE, ITERATIONS_FILE, METRICS_FILE, MODEL_FILE
+from stages.lib.catalog import (
+    HISTORY_FILE,
+    ITERATIONS_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    DatasetInfo,
+    read_dataset_info,
+    write_dataset_info,
+)
 from stages.lib.config import flat_fields
 
 log = logging.getLogger(__name__)
@@ -286,6 +294,37 @@ def champion_uri(name: str) -> str | None:
     return f"models:/{name}@{CHAMPION} (version {version.version}, {version.tags.get(TAG_STAGE, '')})"
 
 
+def download_classifier(uri: str, root: Path) -> Path:
+    """A registered classifier (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) as a classifier
+    artifact under ``root``: its ``model.keras`` and, from the logged model's metadata, ``dataset.json``.
+    Each version is fetched once."""
+    import tempfile
+
+    name, alias_sep, reference = uri.removeprefix("models:/").partition("@")
+    client = MlflowClient()
+    try:
+        if alias_sep:
+            version = client.get_model_version_by_alias(name, reference)
+        else:
+            name, _, number = name.partition("/")
+            version = client.get_model_version(name, number)
+    except MlflowException as error:
+        raise ValueError(f"--model {uri}: no such registered model version in {settings.tracking_uri()} "
+                         f"({error.message}); `ssl-pipeline run` registers one as models:/NAME@champion") from None
+    target = root / f"{name}-v{version.version}"
+    if not target.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root) as scratch:
+            local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}", dst_path=scratch))
+            staged = Path(scratch) / "classifier"
+            staged.mkdir()
+            next(local.rglob("*.keras")).rename(staged / MODEL_FILE)
+            metadata = mlflow.models.Model.load(str(local)).metadata
+            write_dataset_info(staged, DatasetInfo(metadata["classes"], tuple(metadata["image_shape"]), metadata["resize"]))
+            staged.rename(target)
+    return target
+
+
 def _history_metrics(history: pd.DataFrame) -> list[Metric]:
     """Per-epoch metrics keyed by step = epoch, stamped with when each epoch ended; epochs where a
     metric was not measured (e.g. a probe every few epochs) and text columns are left out."""
@@ -295,6 +334,9 @@ def _history_metrics(history: pd.DataFrame) -> list[Metric]:
         for (_, row), epoch, row_time in zip(values.iterrows(), history["epoch"], history["timestamp_ms"])
         for key in values.columns if pd.notna(row[key])
     ]
+
+
+DATA_SOURCES = ("data", "images")  # the inputs from outside the store that are data: the split's, predict's
 
 
 def _datasets_read(manifest: Mapping[str, Any]) -> list[tuple[MetaDataset, str]]:
@@ -307,10 +349,10 @@ def _datasets_read(manifest: Mapping[str, Any]) -> list[tuple[MetaDataset, str]]
             continue
         dataset = _table_dataset(Path(manifest["parents"][parent_name]["path"]), filename)
         datasets.append((dataset, dataset.name))
-    if manifest["stage"] == "split":
-        archive = manifest["parents"]["archive"]
-        datasets.append((MetaDataset(LocalArtifactDatasetSource(archive["path"]), name="cifar-100-python",
-                                     digest=archive["digest"][:16]), "source"))
+    for name in DATA_SOURCES:
+        if source := manifest["parents"].get(name):
+            datasets.append((MetaDataset(LocalArtifactDatasetSource(source["path"]), name=Path(source["path"]).name,
+                                         digest=source["digest"][:16]), "source"))
     return datasets
 
 
@@ -422,17 +464,21 @@ def _log_files(artifact: Path) -> None:
 
 def log_keras_model(path: Path, registered_model_name: str) -> ModelInfo:
     """Log the model through MLflow's Keras flavor as a new version of ``registered_model_name``,
-    loadable with ``mlflow.pyfunc.load_model``."""
+    loadable with ``mlflow.pyfunc.load_model``; its metadata holds the class names and image shape
+    (``DatasetInfo``) that prediction needs."""
     import keras
     import numpy as np
 
+    data = read_dataset_info(path.parent)
     model = keras.saving.load_model(path)
     example = np.zeros((2, *model.input_shape[1:]), dtype="float32")  # raw pixel values 0..255
     signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
     # explicit requirements: inferring them loads the model in a subprocess (about 25 s here)
     requirements = [f"keras=={keras.__version__}", _backend_requirement(keras.backend.backend())]
     return mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements,
-                                  registered_model_name=registered_model_name)
+                                  registered_model_name=registered_model_name,
+                                  metadata={"classes": data.classes, "image_shape": list(data.image_shape),
+                                            "resize": data.resize})
 
 
 def register_classifier(name: str, version: str, manifest: Mapping[str, Any], metrics: Mapping[str, float]) -> None:

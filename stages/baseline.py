@@ -17,10 +17,11 @@ log = logging.getLogger(__name__)
 
 
 def run(config: TrainConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
+    data = catalog.read_dataset_info(inputs["split"])
     train, validation = catalog.read_table(inputs["split"], "labeled"), catalog.read_table(inputs["split"], "validation")
-    log.info("training %s in %s on %d labeled images, validating on %d", config.architecture.name,
-             resolve_precision(config.precision), len(train), len(validation))
-    result = train_classifier(config, train, validation)
+    log.info("training %s in %s on %d labeled images of %d classes, validating on %d", config.architecture.name,
+             resolve_precision(config.precision), len(train), data.num_classes, len(validation))
+    result = train_classifier(config, data, train, validation)
     best = result.history.iloc[result.best_epoch - 1]
     # "best_" = at the kept epoch; the unprefixed names are the per-epoch history's
     metrics = {
@@ -36,7 +37,7 @@ def run(config: TrainConfig, inputs: Mapping[str, Path], output: Path) -> dict[s
         "images_per_second": round(result.images_per_second, 1),  # training images / epoch wall time
     }
     log.info("best epoch %d: val accuracy %.4f", result.best_epoch, metrics["best_val_accuracy"])
-    return catalog.save_classifier(output, result.model, result.history, metrics)
+    return catalog.save_classifier(output, result.model, result.history, metrics, data)
 
 
 STAGE = Stage("baseline", TrainConfig, run, inputs=("split",),

@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 
 from stages.lib import catalog, losses
 from stages.lib.artifacts import ArtifactError
-from stages.lib.catalog import NUM_CLASSES, ImageTable
+from stages.lib.catalog import DataError, DatasetInfo, ImageTable
 from stages.lib.config import StrictModel
 from stages.lib.models import INFERENCE_BATCH, StrongAugmentConfig, build_strong_augmentation
 from stages.lib.ssl_methods import METHODS, FixMatchConfig, FreeMatchConfig, MethodName
@@ -131,7 +131,7 @@ class ConsistencyModel(keras.Model):
         images_shape = input_shape[1]
         if self.strong.layers:
             self.strong.build(images_shape)
-        self.method.build((None, NUM_CLASSES))
+        self.method.build((None, self.classifier.output_shape[-1]))
         self.built = True
 
     def call(self, inputs, training=False):
@@ -175,14 +175,14 @@ class ConsistencyModel(keras.Model):
         return losses.with_regularization(supervised + self.unlabeled_weight * unsupervised, self.losses)
 
 
-def train(config: ConsistencyConfig, labeled: ImageTable, validation: ImageTable, images: np.ndarray,
+def train(config: ConsistencyConfig, data: DatasetInfo, labeled: ImageTable, validation: ImageTable, images: np.ndarray,
           start: keras.Model | None = None):
     """Returns the classifier holding the EMA weights of the best validation epoch, the per-epoch
     history and that epoch. ``start``: a trained classifier whose weights it begins with; it is
     epoch 0, kept when no epoch beats it on validation (as self-training keeps its iteration 0)."""
     schedule = config.classifier
     keras.utils.set_random_seed(schedule.seed)
-    classifier = build_classifier(schedule)
+    classifier = build_classifier(schedule, data)
     if start is not None:
         try:
             classifier.set_weights(start.get_weights())
@@ -191,16 +191,16 @@ def train(config: ConsistencyConfig, labeled: ImageTable, validation: ImageTable
                                 f"({error}): start from a model of that architecture, or set the architecture to the "
                                 "model's") from None
     model = ConsistencyModel(classifier, config)
-    model.build(((None, *catalog.IMAGE_SHAPE),) * 2)
+    model.build(((None, *data.image_shape),) * 2)
     if start is not None:  # before fit: a resumed run's checkpoint then restores the state it reached
         model.method.start_from(weak_view_probabilities(classifier, images, schedule.seed))
-    batches = TwoStreamBatches(labeled, images, schedule.batch_size, schedule.batch_size * config.unlabeled_ratio,
+    batches = TwoStreamBatches(labeled, data.num_classes, images, schedule.batch_size, schedule.batch_size * config.unlabeled_ratio,
                                schedule.seed, steps=config.steps_per_epoch)
     model.compile(optimizer=build_optimizer(schedule, learning_rate(schedule, config.steps_per_epoch), use_ema=True,
                                             ema_momentum=config.ema_momentum))
     # the EMA swap's epoch end puts the EMA weights in the model before the selector sees them: those are kept
     fitted = fit_epochs(model, batches, schedule.epochs, schedule.seed,
-                        validation_data=((validation.images,) * 2, one_hot(validation.labels)),
+                        validation_data=((validation.images,) * 2, one_hot(validation.labels, data.num_classes)),
                         validation_batch_size=INFERENCE_BATCH, select_on="val_accuracy", patience=schedule.early_stopping_patience,
                         budget=Budget.of(schedule),
                         extra=(keras.callbacks.SwapEMAWeights(swap_on_epoch=True),))
@@ -220,18 +220,24 @@ def weak_view_probabilities(classifier: keras.Model, images: np.ndarray, seed: i
 
 def run(config: ConsistencyConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
     split = inputs["split"]
+    data = catalog.read_dataset_info(split)
     labeled, validation = catalog.read_table(split, "labeled"), catalog.read_table(split, "validation")
-    images = np.concatenate([labeled.images, catalog.read_table(split, "unlabeled").images])
+    unlabeled = catalog.read_table(split, "unlabeled")
+    if not len(unlabeled):
+        raise DataError(f"{catalog.table_path(split, 'unlabeled')} has no images, and {config.method} learns from "
+                        "unlabeled ones: add some to the data source, or train the supervised baseline alone "
+                        "(ssl-pipeline run --supervised-only)")
+    images = np.concatenate([labeled.images, unlabeled.images])
     log.info("%s on %s: %d labeled, %d images for the unlabeled loss, %d steps per epoch", config.method,
              config.classifier.architecture.name, len(labeled), len(images), config.steps_per_epoch)
-    start = warm_start_model(config, inputs)
-    classifier, history, best_epoch = train(config, labeled, validation, images, start)
+    start = warm_start_model(config, data, inputs)
+    classifier, history, best_epoch = train(config, data, labeled, validation, images, start)
     metrics = {**kept_model_summary(classifier, validation, history, best_epoch), **throughput(config, history)}
     log.info("%s: val accuracy %.4f at epoch %d of %d", config.method, metrics["best_val_accuracy"], best_epoch, len(history))
-    return catalog.save_classifier(output, classifier, history, metrics)
+    return catalog.save_classifier(output, classifier, history, metrics, data)
 
 
-def warm_start_model(config: ConsistencyConfig, inputs: Mapping[str, Path]) -> keras.Model | None:
+def warm_start_model(config: ConsistencyConfig, data: DatasetInfo, inputs: Mapping[str, Path]) -> keras.Model | None:
     """The input classifier to start from when ``warm_start`` asks for one."""
     if not config.warm_start:
         if "model" in inputs:
@@ -241,7 +247,7 @@ def warm_start_model(config: ConsistencyConfig, inputs: Mapping[str, Path]) -> k
     if "model" not in inputs:
         raise ValueError("consistency.warm_start is true but no model input was given: pass --input model=DIR "
                          "(a baseline artifact), or set consistency.warm_start=false")
-    return catalog.load_classifier(inputs["model"])
+    return catalog.load_classifier(inputs["model"], data)
 
 
 def throughput(config: ConsistencyConfig, history: pd.DataFrame) -> dict[str, float]:

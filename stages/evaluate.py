@@ -16,7 +16,6 @@ import pandas as pd
 from pydantic import Field
 
 from stages.lib import catalog, figures
-from stages.lib.catalog import NUM_CLASSES
 from stages.lib.config import StrictModel
 from stages.lib.models import INFERENCE_BATCH
 from stages.lib.stage import Stage, main
@@ -34,9 +33,10 @@ class EvaluateConfig(StrictModel):
 
 
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
-    """Top-1, top-5, mean cross-entropy and the confusion matrix (true x predicted counts)."""
+    """Top-1, top-5, mean cross-entropy and the confusion matrix (true x predicted counts) of probabilities (N, C)."""
+    num_classes = probabilities.shape[1]
     top5 = np.argsort(probabilities, axis=1)[:, -5:]
-    matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(matrix, (labels, probabilities.argmax(axis=1)), 1)
     accuracy, loss = accuracy_and_cross_entropy(probabilities, labels)
     metrics = {
@@ -58,7 +58,7 @@ def view_probabilities(model: keras.Model, images: np.ndarray, batch_size: int, 
 def per_class_table(matrix: np.ndarray, classes: list[str]) -> pd.DataFrame:
     support = matrix.sum(axis=1)
     return pd.DataFrame({
-        "label": np.arange(NUM_CLASSES, dtype=np.int32),
+        "label": np.arange(len(classes), dtype=np.int32),
         "name": classes,
         "images": support,
         "accuracy": np.diag(matrix) / np.maximum(support, 1),
@@ -67,14 +67,15 @@ def per_class_table(matrix: np.ndarray, classes: list[str]) -> pd.DataFrame:
 
 def run(config: EvaluateConfig, inputs: Mapping[str, Path], output: Path) -> None:
     split, trained = inputs["split"], inputs["model"]
+    data = catalog.read_dataset_info(split)
     test = catalog.read_table(split, "test")
-    model = catalog.load_classifier(trained)
+    model = catalog.load_classifier(trained, data)
     views = view_probabilities(model, test.images, config.batch_size, config.flip_average)
     probabilities = views.mean(axis=0)
     metrics, matrix = classification_metrics(probabilities, test.labels)
     # the un-averaged view: comparable with evaluations made without flip averaging
     metrics["test_accuracy_single_view"] = accuracy_and_cross_entropy(views[0], test.labels)[0]
-    per_class_table(matrix, catalog.read_classes(split)).to_parquet(output / catalog.PER_CLASS_FILE, index=False)
+    per_class_table(matrix, data.classes).to_parquet(output / catalog.PER_CLASS_FILE, index=False)
     pd.DataFrame({
         "id": test.ids, "label": test.labels, "predicted": probabilities.argmax(axis=1).astype(np.int32),
         "confidence": probabilities.max(axis=1),
@@ -83,7 +84,7 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Path], output: Path) -> Non
     drawn = catalog.figures_dir(output)
     figures.learning_curves(pd.read_parquet(trained / catalog.HISTORY_FILE), catalog.read_metrics(trained)["best_epoch"],
                             drawn / "learning_curves.png")
-    figures.confusion_matrix(matrix, drawn / "confusion_matrix.png")
+    figures.confusion_matrix(matrix, data.classes, drawn / "confusion_matrix.png")
     figures.network_diagram(model, drawn / "network.png")
     log.info("test top-1 %.4f (single view %.4f), top-5 %.4f on %d images", metrics["test_accuracy"],
              metrics["test_accuracy_single_view"], metrics["test_top5_accuracy"], metrics["test_images"])

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from stages.lib import catalog, losses
 from stages.lib.artifacts import ArtifactError, read_manifest, record_read
-from stages.lib.catalog import ENCODER_FILE, IMAGE_SHAPE, OBJECTIVE_SETUP_FILE, OBJECTIVE_WEIGHTS, ImageTable
+from stages.lib.catalog import ENCODER_FILE, OBJECTIVE_SETUP_FILE, OBJECTIVE_WEIGHTS, DatasetInfo, ImageTable
 from stages.lib.config import StrictModel
 from stages.lib.models import encoder_of
 from stages.lib.objectives import ObjectiveSetup, build_objective
@@ -90,23 +90,24 @@ def pretrained_setup(encoder_artifact: Path, classifier: TrainConfig) -> Objecti
     return pretrained
 
 
-def load_encoder(encoder_artifact: Path) -> keras.Model:
+def load_encoder(encoder_artifact: Path, data: DatasetInfo) -> keras.Model:
     """The pretrained encoder, checked against the shape of the images."""
     record_read(encoder_artifact / ENCODER_FILE)
     encoder = keras.saving.load_model(encoder_artifact / ENCODER_FILE)
-    if tuple(encoder.input_shape[1:]) != IMAGE_SHAPE:
+    if tuple(encoder.input_shape[1:]) != data.image_shape:
         raise ArtifactError(f"{encoder_artifact / ENCODER_FILE} takes inputs of shape {encoder.input_shape[1:]}, but "
-                            f"the images are {IMAGE_SHAPE}: pretrain an encoder on this split")
+                            f"the images are {data.image_shape}: pretrain an encoder on this split")
     return encoder
 
 
-def two_step(config: EncoderFineTuneConfig, pretrained: keras.Model, labeled: ImageTable, validation: ImageTable):
+def two_step(config: EncoderFineTuneConfig, data: DatasetInfo, pretrained: keras.Model, labeled: ImageTable,
+             validation: ImageTable):
     """Head on the frozen encoder, then (``unfreeze_epochs``) everything.
 
     Returns the classifier, the per-epoch history of both phases and the kept epoch (counted
     across phases: the best of the last phase)."""
     keras.utils.set_random_seed(config.classifier.seed)
-    classifier = build_classifier(config.classifier)
+    classifier = build_classifier(config.classifier, data)
     encoder = encoder_of(classifier)
     encoder.set_weights(pretrained.get_weights())
     encoder.trainable = False  # BatchNorm runs in inference mode too: the pretrained statistics stay
@@ -152,10 +153,10 @@ class JointModel(keras.Model):
         return losses.with_regularization(losses.joint_loss(classification, unsupervised, self.joint_weight), self.losses)
 
 
-def joint(config: EncoderFineTuneConfig, encoder_artifact: Path, pretrained: ObjectiveSetup, labeled: ImageTable,
-          validation: ImageTable, images: np.ndarray):
+def joint(config: EncoderFineTuneConfig, data: DatasetInfo, encoder_artifact: Path, pretrained: ObjectiveSetup,
+          labeled: ImageTable, validation: ImageTable, images: np.ndarray):
     keras.utils.set_random_seed(config.classifier.seed)
-    classifier = build_classifier(config.classifier)
+    classifier = build_classifier(config.classifier, data)
     objective = build_objective(pretrained, encoder=encoder_of(classifier))
     objective(images[:2].astype("float32"))  # build it, so the pretrained weights have somewhere to go
     if not config.joint.from_scratch:
@@ -164,9 +165,9 @@ def joint(config: EncoderFineTuneConfig, encoder_artifact: Path, pretrained: Obj
     model((images[:2].astype("float32"),) * 2)  # built, so that a checkpoint can restore into it
     schedule = config.classifier
     unlabeled_batch = config.joint.unlabeled_batch_size
-    train = TwoStreamBatches(labeled, images, schedule.batch_size, unlabeled_batch, schedule.seed)
+    train = TwoStreamBatches(labeled, data.num_classes, images, schedule.batch_size, unlabeled_batch, schedule.seed)
     # validation: classification on the validation images, the objective on those same images
-    checks = TwoStreamBatches(validation, validation.images, len(validation), min(len(validation), unlabeled_batch),
+    checks = TwoStreamBatches(validation, data.num_classes, validation.images, len(validation), min(len(validation), unlabeled_batch),
                               schedule.seed + 1)
     model.compile(optimizer=build_optimizer(schedule, cosine_schedule(schedule, len(train))))
     statistics = BatchNormRecalibration(classifier, labeled.images, schedule.batch_size, schedule.seed)
@@ -179,17 +180,18 @@ def joint(config: EncoderFineTuneConfig, encoder_artifact: Path, pretrained: Obj
 def run(config: EncoderFineTuneConfig, inputs: Mapping[str, Path], output: Path) -> dict[str, Any]:
     split, encoder_artifact = inputs["split"], inputs["encoder"]
     pretrained = pretrained_setup(encoder_artifact, config.classifier)
-    encoder = load_encoder(encoder_artifact)
+    data = catalog.read_dataset_info(split)
+    encoder = load_encoder(encoder_artifact, data)
     labeled, validation = catalog.read_table(split, "labeled"), catalog.read_table(split, "validation")
     if config.mode == "two_step":
-        classifier, history, best_epoch = two_step(config, encoder, labeled, validation)
+        classifier, history, best_epoch = two_step(config, data, encoder, labeled, validation)
     else:
         images = np.concatenate([labeled.images, catalog.read_table(split, "unlabeled").images])
-        classifier, history, best_epoch = joint(config, encoder_artifact, pretrained, labeled, validation, images)
+        classifier, history, best_epoch = joint(config, data, encoder_artifact, pretrained, labeled, validation, images)
     history["epoch"] = np.arange(1, len(history) + 1)  # counted across phases
     metrics = kept_model_summary(classifier, validation, history, best_epoch)
     log.info("%s %s fine-tuning: val accuracy %.4f", pretrained.name, config.mode, metrics["best_val_accuracy"])
-    return catalog.save_classifier(output, classifier, history, metrics)
+    return catalog.save_classifier(output, classifier, history, metrics, data)
 
 
 STAGE = Stage("fine_tune", EncoderFineTuneConfig, run, inputs=("split", "encoder"),

@@ -121,10 +121,10 @@ class RadiusUpdate(keras.callbacks.Callback):
         logs["radius_squared"] = float(ops.convert_to_numpy(self.model.radius_squared))
 
 
-def one_class_encoder(config: OneClassNNConfig) -> keras.Model:
+def one_class_encoder(config: OneClassNNConfig, image_shape: tuple[int, ...]) -> keras.Model:
     """The shared encoder with its BatchNorm layers frozen at their initial identity (Deep SVDD needs
     a network without bias terms; a trainable BatchNorm offset would let it map every image to c)."""
-    encoder = build_encoder(config.architecture, seed=config.seed)
+    encoder = build_encoder(config.architecture, image_shape, seed=config.seed)
     for layer in encoder.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False  # inference mode too: moving mean 0, variance 1, no offset
@@ -137,7 +137,7 @@ def one_class_nn(config: OutlierConfig, labeled: np.ndarray, images: np.ndarray,
     """Soft-boundary Deep SVDD on the shared encoder; score = R^2 - squared distance to the centre."""
     network = config.one_class_nn
     keras.utils.set_random_seed(network.seed)
-    model = SoftBoundarySVDD(one_class_encoder(network), config.nu)
+    model = SoftBoundarySVDD(one_class_encoder(network, labeled.shape[1:]), config.nu)
 
     def distances(batch: np.ndarray) -> np.ndarray:
         return np.asarray(model.predict(batch.astype("float32"), batch_size=INFERENCE_BATCH, verbose=0))
@@ -165,7 +165,7 @@ def one_class_svm(config: OutlierConfig, labeled: np.ndarray, images: np.ndarray
     if "model" not in inputs:
         raise ValueError("outliers.scorer one_class_svm scores frozen features of a trained classifier: pass "
                          "--input model=DIR (a baseline artifact), or set outliers.scorer=one_class_nn")
-    classifier = catalog.load_classifier(inputs["model"])
+    classifier = catalog.load_classifier(inputs["model"], catalog.read_dataset_info(inputs["split"]))
     encode = encode_with(encoder_of(classifier))
     svm = make_pipeline(StandardScaler(), OneClassSVM(nu=config.nu, kernel="rbf", gamma="scale"))
     svm.fit(encode(labeled))
@@ -186,16 +186,18 @@ def run(config: OutlierConfig, inputs: Mapping[str, Path], output: Path) -> None
     metrics = {"nu": config.nu, "train_outside_fraction": outside_fraction(train_scores),
                "kept_fraction": float(kept.mean()), "kept": int(kept.sum()), "dropped": int((~kept).sum())}
     link_tables(split, output, ("labeled", "validation", "test"))
-    shutil.copy2(split / catalog.CLASSES_FILE, output / catalog.CLASSES_FILE)
-    catalog.write_table(output, "unlabeled", unlabeled.ids[kept], unlabeled.images[kept])
-    catalog.write_table(output, "unlabeled_audit", audit.ids[kept], labels=audit.labels[kept])
+    shutil.copy2(split / catalog.DATASET_FILE, output / catalog.DATASET_FILE)
+    data = catalog.read_dataset_info(split)
+    catalog.write_table(output, "unlabeled", data, unlabeled.ids[kept], unlabeled.images[kept])
+    audit_kept = np.isin(audit.ids, unlabeled.ids[kept])  # the source may have audit labels for some images only
+    catalog.write_table(output, "unlabeled_audit", data, audit.ids[audit_kept], labels=audit.labels[audit_kept])
     table = pd.DataFrame({"id": unlabeled.ids, "score": scores.astype("float32"), "kept": kept})
     pq.write_table(pa.Table.from_pandas(table, schema=OUTLIER_SCORE_SCHEMA, preserve_index=False),
                    output / OUTLIER_SCORES_FILE, compression="snappy")
     catalog.write_metrics(output, metrics)
     if history is not None:  # per epoch: loss, outside_fraction of the batches, radius_squared
         history.to_parquet(output / catalog.HISTORY_FILE, index=False)
-    write_figures(catalog.figures_dir(output), unlabeled.images, scores, audit.labels)
+    write_figures(catalog.figures_dir(output), unlabeled.images, scores, audit_kept, audit.labels)
     log.info("outliers: kept %d of %d unlabeled images (%.1f%%); %.1f%% of the labeled ones fall outside", metrics["kept"],
              len(unlabeled), 100 * metrics["kept_fraction"], 100 * metrics["train_outside_fraction"])
 
@@ -210,12 +212,15 @@ def link_tables(source: Path, target: Path, names: tuple[str, ...]) -> None:
             shutil.copy2(source / filename, target / filename)
 
 
-def write_figures(directory: Path, images: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> None:
+def write_figures(directory: Path, images: np.ndarray, scores: np.ndarray, audit_kept: np.ndarray,
+                  audit_labels: np.ndarray) -> None:
+    """``audit_kept`` (M,): whether each image with an audit label (M,) was kept."""
     order = np.argsort(-scores)
     figures.image_pairs(images[order[:SHOWN]], images[order[::-1][:SHOWN]], ("most typical", "least typical"),
                         directory / "typical_and_atypical.png")
     figures.score_histogram(scores, directory / "score_histogram.png")
-    figures.kept_per_class(labels, scores >= 0, directory / "kept_per_class.png")
+    if len(audit_labels):
+        figures.kept_per_class(audit_labels, audit_kept, directory / "kept_per_class.png")
 
 
 STAGE = Stage("outliers", OutlierConfig, run, inputs=("split",), optional_inputs=("model",),

@@ -54,9 +54,10 @@ class PretrainConfig(Schedule):
     precision: Precision = "float32"
     seed: int = 0
 
-    def objective_setup(self) -> ObjectiveSetup:
+    def objective_setup(self, image_shape: tuple[int, int, int]) -> ObjectiveSetup:
         return ObjectiveSetup(name=self.objective, settings=getattr(self, self.objective).model_dump(mode="json"),
-                              architecture=self.architecture, precision=self.precision, seed=self.seed)
+                              architecture=self.architecture, image_shape=image_shape, precision=self.precision,
+                              seed=self.seed)
 
 
 def knn_accuracy(train_features: np.ndarray, train_labels: np.ndarray, features: np.ndarray, labels: np.ndarray,
@@ -95,7 +96,7 @@ def run(config: PretrainConfig, inputs: Mapping[str, Path], output: Path) -> dic
     images = np.concatenate([labeled.images, catalog.read_table(split, "unlabeled").images]).astype("float32")
     log.info("pretraining a %s encoder (%s) on %d images", config.architecture.name, config.objective, len(images))
     keras.utils.set_random_seed(config.seed)
-    setup = config.objective_setup()
+    setup = config.objective_setup(catalog.read_dataset_info(split).image_shape)
     model = build_objective(setup)
     model(images[:2])  # build every part, so that a checkpoint can restore into it
     steps = math.ceil(len(images) / config.batch_size)

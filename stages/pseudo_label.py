@@ -30,7 +30,8 @@ def selection_metrics(pseudo_labels: pd.DataFrame, unlabeled: ImageTable, audit:
 
 def run(config: PseudoLabelConfig, inputs: Mapping[str, Path], output: Path) -> None:
     unlabeled = catalog.read_table(inputs["split"], "unlabeled")
-    pseudo_labels = pseudo_label(catalog.load_classifier(inputs["model"]), unlabeled, config, iteration=1)
+    model = catalog.load_classifier(inputs["model"], catalog.read_dataset_info(inputs["split"]))
+    pseudo_labels = pseudo_label(model, unlabeled, config, iteration=1)
     metrics = selection_metrics(pseudo_labels, unlabeled, catalog.read_table(inputs["split"], "unlabeled_audit"))
     catalog.write_pseudo_labels(output, pseudo_labels)
     catalog.write_metrics(output, metrics)

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from stages.lib import catalog, figures
 from stages.lib.artifacts import ArtifactError, read_manifest
-from stages.lib.catalog import ITERATIONS_FILE, ImageTable
+from stages.lib.catalog import ITERATIONS_FILE, DatasetInfo, ImageTable
 from stages.lib.config import StrictModel
 from stages.lib.pseudo_labels import PseudoLabelConfig, audit_accuracy, pseudo_label
 from stages.lib.stage import Stage, main
@@ -107,11 +107,11 @@ def training_set(labeled: ImageTable, unlabeled: ImageTable, pseudo_labels: pd.D
     return table, weights
 
 
-def retrain(previous: keras.Model, config: TrainConfig, train: ImageTable, validation: ImageTable,
+def retrain(previous: keras.Model, config: TrainConfig, data: DatasetInfo, train: ImageTable, validation: ImageTable,
             weights: np.ndarray):
     """A fresh network of ``config`` (its dropout and L2) holding ``previous``'s weights, fitted."""
     keras.utils.set_random_seed(config.seed)
-    model = build_classifier(config)
+    model = build_classifier(config, data)
     model.set_weights(previous.get_weights())
     return fit_classifier(model, config, train, validation, weights)
 
@@ -125,7 +125,7 @@ class Iteration:
     labels: pd.DataFrame | None = None  # the pseudo-labels it trained on; None for iteration 0
 
 
-def self_train(config: SelfTrainConfig, base: TrainConfig, start: keras.Model, first_labels: pd.DataFrame,
+def self_train(config: SelfTrainConfig, base: TrainConfig, data: DatasetInfo, start: keras.Model, first_labels: pd.DataFrame,
                tables: Mapping[str, ImageTable]) -> list[Iteration]:
     """Iteration 0 (the input model, validated) and ``config.iterations`` retraining rounds."""
     validation, unlabeled = tables["validation"], tables["unlabeled"]
@@ -136,7 +136,7 @@ def self_train(config: SelfTrainConfig, base: TrainConfig, start: keras.Model, f
         train, weights = training_set(tables["labeled"], unlabeled, labels, config)
         log.info("iteration %d/%d: %d pseudo-labels + %d labeled images", number, config.iterations, len(labels),
                  len(tables["labeled"]))
-        result = retrain(model, fine_tune_config(base, config.fine_tune, number), train, validation, weights)
+        result = retrain(model, fine_tune_config(base, config.fine_tune, number), data, train, validation, weights)
         best = result.history.iloc[result.best_epoch - 1]
         row = {
             "iteration": number, "selected": len(labels),
@@ -174,11 +174,12 @@ def run(config: SelfTrainConfig, inputs: Mapping[str, Path], output: Path) -> di
               for name in ("labeled", "validation", "unlabeled", "unlabeled_audit")}
     base = trained_with(start)
     first_labels = catalog.read_pseudo_labels(labels, tables["unlabeled"])
-    iterations = self_train(config, base, catalog.load_classifier(start), first_labels, tables)
+    data = catalog.read_dataset_info(split)
+    iterations = self_train(config, base, data, catalog.load_classifier(start, data), first_labels, tables)
     kept = kept_iteration(iterations, base.select_on)
     table = pd.DataFrame([it.row for it in iterations])
     history = joined_history(iterations)
-    saved = catalog.save_classifier(output, kept.model, history, summary_metrics(table, history, kept))
+    saved = catalog.save_classifier(output, kept.model, history, summary_metrics(table, history, kept), data)
     table.to_parquet(output / ITERATIONS_FILE, index=False)
     catalog.write_pseudo_labels(output, pd.concat([it.labels for it in iterations[1:]], ignore_index=True))
     figures.self_training_iterations({f"threshold {config.selection.threshold}": table},

@@ -30,6 +30,7 @@ import requests  # noqa: E402
 
 from pipelines.config import load_pipeline_config  # noqa: E402
 from stages.lib import cifar  # noqa: E402
+from stages.lib.catalog import DatasetInfo  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +72,7 @@ def split_artifact(tmp_path_factory, archive, smoke) -> Path:
     from stages import split
 
     output = tmp_path_factory.mktemp("split") / "artifact"
-    split.STAGE.execute(smoke.split, {"archive": archive}, output)
+    split.STAGE.execute(smoke.split, {"data": archive}, output)
     return output
 
 
@@ -142,3 +143,7 @@ def start_mlflow():
     yield start
     for server in started:
         stop_process_group(server)
+
+
+# data shaped like CIFAR-100's, for networks built without a split
+CIFAR_SHAPED = DatasetInfo([f"class {i}" for i in range(100)], (32, 32, 3), "crop")

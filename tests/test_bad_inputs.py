@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import CIFAR_SHAPED
 
 from pipelines.config import load_pipeline_config, parse_assignment
 from stages.lib import catalog
@@ -71,12 +72,12 @@ def evaluate_with(env, model_artifact: Path):
 
 
 def split_with(env, archive: Path):
-    return lambda: get_stage("split").execute(env["smoke"].split, {"archive": archive}, env["tmp"] / "out")
+    return lambda: get_stage("split").execute(env["smoke"].split, {"data": archive}, env["tmp"] / "out")
 
 
 # -- the CIFAR-100 archive ------------------------------------------------------------------------
 
-@case("archive missing", RuntimeError, r"nope\.tar\.gz does not exist", r"pass its path with --archive")
+@case("archive missing", RuntimeError, r"nope\.tar\.gz does not exist", r"pass its path with --data")
 def _(env):
     return split_with(env, env["tmp"] / "nope.tar.gz")
 
@@ -99,7 +100,7 @@ def _(env):
     return split_with(env, other)
 
 
-@case("archive path is a directory", RuntimeError, r"does not exist", r"--archive or the CIFAR100_ARCHIVE")
+@case("archive path is a directory", RuntimeError, r"does not exist", r"--data or the CIFAR100_ARCHIVE")
 def _(env):
     (env["tmp"] / "folder").mkdir()
     return split_with(env, env["tmp"] / "folder")
@@ -137,7 +138,7 @@ def _(env):
     labels = labeled_columns(env)["label"].to_numpy().copy()
     labels[7] = -3
     return baseline_on(env, hostile_split(env, "labeled", labeled_columns(env, label=pa.array(labels, pa.int32())),
-                                          catalog.LABELED_SCHEMA))
+                                          CIFAR_SHAPED.schema("labeled")))
 
 
 @case("labels past the last class", catalog.DataError, r"outside 0\.\.99, e\.g\. 100", r"Regenerate it")
@@ -145,7 +146,7 @@ def _(env):
     labels = labeled_columns(env)["label"].to_numpy().copy()
     labels[:5] = 100
     return baseline_on(env, hostile_split(env, "labeled", labeled_columns(env, label=pa.array(labels, pa.int32())),
-                                          catalog.LABELED_SCHEMA))
+                                          CIFAR_SHAPED.schema("labeled")))
 
 
 @case("duplicate ids", catalog.DataError, r"'id' repeats 1 ids", r"Regenerate it")
@@ -153,19 +154,19 @@ def _(env):
     ids = labeled_columns(env)["id"].to_pylist()
     ids[1] = ids[0]
     return baseline_on(env, hostile_split(env, "labeled", labeled_columns(env, id=pa.array(ids, pa.string())),
-                                          catalog.LABELED_SCHEMA))
+                                          CIFAR_SHAPED.schema("labeled")))
 
 
 @case("empty table", catalog.DataError, r"labeled\.parquet has no rows", r"Regenerate it")
 def _(env):
     empty = {name: column.slice(0, 0) for name, column in labeled_columns(env).items()}
-    return baseline_on(env, hostile_split(env, "labeled", empty, catalog.LABELED_SCHEMA))
+    return baseline_on(env, hostile_split(env, "labeled", empty, CIFAR_SHAPED.schema("labeled")))
 
 
 @case("outliers fitted on no labeled data", catalog.DataError, r"labeled\.parquet has no rows", r"Regenerate it")
 def _(env):
     empty = {name: column.slice(0, 0) for name, column in labeled_columns(env).items()}
-    split = hostile_split(env, "labeled", empty, catalog.LABELED_SCHEMA)
+    split = hostile_split(env, "labeled", empty, CIFAR_SHAPED.schema("labeled"))
     return lambda: get_stage("outliers").execute(env["smoke"].outliers, {"split": split}, env["tmp"] / "out")
 
 
@@ -258,7 +259,7 @@ def cli_exit(argv):
 def _(env):
     config = env["tmp"] / "config.yaml"
     config.write_text("labels_per_class: [4\n")
-    return lambda: cli_exit(["--config", str(config), "--input", f"archive={env['archive']}", "--output", str(env["tmp"] / "out")])
+    return lambda: cli_exit(["--config", str(config), "--input", f"data={env['archive']}", "--output", str(env["tmp"] / "out")])
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -289,9 +290,18 @@ def _(env):
     return evaluate_with(env, model_artifact_with(env, tiny_classifier((16, 16, 3), 100)))
 
 
-@case("model with 10 classes", RuntimeError, r"number of classes 10, but .* need 100", r"trained by this pipeline on CIFAR-100")
+@case("model with 10 classes", RuntimeError, r"number of classes 10, but .* need 100", r"trained by this pipeline on this split's data")
 def _(env):
     return evaluate_with(env, model_artifact_with(env, tiny_classifier((32, 32, 3), 10)))
+
+
+@case("model of other class names", RuntimeError, r"predicts the classes class 0, class 1, .* but the split's are apple",
+      r"trained by this pipeline on this split's data")
+def _(env):
+    artifact = model_artifact_with(env)
+    catalog.write_dataset_info(artifact, CIFAR_SHAPED)
+    rewrite_manifest(artifact)
+    return evaluate_with(env, artifact)
 
 
 @case("model file that is not a model", RuntimeError, r"is not a loadable Keras model", r"retrain it")
@@ -311,7 +321,7 @@ def _(env):
 @case("output below a file", OSError, r"cannot write in .*not-a-dir", r"choose an output directory")
 def _(env):
     (env["tmp"] / "not-a-dir").write_text("a file")
-    return lambda: get_stage("split").execute(env["smoke"].split, {"archive": env["archive"]},
+    return lambda: get_stage("split").execute(env["smoke"].split, {"data": env["archive"]},
                                                env["tmp"] / "not-a-dir" / "out")
 
 

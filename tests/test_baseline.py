@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CIFAR_SHAPED
 
 from pipelines.config import load_pipeline_config
 from stages import baseline
@@ -13,7 +14,7 @@ from stages.lib.training import build_classifier, one_hot
 
 
 def test_seed_network_is_the_one_the_seed_describes():
-    model = build_classifier(load_pipeline_config("seed").baseline)
+    model = build_classifier(load_pipeline_config("seed").baseline, CIFAR_SHAPED)
     encoder = model.get_layer("vgg_encoder")
     convs = [layer for layer in encoder.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [conv.filters for conv in convs] == [96, 96, 192, 192, 256, 256]
@@ -44,7 +45,7 @@ def test_kept_weights_are_those_of_the_selected_epoch(model_artifact, split_arti
     assert metrics["best_epoch"] == int(history["val_loss"].idxmin()) + 1  # smoke selects on val_loss
     model = keras.saving.load_model(model_artifact / "model.keras")
     validation = catalog.read_table(split_artifact, "validation")
-    loss = model.evaluate(validation.images.astype("float32"), one_hot(validation.labels), verbose=0, return_dict=True)
+    loss = model.evaluate(validation.images.astype("float32"), one_hot(validation.labels, 100), verbose=0, return_dict=True)
     assert loss["loss"] == pytest.approx(metrics["best_val_loss"], rel=1e-4)
 
 
@@ -71,4 +72,4 @@ def test_training_reads_only_labeled_and_validation(tmp_path, split_artifact, sm
     monkeypatch.setattr(catalog, "read_table", lambda artifact, name: opened.append(name) or real_read(artifact, name))
     manifest = baseline.STAGE.execute(smoke.baseline, {"split": split_artifact}, tmp_path / "out")
     assert opened == ["labeled", "validation"]
-    assert manifest["reads"] == ["split/labeled.parquet", "split/validation.parquet"]
+    assert manifest["reads"] == ["split/dataset.json", "split/labeled.parquet", "split/validation.parquet"]

@@ -11,7 +11,7 @@ def test_stages_lists_every_stage(capsys):
     assert main(["stages"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["split", "outliers", "baseline", "pseudo_label", "self_train", "pretrain", "fine_tune",
-                                                   "consistency", "evaluate"]
+                                                   "consistency", "evaluate", "predict"]
 
 
 def test_config_resolves_preset_file_and_set(capsys, tmp_path):
@@ -35,7 +35,7 @@ def test_stage_command_line_in_a_subprocess(tmp_path, archive):
     config = tmp_path / "split.yaml"
     config.write_text("labels_per_class: 2\nval_per_class: 1\nunlabeled_per_class: 1\ntest_per_class: 1\n")
     result = subprocess.run(
-        [sys.executable, "-m", "stages.split", "--config", str(config), "--input", f"archive={archive}",
+        [sys.executable, "-m", "stages.split", "--config", str(config), "--input", f"data={archive}",
          "--output", str(tmp_path / "out")], capture_output=True, text=True, check=True)
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -45,7 +45,7 @@ def test_stage_command_line_in_a_subprocess(tmp_path, archive):
 def test_stage_command_line_rejects_bad_config(tmp_path, capsys):
     config = tmp_path / "split.yaml"
     config.write_text("labels_per_clas: 2\n")
-    assert main(["stage", "split", "--config", str(config), "--input", "archive=x", "--output", str(tmp_path / "o")]) == 2
+    assert main(["stage", "split", "--config", str(config), "--input", "data=x", "--output", str(tmp_path / "o")]) == 2
     error = capsys.readouterr().err
     assert f"invalid configuration in {config}" in error and "labels_per_clas: not a field here" in error
     assert not (tmp_path / "o").exists()

@@ -105,7 +105,7 @@ def stack(docker_client, stage_image):
 @pytest.fixture(scope="module")
 def direct_run(stack, archive, tmp_path_factory):
     """A smoke pipeline run from this machine, tracked in the stack's servers."""
-    result = subprocess.run([*CLI, "run", "--preset", "smoke", "--archive", str(archive)], text=True,
+    result = subprocess.run([*CLI, "run", "--preset", "smoke", "--data", str(archive)], text=True,
                             capture_output=True, env=stack.client_env(tmp_path_factory.mktemp("client-home")))
     assert result.returncode == 0, result.stderr[-3000:]
     return re.search(r"MLflow run ([0-9a-f]{32})", result.stdout).group(1)
@@ -152,7 +152,7 @@ def scheduled_run(stack, archive, tmp_path_factory):
         *CLI, "deploy", "every-minute", "--preset", "smoke", "--set", "baseline.learning_rate=0.003",
         "--cron", "* * * * *", "--pool", "ssl-docker", "--image", stack.env["STAGE_IMAGE"],
         "--network", f"{PROJECT}_default", "--volume", f"{PROJECT}_artifacts:/data",
-        "--volume", f"{archive}:/cifar/cifar-100-python.tar.gz:ro", "--archive", "/cifar/cifar-100-python.tar.gz",
+        "--volume", f"{archive}:/cifar/cifar-100-python.tar.gz:ro", "--data", "/cifar/cifar-100-python.tar.gz",
         "--env", "MLFLOW_TRACKING_URI=http://mlflow:5000", "--env", f"MLFLOW_EXPERIMENT_NAME={EXPERIMENT}",
     ], env=env, check=True, capture_output=True, text=True)
     deadline, run, paused = time.monotonic() + 420, None, False
@@ -238,7 +238,7 @@ def test_mlflow_compare_page_shows_both_configurations(stack, direct_run, schedu
 def test_concurrent_flows_lose_nothing_in_postgres_backed_mlflow(stack, archive, tmp_path):
     """Three flows at once on one artifact store and the stack's MLflow (two meet on the same outputs)."""
     env = stack.client_env(tmp_path / "home")
-    flows = [subprocess.Popen([*CLI, "run", "--preset", "smoke", "--archive", str(archive), "--set", f"baseline.seed={seed}"],
+    flows = [subprocess.Popen([*CLI, "run", "--preset", "smoke", "--data", str(archive), "--set", f"baseline.seed={seed}"],
                               text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for seed in (3, 3, 4)]
     results = [(flow.communicate(timeout=900), flow.returncode) for flow in flows]
     assert [code for _, code in results] == [0, 0, 0], [err[-2000:] for (_, err), _ in results]

@@ -32,9 +32,9 @@ def test_overrides_apply_in_order():
     ("override", "expected"),
     [
         ({"baseline": {"epoch": 3}}, "baseline.epoch: not a field here: remove it or correct its spelling"),
-        ({"split": {"labels_per_class": 0}}, "split.labels_per_class: Input should be greater than or equal to 1"),
+        ({"split": {"labels_per_class": 0}}, "split.labels_per_class: Input should be greater than 0"),
         ({"baseline": {"epochs": "ten"}}, "baseline.epochs: Input should be a valid integer"),
-        ({"split": {"labels_per_class": 400, "val_per_class": 200}}, "CIFAR-100 has 500 training images per class"),
+        ({"split": {"labels_per_class": 1.5}}, "labels_per_class is 1.5: give a whole count of images, or a fraction below 1"),
         ({"baseline": {"architecture": {"block_dropout": [0.1]}}}, "give one dropout rate per block"),
         ({"baseline": {"precision": "fp8"}}, "baseline.precision"),
         ({"baseline": {"warmup_epochs": 5, "epochs": 5}}, "warmup_epochs (5) must be below epochs (5)"),

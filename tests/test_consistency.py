@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CIFAR_SHAPED
 
 from pipelines.config import load_pipeline_config
 from stages import consistency
@@ -124,7 +125,7 @@ def test_rand_augment_gives_each_image_one_operation_a_round_in_equal_groups(cou
 
 def test_wrn_28_2_has_the_published_size():
     config = load_pipeline_config("ssl-gpu").consistency.classifier
-    model = build_classifier(config)
+    model = build_classifier(config, CIFAR_SHAPED)
     assert model.count_params() == pytest.approx(1.47e6, rel=0.01)  # WRN-28-2 with 100 classes: 1.47M
     assert model.output_shape == (None, 100)
 
@@ -133,7 +134,7 @@ def test_the_gpu_preset_decays_kernels_as_usb_does():
     """USB's weight decay 1e-3 is PyTorch's: 1e-3 * w added to the gradient of every conv and dense
     kernel (BatchNorm and biases skipped), before momentum. Keras' decoupled weight_decay is not that."""
     config = load_pipeline_config("ssl-gpu").consistency.classifier
-    model = build_classifier(config)
+    model = build_classifier(config, CIFAR_SHAPED)
     penalty = float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses))
     kernels = [w for w in model.trainable_weights if len(w.shape) > 1]
     assert config.weight_decay == 0
@@ -145,9 +146,9 @@ def test_initial_weights_follow_the_seed_alone():
     """Equal whatever else draws from Python's global ``random`` meanwhile (other threads of a flow
     process do); and no two WRN convolutions start from the same kernel."""
     config = load_pipeline_config("ssl-gpu").consistency.classifier
-    first = build_classifier(config).get_weights()
+    first = build_classifier(config, CIFAR_SHAPED).get_weights()
     random.random()
-    second = build_classifier(config).get_weights()
+    second = build_classifier(config, CIFAR_SHAPED).get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
     kernels = [w for w in first if w.ndim == 4]
     assert len({w.tobytes() for w in kernels}) == len(kernels)
@@ -184,12 +185,12 @@ def test_the_kept_and_validated_weights_are_the_ema_weights(split_artifact, smok
     labeled, validation = catalog.read_table(split_artifact, "labeled"), catalog.read_table(split_artifact, "validation")
     images = np.concatenate([labeled.images, catalog.read_table(split_artifact, "unlabeled").images])
     keras.utils.set_random_seed(smoke.consistency.classifier.seed)
-    initial = trainable_weights(build_classifier(smoke.consistency.classifier))
+    initial = trainable_weights(build_classifier(smoke.consistency.classifier, CIFAR_SHAPED))
     moved = {}
     for momentum in (0.999999, 1e-6):
         # 4 steps an epoch: with 2, both EMAs keep weights only one step apart
         config = smoke_consistency(smoke, ema_momentum=momentum, steps_per_epoch=4)
-        kept, history, best_epoch = consistency.train(config, labeled, validation, images)
+        kept, history, best_epoch = consistency.train(config, CIFAR_SHAPED, labeled, validation, images)
         moved[momentum] = max(float(np.abs(a - b).max()) for a, b in zip(trainable_weights(kept), initial))
         assert validation_metrics(kept, validation, 500)["val_loss"] == pytest.approx(
             history["val_loss"].iloc[best_epoch - 1], abs=1e-4)
@@ -199,9 +200,9 @@ def test_the_kept_and_validated_weights_are_the_ema_weights(split_artifact, smok
 def test_pixels_travel_as_uint8_and_the_model_casts_them(split_artifact, smoke):
     """The host sends a quarter of the bytes; the model's training step sees the float32 pixels."""
     labeled = catalog.read_table(split_artifact, "labeled")
-    (labeled_images, unlabeled_images), _ = TwoStreamBatches(labeled, labeled.images, 8, 16, seed=0)[0]
+    (labeled_images, unlabeled_images), _ = TwoStreamBatches(labeled, 100, labeled.images, 8, 16, seed=0)[0]
     assert labeled_images.dtype == unlabeled_images.dtype == np.uint8
-    model = consistency.ConsistencyModel(build_classifier(smoke.consistency.classifier), smoke_consistency(smoke))
+    model = consistency.ConsistencyModel(build_classifier(smoke.consistency.classifier, CIFAR_SHAPED), smoke_consistency(smoke))
     as_uint8 = model((labeled_images, unlabeled_images), training=False)["labeled"]
     as_float = model((labeled_images.astype("float32"), unlabeled_images.astype("float32")), training=False)["labeled"]
     np.testing.assert_allclose(*as_numpy(as_uint8, as_float), rtol=1e-6)
@@ -212,10 +213,10 @@ def pixel_softmax_model(smoke, threshold: float, dropout: float = 0.0, **update)
     ConsistencyModel whose strong view is the image itself, and random data for it: 8 labeled images, their
     labels and 16 unlabeled images. (model, labeled, labels, unlabeled), the same each call."""
     rng = np.random.default_rng(0)
-    labeled, unlabeled = (rng.integers(0, 256, (n, *catalog.IMAGE_SHAPE), dtype="uint8") for n in (8, 16))
-    labels = training.one_hot(rng.integers(0, 100, 8))
+    labeled, unlabeled = (rng.integers(0, 256, (n, *(32, 32, 3)), dtype="uint8") for n in (8, 16))
+    labels = training.one_hot(rng.integers(0, 100, 8), 100)
     keras.utils.set_random_seed(0)
-    classifier = keras.Sequential([keras.Input(catalog.IMAGE_SHAPE), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+    classifier = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
                                    *([keras.layers.Dropout(dropout)] if dropout else []),
                                    keras.layers.Dense(100, activation="softmax")])
     config = smoke_consistency(smoke, fixmatch=FixMatchConfig(threshold=threshold), strong=StrongAugmentConfig(num_ops=0, cutout=0.0), **update,
@@ -371,10 +372,12 @@ COMPILED_MODELS = """
 from pipelines.config import load_pipeline_config
 from stages.consistency import ConsistencyModel
 from stages.lib.training import build_classifier
+from stages.lib.catalog import DatasetInfo
 from stages.lib.objectives import build_objective
 config = load_pipeline_config("ssl-gpu")
-models = [ConsistencyModel(build_classifier(config.consistency.classifier), config.consistency),
-          build_objective(load_pipeline_config("quick", [{"pretrain": {"objective": "simclr"}}]).pretrain.objective_setup())]
+data = DatasetInfo([str(label) for label in range(100)], (32, 32, 3), "crop")
+models = [ConsistencyModel(build_classifier(config.consistency.classifier, data), config.consistency),
+          build_objective(load_pipeline_config("quick", [{"pretrain": {"objective": "simclr"}}]).pretrain.objective_setup((32, 32, 3)))]
 for model in models:
     model.compile(optimizer="sgd")
 print([model.jit_compile for model in models])
@@ -388,7 +391,7 @@ def test_models_with_geometric_augmentation_are_compiled_on_jax_only():
     on_jax = subprocess.run([sys.executable, "-c", COMPILED_MODELS], env={**os.environ, "KERAS_BACKEND": "jax"},
                             check=True, capture_output=True, text=True)
     assert on_jax.stdout.split("\n")[-2] == "[True, True]"
-    classifier = build_classifier(load_pipeline_config("ssl-gpu").consistency.classifier)
+    classifier = build_classifier(load_pipeline_config("ssl-gpu").consistency.classifier, CIFAR_SHAPED)
     classifier.compile(optimizer="sgd")
     assert keras.backend.backend() == "tensorflow" and classifier.jit_compile is False  # XLA is slower on this CPU
 

@@ -14,7 +14,7 @@ from stages.lib.config import ConfigError
 @pytest.fixture(scope="module")
 def comparison(prefect, archive, smoke):
     warm = smoke.model_copy(update={"consistency": smoke.consistency.model_copy(update={"warm_start": True})})
-    return consistency_pipeline(config=warm, methods=["fixmatch", "freematch"], archive=str(archive))
+    return consistency_pipeline(config=warm, methods=["fixmatch", "freematch"], data=str(archive))
 
 
 def runs_under(run_id):

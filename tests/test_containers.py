@@ -29,7 +29,7 @@ def test_stage_image_lists_stages_and_runs_as_non_root(docker_client, stage_imag
 @pytest.fixture(scope="module")
 def docker_run(prefect, archive, smoke, stage_image, fresh_home):
     """The smoke flow with every stage in a container, in a fresh store (no cache hit)."""
-    result = semi_supervised_pipeline(config=smoke, launcher="docker", archive=str(archive), supervised_only=True)
+    result = semi_supervised_pipeline(config=smoke, launcher="docker", data=str(archive), supervised_only=True)
     runs = MlflowClient().search_runs(
         [MlflowClient().get_run(result["mlflow_run_id"]).info.experiment_id],
         f"tags.mlflow.parentRunId = '{result['mlflow_run_id']}'",
@@ -84,14 +84,14 @@ def test_failing_stage_fails_with_its_log_tail(tmp_path, smoke, stage_image, doc
     corrupt = tmp_path / "cifar-100-python.tar.gz"
     corrupt.write_bytes(b"not an archive")
     with pytest.raises(StageFailed, match=r"stage split exited with code 2; last lines:\n(.*\n)*.*SHA-256"):
-        DockerLauncher().launch("split", smoke.split, {"archive": corrupt}, tmp_path / "out", smoke.resources)
+        DockerLauncher().launch("split", smoke.split, {"data": corrupt}, tmp_path / "out", smoke.resources)
     assert not (tmp_path / "out").exists()
     assert stage_containers(docker_client) == []
 
 
 def test_missing_input_is_named_before_any_container(tmp_path, smoke, stage_image):
-    with pytest.raises(StageFailed, match="input archive = .*missing.tar.gz does not exist"):
-        DockerLauncher().launch("split", smoke.split, {"archive": tmp_path / "missing.tar.gz"}, tmp_path / "out",
+    with pytest.raises(StageFailed, match="input data = .*missing.tar.gz does not exist"):
+        DockerLauncher().launch("split", smoke.split, {"data": tmp_path / "missing.tar.gz"}, tmp_path / "out",
                                 smoke.resources)
     assert not (tmp_path / "missing.tar.gz").exists()  # not created as a folder by the engine
 
@@ -100,5 +100,5 @@ def test_gpu_request_without_gpu_runtime_is_a_clear_error(tmp_path, archive, smo
                                                            monkeypatch):
     monkeypatch.setenv("SSL_PIPELINE_GPU_STAGE_IMAGE", stage_image)  # no GPU image is built here
     with pytest.raises(StageFailed, match=r"asks for 1 GPU\(s\) \(resources.gpus\).*resources.gpus=0"):
-        DockerLauncher().launch("split", smoke.split, {"archive": archive}, tmp_path / "out", ResourcesConfig(gpus=1))
+        DockerLauncher().launch("split", smoke.split, {"data": archive}, tmp_path / "out", ResourcesConfig(gpus=1))
     assert stage_containers(docker_client) == []

@@ -71,7 +71,7 @@ def test_process_pool_deployment_runs_in_the_workers_environment(prefect, archiv
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "SSL_PIPELINE_HOME": str(tmp_path / "home")}
     cli = [sys.executable, "-m", "pipelines.cli"]
     deployed = subprocess.run([*cli, "deploy", "on-worker", "--preset", "smoke", "--pool", "local-process",
-                               "--pool-type", "process", "--archive", str(archive)],
+                               "--pool-type", "process", "--data", str(archive)],
                               env=env, capture_output=True, text=True)
     assert deployed.returncode == 0 and "process work pool local-process" in deployed.stdout, deployed.stderr
     triggered = subprocess.run([*cli, "deployments", "run", "on-worker"], env=env, capture_output=True, text=True)

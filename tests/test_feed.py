@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from conftest import CIFAR_SHAPED
 
 from pipelines.config import load_pipeline_config
 from stages.lib import training
@@ -22,7 +23,7 @@ def table(rows: slice) -> ImageTable:
 
 @pytest.mark.parametrize("batches", [
     EpochBatches((IMAGES, LABELS.astype("float32"), RNG.random(300).astype("float32")), 128, seed=5),  # last batch 44
-    TwoStreamBatches(table(slice(None)), IMAGES[:50], 64, 96, seed=7, steps=7),  # 7 x 64 rows: two passes
+    TwoStreamBatches(table(slice(None)), 100, IMAGES[:50], 64, 96, seed=7, steps=7),  # 7 x 64 rows: two passes
 ], ids=["epoch", "two_stream"])
 def test_the_feed_holds_the_pydatasets_batches_in_every_epoch(batches):
     dataset = feed(batches)
@@ -40,6 +41,6 @@ def test_a_fit_from_the_feed_equals_one_from_the_pydataset(monkeypatch):
     weights = []
     for through in (feed, lambda batches: batches):
         monkeypatch.setattr(training, "feed", through)
-        weights.append(training.train_classifier(config, table(slice(0, 250)), table(slice(250, None))).model.get_weights())
+        weights.append(training.train_classifier(config, CIFAR_SHAPED, table(slice(0, 250)), table(slice(250, None))).model.get_weights())
     for fed, iterated in zip(*weights, strict=True):  # up to float32 rounding, as in test_resume
         np.testing.assert_allclose(fed, iterated, rtol=1e-5, atol=1e-7)

@@ -25,7 +25,7 @@ SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "mlflow-run.png"
 def first_run(fresh_home, prefect, archive, smoke):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # a smoke flow lasts seconds, not minutes
-        return semi_supervised_pipeline(config=smoke, archive=str(archive))
+        return semi_supervised_pipeline(config=smoke, data=str(archive))
 
 
 def nested_runs(parent_run_id):
@@ -71,7 +71,7 @@ def test_per_epoch_metrics_datasets_and_figures(first_run):
     datasets = {d.dataset.name: d for d in baseline_run.inputs.dataset_inputs}
     assert set(datasets) == {"labeled", "validation"}
     assert {d.dataset.name for d in runs["evaluate supervised"].inputs.dataset_inputs} == {"test"}
-    assert {d.dataset.name for d in runs["split"].inputs.dataset_inputs} == {"cifar-100-python"}
+    assert {d.dataset.name for d in runs["split"].inputs.dataset_inputs} == {"cifar-100-python.tar.gz"}
     figures = {Path(f.path).name for f in client.list_artifacts(runs["evaluate supervised"].info.run_id, "figures")}
     assert figures == {"learning_curves.png", "confusion_matrix.png", "network.png"}
 
@@ -137,7 +137,7 @@ def test_champion_is_the_best_on_its_validation_set_and_of_equals_the_older(firs
 
 
 def test_rerun_hits_the_cache_for_every_stage(first_run, archive, smoke):
-    second = semi_supervised_pipeline(config=smoke, archive=str(archive))
+    second = semi_supervised_pipeline(config=smoke, data=str(archive))
     assert second["artifacts"] == first_run["artifacts"]
     assert second["ssl_test_accuracy"] == first_run["ssl_test_accuracy"]
     first_runs = nested_runs(first_run["mlflow_run_id"])
@@ -148,7 +148,7 @@ def test_rerun_hits_the_cache_for_every_stage(first_run, archive, smoke):
 
 def test_changing_one_stage_reruns_only_it_and_what_follows(first_run, archive, smoke):
     changed = smoke.model_copy(update={"evaluate": smoke.evaluate.model_copy(update={"batch_size": 7})})
-    result = semi_supervised_pipeline(config=changed, archive=str(archive))
+    result = semi_supervised_pipeline(config=changed, data=str(archive))
     runs = nested_runs(result["mlflow_run_id"])
     assert {stage: run.data.tags["ssl.cached"] for stage, run in runs.items()} == {
         "split": "true", "baseline": "true", "evaluate supervised": "false", "consistency": "true", "evaluate fixmatch": "false"}
@@ -162,7 +162,7 @@ def test_deleted_artifact_is_rebuilt_not_trusted(first_run, archive, smoke):
 
     evaluation = Path(first_run["artifacts"]["ssl_evaluation"])
     shutil.rmtree(evaluation)
-    result = semi_supervised_pipeline(config=smoke, archive=str(archive))
+    result = semi_supervised_pipeline(config=smoke, data=str(archive))
     assert Path(result["artifacts"]["ssl_evaluation"]) == evaluation and (evaluation / "manifest.json").is_file()
     assert nested_runs(result["mlflow_run_id"])["evaluate fixmatch"].data.tags["ssl.cached"] == "false"
 
@@ -171,7 +171,7 @@ def test_bad_archive_fails_the_flow_and_the_parent_run(prefect, tmp_path, smoke)
     bad = tmp_path / "cifar-100-python.tar.gz"
     bad.write_bytes(b"not an archive")
     with pytest.raises(Exception, match="is not the official cifar-100-python.tar.gz|truncated"):
-        semi_supervised_pipeline(config=smoke, archive=str(bad))
+        semi_supervised_pipeline(config=smoke, data=str(bad))
     client = MlflowClient()
     latest = client.search_runs([client.get_experiment_by_name(settings.experiment_name()).experiment_id],
                                 "tags.`ssl.preset` = 'smoke'", order_by=["attributes.start_time DESC"], max_results=1)
@@ -180,14 +180,14 @@ def test_bad_archive_fails_the_flow_and_the_parent_run(prefect, tmp_path, smoke)
 
 def test_subprocess_launcher_matches_in_process(tmp_path, archive, split_artifact, smoke):
     output = tmp_path / "split"
-    SubprocessLauncher().launch("split", smoke.split, {"archive": archive}, output, smoke.resources)
+    SubprocessLauncher().launch("split", smoke.split, {"data": archive}, output, smoke.resources)
     for name in catalog.TABLES:
         assert sha256_file(catalog.table_path(output, name)) == sha256_file(catalog.table_path(split_artifact, name))
 
 
 def test_subprocess_failure_reports_the_log_tail(tmp_path, smoke):
     with pytest.raises(StageFailed, match="stage split exited with code 2; last lines:\n.*does not exist"):
-        SubprocessLauncher().launch("split", smoke.split, {"archive": tmp_path / "missing.tar.gz"}, tmp_path / "out",
+        SubprocessLauncher().launch("split", smoke.split, {"data": tmp_path / "missing.tar.gz"}, tmp_path / "out",
                                     smoke.resources)
     assert not (tmp_path / "out").exists()
 
@@ -198,7 +198,7 @@ def test_a_budgeted_run_ends_inside_its_minutes_with_each_schedule_run_out(archi
     config = load_pipeline_config("smoke", [{"budget": {"minutes": 1.2, "reserve_minutes": 0.2}, "baseline": {"epochs": 1000},
                                              "consistency": {"classifier": {"epochs": 1000}}}])
     started = time.time()
-    result = semi_supervised_pipeline(config=config, archive=str(archive), started=started)
+    result = semi_supervised_pipeline(config=config, data=str(archive), started=started)
     assert time.time() - started <= 1.2 * 60
     params = MlflowClient().get_run(result["mlflow_run_id"]).data.params
     runs = nested_runs(result["mlflow_run_id"])

@@ -43,7 +43,7 @@ def test_one_class_svm_on_frozen_features_keeps_the_nu_property(split_artifact, 
     labeled = catalog.read_table(split_artifact, "labeled").images
     config = smoke.outliers.model_copy(update={"scorer": "one_class_svm", "nu": 0.3})
     train_scores, scores, _ = outliers.SCORERS["one_class_svm"](config, labeled, synthetic_images(50, "noise", 3),
-                                                             {"model": model_artifact})
+                                                             {"split": split_artifact, "model": model_artifact})
     assert outliers.outside_fraction(train_scores) == pytest.approx(0.3, abs=0.05)
     assert len(scores) == 50
 

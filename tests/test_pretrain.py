@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CIFAR_SHAPED
 
 from pipelines.config import load_pipeline_config
 from stages import fine_tune, pretrain
@@ -28,7 +29,7 @@ from stages.pretrain import PretrainConfig
 @pytest.mark.parametrize("preset", ["smoke", "quick", "seed"])
 def test_decoder_mirrors_the_encoder_back_to_an_image(preset):
     architecture = load_pipeline_config(preset).baseline.architecture
-    encoder, decoder = build_encoder(architecture), build_decoder(architecture)
+    encoder, decoder = build_encoder(architecture, (32, 32, 3)), build_decoder(architecture, (32, 32, 3))
     assert decoder.input_shape == encoder.output_shape and decoder.output_shape == (None, 32, 32, 3)
     convs = [layer.filters for layer in decoder.layers if isinstance(layer, keras.layers.Conv2D)]
     per_block = architecture.convs_per_block
@@ -195,10 +196,10 @@ def test_joint_loss_weights_reach_the_training_objective(pretrained, split_artif
     objective, encoder_artifact = pretrained
     config = EncoderFineTuneConfig(mode="joint", classifier=smoke.baseline, joint=JointConfig(weight=1.0, unlabeled_batch_size=32))
     setup = fine_tune.pretrained_setup(encoder_artifact, config.classifier)
-    classifier = build_classifier(config.classifier)
+    classifier = build_classifier(config.classifier, CIFAR_SHAPED)
     model = fine_tune.JointModel(classifier, build_objective(setup, encoder=encoder_of(classifier)), config)
     labeled = catalog.read_table(split_artifact, "labeled")
-    batch = TwoStreamBatches(labeled, labeled.images, 16, 16, seed=0)[0]
+    batch = TwoStreamBatches(labeled, 100, labeled.images, 16, 16, seed=0)[0]
     keras.utils.set_random_seed(0)
     outputs = model(batch[0], training=False)
     total = float(model.compute_loss(y=batch[1], y_pred=outputs)) - float(sum(model.losses))

@@ -13,7 +13,7 @@ from stages.lib.config import ConfigError
 @pytest.fixture(scope="module")
 def comparison(prefect, archive, smoke):
     return pretraining_pipeline(config=smoke, objectives=["autoencoder", "simclr"], modes=["two_step", "joint"],
-                                archive=str(archive))
+                                data=str(archive))
 
 
 def runs_under(run_id):

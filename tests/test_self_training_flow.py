@@ -14,7 +14,7 @@ from stages.lib.config import ConfigError
 @pytest.fixture(scope="module")
 def sweep(prefect, archive, smoke):
     # one threshold, two iteration counts: the second point reuses the first one's pseudo_label stage
-    return self_training_pipeline(config=smoke, thresholds=[0.01], iterations=[1, 2], archive=str(archive))
+    return self_training_pipeline(config=smoke, thresholds=[0.01], iterations=[1, 2], data=str(archive))
 
 
 def sweep_runs(sweep):

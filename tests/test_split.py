@@ -26,8 +26,14 @@ def test_stratified_indices_on_synthetic_labels():
 
 
 def test_stratified_indices_refuses_too_many():
-    with pytest.raises(ValueError, match="class 0 has 20 images, fewer than the 21 asked for"):
-        split.stratified_indices(np.zeros(20, int), {"a": 21}, seed=0)
+    with pytest.raises(ValueError, match="class 'cat' has 20 labeled images, fewer than the 21 that a \\+ b ask for"):
+        split.stratified_indices(np.zeros(20, int), {"a": 19, "b": 2}, seed=0, classes=["cat"])
+
+
+def test_fractions_of_each_class():
+    labels = np.repeat(np.arange(2), [10, 40])
+    parts = split.stratified_indices(labels, {"a": 0.5, "b": 0.25, "rest": None}, seed=0)
+    assert [np.bincount(labels[parts[name]]).tolist() for name in parts] == [[5, 20], [2, 10], [3, 10]]
 
 
 def test_split_counts_schema_and_disjointness(split_artifact, smoke):
@@ -38,7 +44,7 @@ def test_split_counts_schema_and_disjointness(split_artifact, smoke):
         assert np.bincount(tables[name].labels, minlength=100).tolist() == [count] * 100, name
     for name in TABLES:
         schema = pq.read_schema(catalog.table_path(split_artifact, name)).remove_metadata()
-        assert schema.equals(catalog.TABLES[name][1]), name
+        assert schema.equals(catalog.read_dataset_info(split_artifact).schema(name)), name
     assert "label" not in pq.read_schema(catalog.table_path(split_artifact, "unlabeled")).names
     ids = [set(tables[name].ids) for name in ("labeled", "validation", "unlabeled")]
     assert sum(map(len, ids)) == len(set.union(*ids))
@@ -59,17 +65,19 @@ def test_manifest_records_provenance(split_artifact, smoke):
     manifest = verify(split_artifact)
     assert manifest["stage"] == "split"
     assert manifest["config"] == smoke.split.model_dump(mode="json")
-    assert manifest["parents"]["archive"]["digest"] == cifar.SHA256
+    assert manifest["parents"]["data"]["digest"] == cifar.SHA256
     assert manifest["files"]["labeled.parquet"]["rows"] == 400
     assert manifest["files"]["labeled.parquet"]["sha256"] == sha256_file(split_artifact / "labeled.parquet")
     assert "image: fixed_size_binary[3072] not null" in manifest["files"]["labeled.parquet"]["schema"]
     assert manifest["code_version"].startswith("0.1.0+")
-    assert json.loads((split_artifact / "classes.json").read_text())[:2] == ["apple", "aquarium_fish"]
+    described = json.loads((split_artifact / "dataset.json").read_text())
+    assert described["classes"][:2] == ["apple", "aquarium_fish"] and described["image_shape"] == [32, 32, 3]
+    assert described["source"] == "cifar100" and described["counts"]["labeled"] == 400
 
 
 def test_same_config_gives_byte_identical_files(tmp_path, archive, split_artifact, smoke):
     again = tmp_path / "again"
-    split.STAGE.execute(smoke.split, {"archive": archive}, again)
+    split.STAGE.execute(smoke.split, {"data": archive}, again)
     for name in TABLES:
         assert sha256_file(catalog.table_path(again, name)) == sha256_file(catalog.table_path(split_artifact, name))
 
@@ -77,7 +85,7 @@ def test_same_config_gives_byte_identical_files(tmp_path, archive, split_artifac
 @pytest.mark.parametrize("labels_per_class", [25, 40])
 def test_other_label_budgets(tmp_path, archive, labels_per_class):
     config = SplitConfig(labels_per_class=labels_per_class, val_per_class=5, unlabeled_per_class=1, test_per_class=1)
-    manifest = split.STAGE.execute(config, {"archive": archive}, tmp_path / "out")
+    manifest = split.STAGE.execute(config, {"data": archive}, tmp_path / "out")
     assert manifest["files"]["labeled.parquet"]["rows"] == 100 * labels_per_class
     assert manifest["files"]["validation.parquet"]["rows"] == 500
 
@@ -85,7 +93,7 @@ def test_other_label_budgets(tmp_path, archive, labels_per_class):
 def test_existing_output_is_never_overwritten(split_artifact, archive, smoke):
     before = sha256_file(split_artifact / "manifest.json")
     with pytest.raises(FileExistsError, match="already exists: artifacts are never overwritten"):
-        split.STAGE.execute(smoke.split, {"archive": archive}, split_artifact)
+        split.STAGE.execute(smoke.split, {"data": archive}, split_artifact)
     assert sha256_file(split_artifact / "manifest.json") == before
 
 
@@ -99,7 +107,7 @@ def test_failure_mid_write_leaves_nothing(tmp_path, archive, smoke, monkeypatch)
 
     monkeypatch.setattr(catalog, "write_table", fail_on_test)
     with pytest.raises(OSError, match="disk full"):
-        split.STAGE.execute(smoke.split, {"archive": archive}, tmp_path / "out")
+        split.STAGE.execute(smoke.split, {"data": archive}, tmp_path / "out")
     assert [path.name for path in tmp_path.iterdir()] == [".out.lock"]  # the writers' lock, and no output
 
 
@@ -118,5 +126,8 @@ def test_wrong_schema_is_named(tmp_path):
     import pyarrow as pa
 
     pq.write_table(pa.table({"id": ["a"], "image": [b"x" * 10], "label": [1]}), tmp_path / "labeled.parquet")
+    with pytest.raises(ArtifactError, match="dataset.json is missing: .* Rerun the stage that made it"):
+        catalog.read_table(tmp_path, "labeled")
+    catalog.write_dataset_info(tmp_path, catalog.DatasetInfo(["a", "b"], (32, 32, 3), "crop"))
     with pytest.raises(catalog.DataError, match="labeled.parquet has schema"):
         catalog.read_table(tmp_path, "labeled")

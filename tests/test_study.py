@@ -31,7 +31,7 @@ FIGURE_LINK = re.compile(r"!\[[^]]*\]\(figures/([^)]+)\)")  # the file of each f
 
 
 def smoke_study(smoke, archive) -> dict:
-    return study_pipeline(config=smoke, seeds=[0, 1], experiments=["baseline", "self_training"], archive=str(archive))
+    return study_pipeline(config=smoke, seeds=[0, 1], experiments=["baseline", "self_training"], data=str(archive))
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_self_training_at_two_thresholds_has_a_run_a_row_and_curves_each_and_the
     A softmax over 100 classes peaks at 0.01 or more, so both thresholds select every image of smoke's barely
     trained models."""
     again = study_pipeline(config=smoke, seeds=[0], experiments=["self_training"], unlabeled=["all"],
-                           thresholds=[0.005, 0.01], archive=str(archive))
+                           thresholds=[0.005, 0.01], data=str(archive))
     assert {(row["experiment"], row["threshold"]) for row in again["table"]} == {
         ("baseline", None), ("self_training", 0.005), ("self_training", 0.01)}
     assert {"all_self_training_t0.005_seed0_test_accuracy", "all_self_training_t0.01_seed0_test_accuracy"} <= set(again)

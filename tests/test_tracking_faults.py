@@ -39,7 +39,7 @@ def test_an_unreachable_server_fails_the_flow_before_any_stage(prefect, archive,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     started = time.monotonic()
     with pytest.raises(tracking.TrackingUnavailable, match=f"server at {uri} .* does not answer.*Start it"):
-        semi_supervised_pipeline(config=smoke, archive=str(archive), supervised_only=True)
+        semi_supervised_pipeline(config=smoke, data=str(archive), supervised_only=True)
     assert time.monotonic() - started < 30
     assert not settings.artifact_root().exists()  # no stage started
 
@@ -64,7 +64,7 @@ def test_a_server_lost_mid_flow_keeps_the_trained_model_and_says_where(prefect, 
 
     with pytest.raises(TrackingFailed, match=r"stage baseline finished and its artifact is kept at (\S+), but logging it "
                                              r"to MLflow .* Rerun the same command") as failure:
-        semi_supervised_pipeline(config=smoke, archive=str(archive), supervised_only=True)
+        semi_supervised_pipeline(config=smoke, data=str(archive), supervised_only=True)
     kept = failure.value.args[0].split("kept at ")[1].split(",")[0]
     assert verify(kept)["stage"] == "baseline"
     assert not (settings.artifact_root() / "evaluate").exists()
@@ -107,7 +107,7 @@ def test_a_retried_parent_run_leaves_no_run_running(prefect, archive, smoke, hom
         return log_dict(self, *args, **kwargs)
 
     monkeypatch.setattr(MlflowClient, "log_dict", fails_once)
-    result = semi_supervised_pipeline(config=smoke, archive=str(archive), supervised_only=True)
+    result = semi_supervised_pipeline(config=smoke, data=str(archive), supervised_only=True)
     client = MlflowClient()
     experiment_id = client.get_run(result["mlflow_run_id"]).info.experiment_id
     parents = {run.info.run_id: run.info.status for run in client.search_runs([experiment_id])

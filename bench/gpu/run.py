@@ -68,7 +68,7 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     archive = join_parts(args.parts, args.work)
-    split.STAGE.execute(config.split, {"archive": archive}, args.work / "split")
+    split.STAGE.execute(config.split, {"data": archive}, args.work / "split")
     data_seconds = time.perf_counter() - started
     consistency.STAGE.execute(config.consistency, {"split": args.work / "split"}, args.work / "model")
     evaluate.STAGE.execute(config.evaluate, {"split": args.work / "split", "model": args.work / "model"}, args.work / "evaluate")

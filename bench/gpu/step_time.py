@@ -29,12 +29,15 @@ from stages.consistency import (
     ConsistencyConfig,  # noqa: E402
     ConsistencyModel,  # noqa: E402
 )
+from stages.lib.catalog import DatasetInfo  # noqa: E402
 from stages.lib.machine import describe  # noqa: E402
 from stages.lib.training import (  # noqa: E402
     build_classifier,  # noqa: E402
     build_optimizer,
     one_hot,
 )
+
+CIFAR100_SHAPE = DatasetInfo([str(label) for label in range(100)], (32, 32, 3), "crop")  # classes and images as CIFAR-100's
 
 
 class SameBatch(keras.utils.PyDataset):
@@ -63,7 +66,7 @@ def train_step_time(config: ConsistencyConfig, labeled, unlabeled, labels, steps
     of a 21 ms step on an H200; not two fits, since Keras' JAX trainer cannot fit an EMA optimizer's
     model twice (its end puts the same buffer in a weight and its average)."""
     keras.utils.set_random_seed(0)
-    model = ConsistencyModel(build_classifier(config.classifier), config)
+    model = ConsistencyModel(build_classifier(config.classifier, CIFAR100_SHAPE), config)
     model.build((labeled.shape, unlabeled.shape))
     model.compile(optimizer=build_optimizer(config.classifier, config.classifier.learning_rate, use_ema=True))
     first_step, started = FirstStepEnd(), time.perf_counter()
@@ -112,7 +115,7 @@ def batch_rows(config: ConsistencyConfig, batch: int, steps: int, ablation: bool
     rng = np.random.default_rng(0)
     labeled = rng.integers(0, 256, (batch, 32, 32, 3), dtype="uint8")  # as TwoStreamBatches feeds them
     unlabeled = rng.integers(0, 256, (batch * config.unlabeled_ratio, 32, 32, 3), dtype="uint8")
-    labels = one_hot(rng.integers(0, 100, batch))
+    labels = one_hot(rng.integers(0, 100, batch), 100)
     no_strong = config.model_copy(update={"strong": config.strong.model_copy(update={"num_ops": 0, "cutout": 0.0})})
     variants = {"train_step": config, **({"train_step_without_strong_view": no_strong} if ablation else {})}
     rows, images = [], batch + len(unlabeled)

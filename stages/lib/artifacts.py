@@ -47,8 +47,13 @@ def sha256_file(path: Path) -> str:
 
 def file_digest(path: Path) -> str:
     """A file's SHA-256, hashed once per process per file version (path, size, modification time):
-    hashing the 169 MB archive takes ~0.4 s, and the flow's cache key and the split's manifest both need it."""
-    stat = Path(path).stat()
+    hashing the 169 MB archive takes ~0.4 s, and the flow's cache key and the split's manifest both need it.
+    A folder's digest is that of its files' relative paths and digests."""
+    path = Path(path)
+    if path.is_dir():
+        return sha256_json([(file.relative_to(path).as_posix(), file_digest(file))
+                            for file in sorted(path.rglob("*")) if file.is_file()])
+    stat = path.stat()
     return _digest_of_version(str(path), stat.st_size, stat.st_mtime_ns)
 
 
@@ -302,6 +307,15 @@ def replace_text(path: Path, text: str) -> None:
     pending = path.with_name(f"{path.name}.tmp")
     pending.write_text(text)
     os.replace(pending, path)
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` through a temporary file beside it: ``target`` is the old file or the
+    whole new one, never part of it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pending = target.with_name(f".{target.name}.partial")
+    shutil.copyfile(source, pending)
+    os.replace(pending, target)
 
 
 _reads: ContextVar[list[Path] | None] = ContextVar("files_read", default=None)

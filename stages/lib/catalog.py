@@ -1,8 +1,10 @@
 """The catalog: the name of every artifact file, the tables' explicit pyarrow schemas, and the one
 way each kind of file is read and written (tables, pseudo-labels, metrics, trained classifiers).
 
-Images are stored as 32x32x3 uint8 HWC bytes in a ``fixed_size_binary(3072)`` column: the size
-is enforced by the schema and the column reads straight into a NumPy array without copying rows.
+Images are stored as HxWx3 uint8 bytes in a ``fixed_size_binary(H*W*3)`` column: the size is
+enforced by the schema and the column reads straight into a NumPy array without copying rows. An
+artifact with tables describes its data in ``dataset.json`` (``DatasetInfo``: the class names and
+the image shape), and so does every trained classifier, which then predicts without a config.
 Every read goes through ``record_read``, so a stage's manifest lists the files it read.
 Keras is imported only by the functions that save or load a model: tracking reads the file names
 here without it.
@@ -29,17 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NUM_CLASSES = 100  # CIFAR-100's fine labels
-IMAGE_SHAPE = (32, 32, 3)
-IMAGE_BYTES = int(np.prod(IMAGE_SHAPE))
-
-_ID = pa.field("id", pa.string(), nullable=False)  # stable: "<official split>-<index>"
-_IMAGE = pa.field("image", pa.binary(IMAGE_BYTES), nullable=False)
-_LABEL = pa.field("label", pa.int32(), nullable=False)  # CIFAR-100 fine label, 0..99
-
-LABELED_SCHEMA = pa.schema([_ID, _IMAGE, _LABEL])
-UNLABELED_SCHEMA = pa.schema([_ID, _IMAGE])
-AUDIT_SCHEMA = pa.schema([_ID, _LABEL])
+_ID = pa.field("id", pa.string(), nullable=False)  # stable within the source: "train-00042", "labeled/cat/1.png"
+_LABEL = pa.field("label", pa.int32(), nullable=False)  # class index into DatasetInfo.classes
 # predicted label of an unlabeled image, the model's probability for it, and the self-training
 # iteration whose training set the row joins
 PSEUDO_LABEL_SCHEMA = pa.schema([
@@ -69,17 +62,18 @@ OBJECTIVE_SETUP_FILE = "objective.json"
 # evaluate: per test class, and per test image
 PER_CLASS_FILE = "per_class.parquet"
 PREDICTIONS_FILE = "predictions.parquet"
-CLASSES_FILE = "classes.json"  # split: the class names, by label
+DATASET_FILE = "dataset.json"  # split, outliers and every classifier: DatasetInfo
 
-# table name -> (file inside the split artifact, schema)
-TABLES: dict[str, tuple[str, pa.Schema]] = {
-    "labeled": ("labeled.parquet", LABELED_SCHEMA),
-    "validation": ("validation.parquet", LABELED_SCHEMA),
-    "unlabeled": ("unlabeled.parquet", UNLABELED_SCHEMA),
-    # true labels of the unlabeled images: for measuring pseudo-label accuracy, never training
-    "unlabeled_audit": ("unlabeled_audit.parquet", AUDIT_SCHEMA),
-    "test": ("test.parquet", LABELED_SCHEMA),
+# table name -> (file inside the split artifact, its columns)
+TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "labeled": ("labeled.parquet", ("id", "image", "label")),
+    "validation": ("validation.parquet", ("id", "image", "label")),
+    "unlabeled": ("unlabeled.parquet", ("id", "image")),
+    # true labels of the unlabeled images the source had them for: for measuring pseudo-labels, never training
+    "unlabeled_audit": ("unlabeled_audit.parquet", ("id", "label")),
+    "test": ("test.parquet", ("id", "image", "label")),
 }
+MAY_BE_EMPTY = ("unlabeled", "unlabeled_audit")  # a source may have no unlabeled images
 
 
 class DataError(ValueError):
@@ -87,9 +81,51 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
+class DatasetInfo:
+    """What a split's data is, and what a classifier trained on it takes and predicts."""
+
+    classes: list[str]  # by class index
+    image_shape: tuple[int, int, int]  # (height, width, 3)
+    resize: str  # how an image of another size is brought to image_shape (sources.DataConfig.resize)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_bytes(self) -> int:
+        return int(np.prod(self.image_shape))
+
+    def schema(self, table: str) -> pa.Schema:
+        image = pa.field("image", pa.binary(self.image_bytes), nullable=False)
+        return pa.schema([{"id": _ID, "image": image, "label": _LABEL}[column] for column in TABLES[table][1]])
+
+
+def write_dataset_info(artifact: Path, info: DatasetInfo, **details: Any) -> None:
+    """``dataset.json``: the classes and image shape, and ``details`` for people (the source, conversions)."""
+    record = {"classes": info.classes, "image_shape": list(info.image_shape), "resize": info.resize, **details}
+    (Path(artifact) / DATASET_FILE).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def read_dataset_info(artifact: Path) -> DatasetInfo:
+    path = Path(artifact) / DATASET_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: {Path(artifact)} was not made by this version of the pipeline. "
+                            "Rerun the stage that made it (the split, or the classifier's training stage).")
+    record_read(path)
+    record = json.loads(path.read_text())
+    return DatasetInfo(record["classes"], tuple(record["image_shape"]), record["resize"])
+
+
+def split_counts(split: Path) -> dict[str, int]:
+    """Rows per table of a split, as its ``dataset.json`` gives them."""
+    return json.loads((Path(split) / DATASET_FILE).read_text())["counts"]
+
+
+@dataclass(frozen=True)
 class ImageTable:
     ids: np.ndarray  # (N,) str
-    images: np.ndarray  # (N, 32, 32, 3) uint8
+    images: np.ndarray  # (N, H, W, 3) uint8
     labels: np.ndarray | None  # (N,) int32, None for unlabeled data
 
     def __len__(self) -> int:
@@ -100,19 +136,19 @@ def table_path(artifact: Path, name: str) -> Path:
     return Path(artifact) / TABLES[name][0]
 
 
-def write_table(artifact: Path, name: str, ids: np.ndarray, images=None, labels=None) -> Path:
-    """Write one catalog table; columns the schema lacks must be None."""
-    filename, schema = TABLES[name]
+def write_table(artifact: Path, name: str, info: DatasetInfo, ids: np.ndarray, images=None, labels=None) -> Path:
+    """Write one catalog table; columns the table lacks must be None."""
+    schema = info.schema(name)
     columns = {"id": pa.array(ids, pa.string())}
     if "image" in schema.names:
-        flat = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(ids) * IMAGE_BYTES)
+        flat = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(ids) * info.image_bytes)
         columns["image"] = pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(IMAGE_BYTES), len(ids), [None, pa.py_buffer(flat)]
+            pa.binary(info.image_bytes), len(ids), [None, pa.py_buffer(flat)]
         )
     if "label" in schema.names:
         columns["label"] = pa.array(labels, pa.int32())
     table = pa.table(columns, schema=schema)
-    path = Path(artifact) / filename
+    path = table_path(artifact, name)
     pq.write_table(table, path, compression="snappy")
     return path
 
@@ -131,38 +167,34 @@ def _read_parquet(path: Path, schema: pa.Schema, what: str, stage: str) -> pa.Ta
 
 
 def read_table(artifact: Path, name: str) -> ImageTable:
-    """Read one catalog table, checking its schema against the catalog's."""
-    filename, schema = TABLES[name]
-    path = Path(artifact) / filename
+    """Read one catalog table, checking it against the artifact's ``dataset.json``."""
+    info = read_dataset_info(artifact)
+    schema = info.schema(name)
+    path = table_path(artifact, name)
     table = _read_parquet(path, schema, f"{name!r} table", "split")
     images = None
     if "image" in schema.names:
         column = table.column("image").combine_chunks()
-        buffer = column.buffers()[1]
-        flat = np.frombuffer(buffer, np.uint8, count=len(column) * IMAGE_BYTES, offset=column.offset * IMAGE_BYTES)
-        images = flat.reshape(-1, *IMAGE_SHAPE)
+        flat = np.frombuffer(column.buffers()[1], np.uint8, count=len(column) * info.image_bytes,
+                             offset=column.offset * info.image_bytes)
+        images = flat.reshape(-1, *info.image_shape)
     labels = table.column("label").to_numpy() if "label" in schema.names else None
     ids = table.column("id").to_numpy(zero_copy_only=False)
-    _check_rows(path, ids, labels)
+    _check_rows(path, ids, labels, info.num_classes, empty_allowed=name in MAY_BE_EMPTY)
     return ImageTable(ids, images, labels)
 
 
-def _check_rows(path: Path, ids: np.ndarray, labels: np.ndarray | None) -> None:
-    """What a schema cannot say: rows exist, ids are unique, labels are CIFAR-100 classes."""
+def _check_rows(path: Path, ids: np.ndarray, labels: np.ndarray | None, num_classes: int, empty_allowed: bool) -> None:
+    """What a schema cannot say: rows exist, ids are unique, labels are the split's classes."""
     fix = "Regenerate it with the split stage."
-    if len(ids) == 0:
+    if len(ids) == 0 and not empty_allowed:
         raise DataError(f"{path} has no rows. {fix}")
     unique, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         raise DataError(f"{path}: column 'id' repeats {int((counts > 1).sum())} ids, e.g. {unique[counts > 1][0]!r}. {fix}")
-    bad = labels[(labels < 0) | (labels >= NUM_CLASSES)] if labels is not None else ()
+    bad = labels[(labels < 0) | (labels >= num_classes)] if labels is not None else ()
     if len(bad):
-        raise DataError(f"{path}: column 'label' holds {len(bad)} values outside 0..{NUM_CLASSES - 1}, e.g. {int(bad[0])}. {fix}")
-
-
-def read_classes(split: Path) -> list[str]:
-    """The split's class names, by label."""
-    return json.loads((Path(split) / CLASSES_FILE).read_text())
+        raise DataError(f"{path}: column 'label' holds {len(bad)} values outside 0..{num_classes - 1}, e.g. {int(bad[0])}. {fix}")
 
 
 def write_pseudo_labels(directory: Path, pseudo_labels: pd.DataFrame) -> Path:
@@ -228,21 +260,23 @@ def export_saved_model(model: keras.Model, path: Path) -> bool:
     return True
 
 
-def save_classifier(directory: Path, model: keras.Model, history: pd.DataFrame, metrics: dict[str, Any]) -> dict[str, Any]:
-    """A trained classifier's artifact files: model.keras, the SavedModel, the per-epoch history and
-    the metrics. Returns the manifest fields that say how it was saved."""
+def save_classifier(directory: Path, model: keras.Model, history: pd.DataFrame, metrics: dict[str, Any],
+                    data: DatasetInfo) -> dict[str, Any]:
+    """A trained classifier's artifact files: model.keras, the SavedModel, the per-epoch history, the
+    metrics and the ``data`` it was trained on. Returns the manifest fields that say how it was saved."""
     import keras
 
     model.save(directory / MODEL_FILE)
     exported = export_saved_model(model, directory / SAVED_MODEL_DIR)
     history.to_parquet(directory / HISTORY_FILE, index=False)
     write_metrics(directory, metrics)
+    write_dataset_info(directory, data)
     return {"backend": keras.backend.backend(), "saved_model": exported}
 
 
-def load_classifier(artifact: Path) -> keras.Model:
+def load_classifier(artifact: Path, data: DatasetInfo | None = None) -> keras.Model:
     """The classifier of a model artifact (baseline, self_train, fine_tune, consistency), checked to
-    take the catalog's images and to predict the CIFAR-100 classes."""
+    take ``data``'s images and predict its classes (default: the data it was trained on)."""
     import keras
 
     path = Path(artifact) / MODEL_FILE
@@ -255,10 +289,19 @@ def load_classifier(artifact: Path) -> keras.Model:
     except Exception as error:  # Keras raises several types for a damaged or foreign file
         raise ArtifactError(f"{path} is not a loadable Keras model ({type(error).__name__}: {error}); "
                             "retrain it with the stage that made it") from None
-    wanted = {"input shape": (tuple(model.input_shape[1:]), IMAGE_SHAPE),
-              "number of classes": (model.output_shape[-1], NUM_CLASSES)}
+    data = data or read_dataset_info(artifact)
+    wanted = {"input shape": (tuple(model.input_shape[1:]), data.image_shape),
+              "number of classes": (model.output_shape[-1], data.num_classes)}
     for what, (actual, expected) in wanted.items():
         if actual != expected:
-            raise ArtifactError(f"{path} has {what} {actual}, but the pipeline's images need {expected}: "
-                                "use a classifier trained by this pipeline on CIFAR-100")
+            raise ArtifactError(f"{path} has {what} {actual}, but the split's images need {expected}: "
+                                "use a classifier trained by this pipeline on this split's data")
+    trained_on = read_dataset_info(artifact).classes
+    if trained_on != data.classes:
+        raise ArtifactError(f"{path} predicts the classes {_some(trained_on)}, but the split's are {_some(data.classes)}: "
+                            "use a classifier trained by this pipeline on this split's data")
     return model
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" ... ({len(names)})" if len(names) > 4 else "")

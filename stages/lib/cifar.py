@@ -9,6 +9,7 @@ import tarfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -21,7 +22,6 @@ SHA256 = "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7"
 SIZE = 169_001_437  # bytes
 ARCHIVE_ENV = "CIFAR100_ARCHIVE"
 FILENAME = "cifar-100-python.tar.gz"
-TRAIN_IMAGES_PER_CLASS = 500  # in the official training set
 
 
 class ArchiveError(RuntimeError):
@@ -31,7 +31,7 @@ class ArchiveError(RuntimeError):
 @dataclass(frozen=True)
 class CifarSplit:
     images: np.ndarray  # (N, 32, 32, 3) uint8, HWC
-    labels: np.ndarray  # (N,) int32, fine labels 0..99
+    labels: np.ndarray  # (N,) int32: fine labels 0..99, or coarse 0..19
 
 
 def default_cache_dir() -> Path:
@@ -41,7 +41,7 @@ def default_cache_dir() -> Path:
 def _how_to_get() -> str:
     return (
         f"Download the official archive from {URL} ({SIZE:,} bytes, SHA-256 {SHA256}) and pass "
-        f"its path with --archive or the {ARCHIVE_ENV} environment variable."
+        f"its path with --data or the {ARCHIVE_ENV} environment variable."
     )
 
 
@@ -89,8 +89,8 @@ def _download(target: Path) -> None:
     partial.rename(target)
 
 
-def load(path: Path) -> tuple[CifarSplit, CifarSplit, list[str]]:
-    """(train, test, fine class names) from a verified archive."""
+def load(path: Path, labels: Literal["fine", "coarse"] = "fine") -> tuple[CifarSplit, CifarSplit, list[str]]:
+    """(train, test, class names) from a verified archive, with its 100 fine or 20 coarse labels."""
     verify_archive(path)
     with tarfile.open(path, "r:gz") as archive:
 
@@ -101,13 +101,12 @@ def load(path: Path) -> tuple[CifarSplit, CifarSplit, list[str]]:
             return pickle.load(handle, encoding="bytes")
 
         meta = unpickle("meta")
-        train, test = (_to_split(unpickle(name)) for name in ("train", "test"))
-    classes = [name.decode() for name in meta[b"fine_label_names"]]
+        train, test = (_to_split(unpickle(name), labels) for name in ("train", "test"))
+    classes = [name.decode() for name in meta[f"{labels}_label_names".encode()]]
     return train, test, classes
 
 
-def _to_split(batch: dict[bytes, object]) -> CifarSplit:
+def _to_split(batch: dict[bytes, object], labels: str) -> CifarSplit:
     flat = np.asarray(batch[b"data"], dtype=np.uint8)  # (N, 3072), channel-major rows
     images = flat.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    labels = np.asarray(batch[b"fine_labels"], dtype=np.int32)
-    return CifarSplit(np.ascontiguousarray(images), labels)
+    return CifarSplit(np.ascontiguousarray(images), np.asarray(batch[f"{labels}_labels".encode()], dtype=np.int32))

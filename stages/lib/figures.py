@@ -30,13 +30,20 @@ def learning_curves(history: pd.DataFrame, best_epoch: int, path: Path) -> Path:
     return path
 
 
-def confusion_matrix(matrix: np.ndarray, path: Path) -> Path:
+NAMED_TICKS = 40  # classes up to which the axes name each one; above, names would overlap
+
+
+def confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
     """Row-normalised confusion matrix, true class down, predicted class across."""
     rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     figure = Figure(figsize=(8, 7), layout="constrained")
     axis = figure.subplots()
     image = axis.imshow(rates, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     axis.set(xlabel="predicted class", ylabel="true class", title="confusion matrix (row-normalised)")
+    if len(classes) <= NAMED_TICKS:
+        ticks = np.arange(len(classes))
+        axis.set_xticks(ticks, classes, rotation=90, fontsize=7)
+        axis.set_yticks(ticks, classes, fontsize=7)
     figure.colorbar(image, ax=axis, shrink=0.8)
     figure.savefig(path, dpi=110)
     return path
@@ -193,6 +200,19 @@ def score_histogram(scores: np.ndarray, path: Path) -> Path:
     axis.axvline(0, color="black", linestyle="--", label=f"cut: {(scores >= 0).mean():.1%} kept")
     axis.set(xlabel="score (> 0: inside the boundary)", ylabel="unlabeled images", title="one-class scores")
     axis.legend()
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def class_distribution(counts: pd.Series, path: Path) -> Path:
+    """Images predicted per class (``counts``: images by class name), most frequent first."""
+    ordered = counts.sort_values(ascending=False)
+    figure = Figure(figsize=(max(6, 0.12 * len(ordered) + 2), 3.5), layout="constrained")
+    axis = figure.subplots()
+    axis.bar(np.arange(len(ordered)), ordered.to_numpy(), width=0.8)
+    if len(ordered) <= NAMED_TICKS:
+        axis.set_xticks(np.arange(len(ordered)), ordered.index, rotation=90, fontsize=7)
+    axis.set(xlabel="predicted class", ylabel="images", title=f"predicted classes of {int(ordered.sum()):,} images")
     figure.savefig(path, dpi=110)
     return path
 

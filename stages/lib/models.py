@@ -16,7 +16,6 @@ import numpy as np
 from keras import layers
 from pydantic import Field, model_validator
 
-from stages.lib.catalog import IMAGE_SHAPE
 from stages.lib.config import StrictModel
 from stages.lib.machine import has_bfloat16
 from stages.lib.registry import Registry
@@ -192,10 +191,10 @@ def build_strong_augmentation(config: StrongAugmentConfig, seed: int) -> keras.S
 
 
 @ARCHITECTURES.register("vgg")
-def build_vgg_encoder(config: ArchitectureConfig, dtype: str, seeds: WeightSeeds) -> keras.Model:
+def build_vgg_encoder(config: ArchitectureConfig, image_shape: tuple[int, ...], dtype: str, seeds: WeightSeeds) -> keras.Model:
     """VGG blocks of (3x3 conv, BatchNorm, ReLU) x convs_per_block, max-pool, dropout; then GAP."""
     regularizer = keras.regularizers.L2(config.l2) if config.l2 else None
-    inputs = keras.Input(IMAGE_SHAPE, name="scaled_image")
+    inputs = keras.Input(image_shape, name="scaled_image")
     x = inputs
     for block, (filters, rate) in enumerate(zip(config.filters, config.block_dropout), start=1):
         for conv in range(1, config.convs_per_block + 1):
@@ -211,7 +210,8 @@ def build_vgg_encoder(config: ArchitectureConfig, dtype: str, seeds: WeightSeeds
 
 
 @ARCHITECTURES.register("wrn")
-def build_wide_resnet_encoder(config: ArchitectureConfig, dtype: str, seeds: WeightSeeds) -> keras.Model:
+def build_wide_resnet_encoder(config: ArchitectureConfig, image_shape: tuple[int, ...], dtype: str,
+                              seeds: WeightSeeds) -> keras.Model:
     """Wide ResNet as in FixMatch and USB: 3x3 conv (16) -> per group, ``convs_per_block`` pre-activation
     residual blocks (the first of each later group halves the side) -> BatchNorm, LeakyReLU(0.1), GAP.
     Convolutions are He-initialised on fan-out, as in USB."""
@@ -226,7 +226,7 @@ def build_wide_resnet_encoder(config: ArchitectureConfig, dtype: str, seeds: Wei
         x = layers.BatchNormalization(momentum=0.999, dtype=dtype, name=f"{name}_bn")(x)
         return layers.LeakyReLU(0.1, dtype=dtype, name=f"{name}_relu")(x)
 
-    inputs = keras.Input(IMAGE_SHAPE, name="scaled_image")
+    inputs = keras.Input(image_shape, name="scaled_image")
     x = conv(inputs, 16, 3, 1, "stem")
     for group, (filters, rate) in enumerate(zip(config.filters, config.block_dropout), start=1):
         for block in range(1, config.convs_per_block + 1):
@@ -241,16 +241,22 @@ def build_wide_resnet_encoder(config: ArchitectureConfig, dtype: str, seeds: Wei
     return keras.Model(inputs, features, name=f"{config.name}_encoder")
 
 
-def build_encoder(config: ArchitectureConfig, dtype: str = "float32", seed: int = 0) -> keras.Model:
-    return ARCHITECTURES[config.name](config, dtype, WeightSeeds(seed, "encoder"))
+def build_encoder(config: ArchitectureConfig, image_shape: tuple[int, ...], dtype: str = "float32", seed: int = 0) -> keras.Model:
+    """``config``'s encoder of (H, W, 3) images scaled to [-1, 1]: images (N, H, W, 3) -> features (N, filters[-1])."""
+    return ARCHITECTURES[config.name](config, tuple(image_shape), dtype, WeightSeeds(seed, "encoder"))
 
 
-def build_decoder(config: ArchitectureConfig, dtype: str = "float32", seed: int = 0) -> keras.Model:
+def build_decoder(config: ArchitectureConfig, image_shape: tuple[int, ...], dtype: str = "float32", seed: int = 0) -> keras.Model:
     """The encoder mirrored: features (N, filters[-1]) -> dense -> (s, s, filters[-1]) -> per block,
     last first: up-sample, (3x3 conv, BatchNorm, ReLU) x convs_per_block -> 3x3 conv to an image
-    in the encoder's [-1, 1] input scale (N, 32, 32, 3)."""
+    in the encoder's [-1, 1] input scale (N, H, W, 3)."""
     seeds = WeightSeeds(seed, "decoder")
-    side = IMAGE_SHAPE[0] // 2 ** len(config.filters)  # the encoder halves the side once per block
+    reduction = 2 ** len(config.filters)  # the encoder halves the side once per block
+    if image_shape[0] != image_shape[1] or image_shape[0] % reduction:
+        raise ValueError(f"the decoder rebuilds square images whose side divides by {reduction} (2 per block of "
+                         f"architecture.filters), but the images are {tuple(image_shape)}: set split.data.image_size "
+                         f"to a multiple of {reduction}")
+    side = image_shape[0] // reduction
     features = keras.Input((config.filters[-1],), name="features")
     x = layers.Dense(side * side * config.filters[-1], activation="relu", kernel_initializer=seeds(), dtype=dtype,
                      name="expand")(features)
@@ -289,7 +295,7 @@ def encoder_of(classifier: keras.Model) -> keras.Model:
 
 
 def encode_with(encoder: keras.Model, batch_size: int = INFERENCE_BATCH):
-    """images (N, 32, 32, 3) 0..255 -> the encoder's features (N, C), in inference mode."""
+    """images (N, H, W, 3) 0..255 -> the encoder's features (N, C), in inference mode."""
     def encode(images: np.ndarray) -> np.ndarray:
         scaled = images.astype("float32") * PIXEL_SCALE + PIXEL_OFFSET
         return np.asarray(encoder.predict(scaled, batch_size=batch_size, verbose=0), dtype="float32")

@@ -64,6 +64,10 @@ def pseudo_label(model: keras.Model, unlabeled: ImageTable, config: PseudoLabelC
 
 
 def audit_accuracy(pseudo_labels: pd.DataFrame, audit: ImageTable) -> float:
-    """Fraction of pseudo-labels equal to the true label: a measurement, never a training input."""
+    """Fraction of pseudo-labels equal to the true label, over the images the source gave one for (NaN
+    where it gave none): a measurement, never a training input."""
     truth = pd.Series(audit.labels, index=audit.ids)
-    return float((truth.loc[pseudo_labels["id"]].to_numpy() == pseudo_labels["label"].to_numpy()).mean())
+    known = pseudo_labels[pseudo_labels["id"].isin(truth.index)]
+    if known.empty:
+        return float("nan")
+    return float((truth.loc[known["id"]].to_numpy() == known["label"].to_numpy()).mean())

@@ -31,7 +31,8 @@ from stages.lib.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-STAGE_NAMES = ("split", "outliers", "baseline", "pseudo_label", "self_train", "pretrain", "fine_tune", "consistency", "evaluate")  # in pipeline order
+STAGE_NAMES = ("split", "outliers", "baseline", "pseudo_label", "self_train", "pretrain", "fine_tune", "consistency", "evaluate",
+               "predict")  # in pipeline order
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from keras import layers
 from pydantic import Field, model_validator
 
 from stages.lib.artifacts import checkpoint_directory, record_progress, replace_text
-from stages.lib.catalog import IMAGE_SHAPE, NUM_CLASSES, ImageTable
+from stages.lib.catalog import DatasetInfo, ImageTable
 from stages.lib.config import StrictModel
 from stages.lib.models import (
     INFERENCE_BATCH,
@@ -74,15 +74,15 @@ class TrainConfig(Schedule):
                                 "stops before an epoch would overrun it. None = run every epoch")
 
 
-def build_classifier(config: TrainConfig, num_classes: int = NUM_CLASSES) -> keras.Model:
-    """augmentation -> scale to [-1, 1] -> encoder -> [dense] -> [dropout] -> softmax (float32)."""
+def build_classifier(config: TrainConfig, data: DatasetInfo) -> keras.Model:
+    """augmentation -> scale to [-1, 1] -> encoder -> [dense] -> [dropout] -> softmax (float32) over ``data``'s classes."""
     arch, dtype = config.architecture, resolve_precision(config.precision)
     regularizer = keras.regularizers.L2(arch.l2) if arch.l2 else None
-    images = keras.Input(IMAGE_SHAPE, name="image")  # uint8 values, passed as float32
+    images = keras.Input(data.image_shape, name="image")  # uint8 values, passed as float32
     augmentation = build_augmentation(config.augment, config.seed)
     x = augmentation(images) if augmentation.layers else images
     x = build_scaling()(x)
-    x = build_encoder(arch, dtype, config.seed)(x)
+    x = build_encoder(arch, data.image_shape, dtype, config.seed)(x)
     seeds = WeightSeeds(config.seed, "head")
     if arch.dense_units:
         x = layers.Dense(arch.dense_units, activation="relu", kernel_initializer=seeds(), kernel_regularizer=regularizer,
@@ -90,7 +90,7 @@ def build_classifier(config: TrainConfig, num_classes: int = NUM_CLASSES) -> ker
     if arch.head_dropout:
         x = layers.Dropout(arch.head_dropout, dtype=dtype, name="head_dropout")(x)
     # the output layer stays float32 so the softmax and the loss are computed at full precision
-    probabilities = layers.Dense(num_classes, activation="softmax", kernel_initializer=seeds(), kernel_regularizer=regularizer,
+    probabilities = layers.Dense(data.num_classes, activation="softmax", kernel_initializer=seeds(), kernel_regularizer=regularizer,
                                  dtype="float32", name="probabilities")(x)
     return keras.Model(images, probabilities, name=f"{arch.name}_classifier")
 
@@ -272,10 +272,10 @@ class TwoStreamBatches(keras.utils.PyDataset):
     a quarter of the bytes to move, and no host-side float32 copy of 2,048 images a step, which
     cost the H200 run about 12 ms of its 52 ms steps."""
 
-    def __init__(self, labeled: ImageTable, images: np.ndarray, batch_size: int, unlabeled_batch_size: int, seed: int,
-                 steps: int | None = None):
+    def __init__(self, labeled: ImageTable, num_classes: int, images: np.ndarray, batch_size: int, unlabeled_batch_size: int,
+                 seed: int, steps: int | None = None):
         super().__init__()
-        self.labeled, self.images = labeled, images
+        self.labeled, self.targets, self.images = labeled, one_hot(labeled.labels, num_classes), images
         self.batch_size, self.unlabeled_batch_size = batch_size, unlabeled_batch_size
         self.steps = steps or math.ceil(len(labeled) / batch_size)
         self.seed = seed
@@ -288,7 +288,7 @@ class TwoStreamBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         rows = self.rows["labeled"][index * self.batch_size:(index + 1) * self.batch_size]
         inputs = (self.labeled.images[rows], self.images[self.rows["unlabeled"][index]])
-        return inputs, one_hot(self.labeled.labels[rows])
+        return inputs, self.targets[rows]
 
     def set_epoch(self, epoch: int) -> None:
         rng = np.random.default_rng([self.seed, epoch])
@@ -303,7 +303,7 @@ class TwoStreamBatches(keras.utils.PyDataset):
     def tf_dataset(self):
         import tensorflow as tf
 
-        labeled_images, labels = tf.constant(self.labeled.images), tf.constant(one_hot(self.labeled.labels))
+        labeled_images, labels = tf.constant(self.labeled.images), tf.constant(self.targets)
         images, rows, size = tf.constant(self.images), self.rows.variables(), self.batch_size
 
         def batch(step):
@@ -401,7 +401,7 @@ class EpochSeeds(keras.callbacks.Callback):
 
 def recalibrate_batchnorm(network: keras.Model, images: np.ndarray, batch_size: int) -> None:
     """Replaces the moving statistics of ``network``'s BatchNorm layers by the mean of their batch
-    statistics over ``images`` (N, 32, 32, 3) in whole batches (precise BatchNorm); weights unchanged.
+    statistics over ``images`` (N, H, W, 3) in whole batches (precise BatchNorm); weights unchanged.
 
     A forward pass in training mode, with each layer's momentum k/(k+1) at batch k: the moving
     value is then the running mean of the batches seen so far. The momenta are put back after.
@@ -527,13 +527,14 @@ def compile_classifier(model: keras.Model, config: TrainConfig, steps_per_epoch:
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[
             keras.metrics.CategoricalAccuracy(name="accuracy"),
-            keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy"),
+            # with under 5 classes every label is in the top 5
+            keras.metrics.TopKCategoricalAccuracy(min(5, model.output_shape[-1]), name="top5_accuracy"),
         ],
     )
 
 
-def one_hot(labels: np.ndarray) -> np.ndarray:
-    return np.eye(NUM_CLASSES, dtype="float32")[labels]
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype="float32")[labels]
 
 
 def accuracy_and_cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -554,10 +555,10 @@ def validation_metrics(model: keras.Model, validation: ImageTable, batch_size: i
     return {"val_accuracy": accuracy, "val_loss": loss}
 
 
-def train_classifier(config: TrainConfig, train: ImageTable, validation: ImageTable) -> TrainingResult:
+def train_classifier(config: TrainConfig, data: DatasetInfo, train: ImageTable, validation: ImageTable) -> TrainingResult:
     """Train from scratch; the returned model holds the weights of the best validation epoch."""
     keras.utils.set_random_seed(config.seed)
-    return fit_classifier(build_classifier(config), config, train, validation)
+    return fit_classifier(build_classifier(config, data), config, train, validation)
 
 
 def fit_classifier(model: keras.Model, config: TrainConfig, train: ImageTable, validation: ImageTable,
@@ -568,9 +569,10 @@ def fit_classifier(model: keras.Model, config: TrainConfig, train: ImageTable, v
     """
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     compile_classifier(model, config, steps_per_epoch)
-    arrays = (train.images, one_hot(train.labels)) + (() if sample_weight is None else (sample_weight.astype("float32"),))
+    num_classes = model.output_shape[-1]
+    arrays = (train.images, one_hot(train.labels, num_classes)) + (() if sample_weight is None else (sample_weight.astype("float32"),))
     fitted = fit_epochs(model, EpochBatches(arrays, config.batch_size, config.seed), config.epochs, config.seed,
-                        validation_data=(validation.images.astype("float32"), one_hot(validation.labels)),
+                        validation_data=(validation.images.astype("float32"), one_hot(validation.labels, num_classes)),
                         select_on=config.select_on, patience=config.early_stopping_patience, budget=Budget.of(config))
     return TrainingResult(model=model, history=fitted.history, best_epoch=fitted.best_epoch,
                           images_per_second=len(train) * len(fitted.history) / training_seconds(fitted.history))

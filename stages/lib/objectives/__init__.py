@@ -1,7 +1,7 @@
 """Pretraining objectives of the shared encoder: one module each, registered by name.
 
 An objective is a ``keras.Model`` subclass built from its own config (``config_type``), the
-encoder's architecture, a precision and a seed (and optionally an encoder to share, for joint
+encoder's architecture and image shape, a precision and a seed (and optionally an encoder to share, for joint
 training). It holds ``encoder`` (the baseline's encoder, from the shared factory) and whatever else
 its loss needs. ``unsupervised_loss(y_pred)`` is the objective in ``keras.ops`` and updates its
 progress metrics; ``compute_loss`` adds the weight penalties, so Keras' own ``fit`` trains it on
@@ -30,6 +30,7 @@ class ObjectiveSetup(StrictModel):
     name: str
     settings: dict[str, Any]  # the objective's own config
     architecture: ArchitectureConfig
+    image_shape: tuple[int, int, int]  # (H, W, 3) of the split it pretrained on
     precision: Precision
     seed: int
 
@@ -37,8 +38,8 @@ class ObjectiveSetup(StrictModel):
 def build_objective(setup: ObjectiveSetup, encoder: keras.Model | None = None) -> keras.Model:
     """The objective's network; ``encoder``, when given, is shared instead of a fresh one."""
     objective = OBJECTIVES[setup.name]
-    return objective(objective.config_type.model_validate(setup.settings), setup.architecture, resolve_precision(setup.precision),
-                     setup.seed, encoder=encoder)
+    return objective(objective.config_type.model_validate(setup.settings), setup.architecture, setup.image_shape,
+                     resolve_precision(setup.precision), setup.seed, encoder=encoder)
 
 
 from stages.lib.objectives import autoencoder, simclr  # noqa: E402,F401  (they register themselves)

@@ -39,13 +39,13 @@ class Autoencoder(keras.Model):
 
     config_type = AutoencoderConfig
 
-    def __init__(self, config: AutoencoderConfig, architecture: ArchitectureConfig, precision: str, seed: int,
-                 encoder: keras.Model | None = None, **kwargs):
+    def __init__(self, config: AutoencoderConfig, architecture: ArchitectureConfig, image_shape: tuple[int, ...], precision: str,
+                 seed: int, encoder: keras.Model | None = None, **kwargs):
         super().__init__(**kwargs)
         self.augmentation = build_augmentation(config.augment, seed)
         self.scale = build_scaling()
-        self.encoder = encoder or build_encoder(architecture, precision, seed)  # shared when given
-        self.decoder = build_decoder(architecture, precision, seed)
+        self.encoder = encoder or build_encoder(architecture, image_shape, precision, seed)  # shared when given
+        self.decoder = build_decoder(architecture, image_shape, precision, seed)
         self.reconstruction_loss = keras.metrics.Mean(name="reconstruction_loss")
         self.psnr = keras.metrics.Mean(name="psnr")
 

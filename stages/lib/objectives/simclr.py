@@ -64,13 +64,13 @@ class SimCLR(keras.Model):
 
     config_type = SimCLRConfig
 
-    def __init__(self, config: SimCLRConfig, architecture: ArchitectureConfig, precision: str, seed: int,
-                 encoder: keras.Model | None = None, **kwargs):
+    def __init__(self, config: SimCLRConfig, architecture: ArchitectureConfig, image_shape: tuple[int, ...], precision: str,
+                 seed: int, encoder: keras.Model | None = None, **kwargs):
         super().__init__(**kwargs)
         self.temperature = config.temperature
         self.views = build_views(config.views, seed)
         self.scale = build_scaling()
-        self.encoder = encoder or build_encoder(architecture, precision, seed)  # shared when given
+        self.encoder = encoder or build_encoder(architecture, image_shape, precision, seed)  # shared when given
         self.projector = build_projection_head(architecture.filters[-1], config.projection_units,
                                                config.projection_dim, precision, seed)
         self.contrastive_loss = keras.metrics.Mean(name="contrastive_loss")
