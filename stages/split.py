@@ -28,9 +28,12 @@ PerClass = int | float  # a count, or a fraction (0..1) of each class's labeled 
 
 
 class SplitConfig(StrictModel):
+    """The defaults are CIFAR-100's protocol as fractions, so that they scale with the source: 90 + 10
+    of its 500 images per class, 10,000 labels with its fine labels and with its coarse ones alike."""
+
     data: DataConfig = DataConfig()
-    labels_per_class: PerClass = Field(90, gt=0, description="labeled training images per class (a count or a fraction)")
-    val_per_class: PerClass = Field(10, gt=0, description="labeled validation images per class (a count or a fraction)")
+    labels_per_class: PerClass = Field(0.18, gt=0, description="labeled training images per class (a count or a fraction)")
+    val_per_class: PerClass = Field(0.02, gt=0, description="labeled validation images per class (a count or a fraction)")
     unlabeled_per_class: int | None = Field(
         None, ge=0, description="labeled images per class left over that join the unlabeled ones; None = all "
                                 "(the source's own unlabeled images always join)")

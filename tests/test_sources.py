@@ -150,10 +150,26 @@ def class_only_in_test(root):
     save(image(), root / "test" / "zebra" / "0.png")
 
 
-def duplicate(root):
+def test_repeats_of_an_image_are_used_once(tmp_path):
+    """CIFAR-100's own training set holds byte-identical images: a repeat is dropped and counted, the labeled copy kept."""
+    picture = image()
+    for path in ("labeled/a/0.png", "labeled/a/1.png", "unlabeled/copy.png"):
+        save(picture, tmp_path / path)
+    save(image(), tmp_path / "labeled" / "a" / "2.png")
+    data = read_source(DataConfig(source="folder"), tmp_path)
+    assert data.train.ids.tolist() == ["labeled/a/0.png", "labeled/a/2.png"] and data.converted["repeat dropped"] == 2
+
+
+def labeled_twice(root):
     picture = image()
     save(picture, root / "labeled" / "a" / "0.png")
-    save(picture, root / "unlabeled" / "copy.png")
+    save(picture, root / "labeled" / "b" / "0.png")
+
+
+def train_image_in_test(root):
+    picture = image()
+    save(picture, root / "labeled" / "a" / "0.png")
+    save(picture, root / "test" / "a" / "copy.png")
 
 
 def no_labeled_folder(root):
@@ -170,7 +186,8 @@ def stray_file(root):
     (truncated_jpeg, r"labeled/a/cut.jpg: not a readable image .*truncated"),
     (empty_class, r"labeled/b is empty: add images of class 'b', or remove the folder"),
     (class_only_in_test, r"test/zebra: class 'zebra' of test/ has no folder in labeled/"),
-    (duplicate, r"unlabeled/copy.png and .*labeled/a/0.png are the same image .* Delete one"),
+    (labeled_twice, r"labeled/b/0.png and .*labeled/a/0.png are the same image .* with different labels: keep it in one"),
+    (train_image_in_test, r"test/a/copy.png and .*labeled/a/0.png are the same image .*for training and for testing"),
     (no_labeled_folder, r"has no folder 'labeled'.*Create labeled/<class name>/"),
     (stray_file, r"labeled/loose.png lies in labeled/ outside a class folder"),
 ], ids=lambda value: getattr(value, "__name__", None))

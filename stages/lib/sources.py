@@ -71,7 +71,7 @@ class Dataset:
     classes: list[str]  # by class index
     train: Images  # labeled and unlabeled
     test: Images | None  # the source's own test set; None = the split takes one from the labeled images
-    converted: dict[str, int] = field(default_factory=dict)  # images converted, by what was done to them
+    converted: dict[str, int] = field(default_factory=dict)  # images converted (or repeats dropped), by what was done
 
 
 CIFAR_SOURCES = ("cifar100", "cifar100-coarse")  # read from the official archive
@@ -211,25 +211,43 @@ def decode_all(items: list[tuple[bytes | Path, str]]) -> list[Decoded]:
         return list(pool.map(one, items, chunksize=64))
 
 
-def _reject_duplicates(contents: list[bytes], origins: list[str]) -> None:
-    first: dict[str, str] = {}
-    for data, origin in zip(contents, origins):
-        digest = hashlib.sha256(data).hexdigest()
-        if digest in first:
-            raise DataError(f"{origin} and {first[digest]} are the same image (identical bytes): an image may appear "
-                            "once, or it would be trained and tested on twice. Delete one of them.")
-        first[digest] = origin
+Part = tuple[list[bytes], list[str], list[str], list[int]]  # encoded images, origins, ids, labels
 
 
-def _assemble(classes: list[str], parts: dict[str, tuple[list[bytes], list[str], list[str], list[int]]],
-              config: DataConfig) -> Dataset:
-    """A Dataset from the encoded images of each part: part -> (contents, origins, ids, labels)."""
-    _reject_duplicates([data for part in parts.values() for data in part[0]],
-                       [origin for part in parts.values() for origin in part[1]])
+def _without_repeats(parts: dict[str, Part]) -> tuple[dict[str, Part], int]:
+    """``parts`` with every repeat of an image (identical bytes) dropped, a labeled copy kept before an
+    unlabeled one, and how many were dropped. A repeat with another label, or one in the test set of
+    an image for training, is an error: a contradiction, or a test that measures a training image."""
+    seen: dict[str, tuple[str, str, int]] = {}  # digest -> (part, origin, label) of the copy kept
+    kept: dict[str, list[int]] = {name: [] for name in parts}
+    labeled_first = sorted(((name, i) for name, part in parts.items() for i in range(len(part[0]))),
+                           key=lambda key: parts[key[0]][3][key[1]] == UNLABELED)
+    for name, i in labeled_first:
+        contents, origins, _, labels = parts[name]
+        digest = hashlib.sha256(contents[i]).hexdigest()
+        if digest not in seen:
+            seen[digest] = (name, origins[i], labels[i])
+            kept[name].append(i)
+            continue
+        first_part, first_origin, first_label = seen[digest]
+        if first_part != name:
+            raise DataError(f"{origins[i]} and {first_origin} are the same image (identical bytes), for training and for "
+                            "testing: the test would measure an image the model trained on. Delete one of them.")
+        if labels[i] not in (UNLABELED, first_label):
+            raise DataError(f"{origins[i]} and {first_origin} are the same image (identical bytes) with different labels: "
+                            "keep it in one class only.")
+        log.info("%s repeats %s (identical bytes): it is used once", origins[i], first_origin)
+    dropped = sum(len(part[0]) for part in parts.values()) - sum(map(len, kept.values()))
+    return {name: tuple([column[i] for i in sorted(kept[name])] for column in parts[name]) for name in parts}, dropped
+
+
+def _assemble(classes: list[str], parts: dict[str, Part], config: DataConfig) -> Dataset:
+    """A Dataset from the encoded images of each part (train, and test where the source has one)."""
+    parts, repeats = _without_repeats(parts)
     decoded = {name: decode_all(list(zip(part[0], part[1]))) for name, part in parts.items()}
     everything = [item for items in decoded.values() for item in items]
     size = config.image_size or common_size(everything)
-    converted: Counter[str] = Counter()
+    converted: Counter[str] = Counter({"repeat dropped": repeats} if repeats else {})
     images = {name: Images(np.array(parts[name][2], dtype=str), to_array(items, size, config.resize, converted),
                            np.array(parts[name][3], dtype=np.int32)) for name, items in decoded.items()}
     return Dataset(classes, images["train"], images.get("test"), dict(converted))
