@@ -208,7 +208,7 @@ def decode_all(items: list[tuple[bytes | Path, str]]) -> list[Decoded]:
         return decode(data.read_bytes() if isinstance(data, Path) else data, origin)
 
     with ThreadPoolExecutor() as pool:
-        return list(pool.map(one, items, chunksize=64))
+        return list(pool.map(one, items))
 
 
 Part = tuple[list[bytes], list[str], list[str], list[int]]  # encoded images, origins, ids, labels
