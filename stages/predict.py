@@ -83,7 +83,7 @@ def write_csv(table: pa.Table, path: Path) -> None:
 
 def run(config: PredictConfig, inputs: Mapping[str, Path], output: Path) -> None:
     data = catalog.read_dataset_info(inputs["model"])
-    model = catalog.load_classifier(inputs["model"], data)
+    model = catalog.load_classifier(inputs["model"])
     items = sources.image_items(inputs["images"])
     if not items:
         raise DataError(f"{inputs['images']} holds no images: give a folder of image files or a table with rows.")

@@ -57,7 +57,7 @@ def file_digest(path: Path) -> str:
     return _digest_of_version(str(path), stat.st_size, stat.st_mtime_ns)
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=2**17)  # room for a folder source's every file: the flow's cache key and the manifest hash it once
 def _digest_of_version(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(Path(path))
 

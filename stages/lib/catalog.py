@@ -289,17 +289,17 @@ def load_classifier(artifact: Path, data: DatasetInfo | None = None) -> keras.Mo
     except Exception as error:  # Keras raises several types for a damaged or foreign file
         raise ArtifactError(f"{path} is not a loadable Keras model ({type(error).__name__}: {error}); "
                             "retrain it with the stage that made it") from None
-    data = data or read_dataset_info(artifact)
+    trained_on = read_dataset_info(artifact)
+    data = data or trained_on
     wanted = {"input shape": (tuple(model.input_shape[1:]), data.image_shape),
               "number of classes": (model.output_shape[-1], data.num_classes)}
     for what, (actual, expected) in wanted.items():
         if actual != expected:
             raise ArtifactError(f"{path} has {what} {actual}, but the split's images need {expected}: "
                                 "use a classifier trained by this pipeline on this split's data")
-    trained_on = read_dataset_info(artifact).classes
-    if trained_on != data.classes:
-        raise ArtifactError(f"{path} predicts the classes {_some(trained_on)}, but the split's are {_some(data.classes)}: "
-                            "use a classifier trained by this pipeline on this split's data")
+    if trained_on.classes != data.classes:
+        raise ArtifactError(f"{path} predicts the classes {_some(trained_on.classes)}, but the split's are "
+                            f"{_some(data.classes)}: use a classifier trained by this pipeline on this split's data")
     return model
 
 

@@ -32,14 +32,13 @@ from PIL import Image, ImageOps
 from pydantic import Field
 
 from stages.lib import cifar
-from stages.lib.catalog import DataError
+from stages.lib.catalog import DataError, ImageTable
 from stages.lib.config import StrictModel
 
 log = logging.getLogger(__name__)
 
 SourceName = Literal["cifar100", "cifar100-coarse", "folder", "parquet"]
 UNLABELED = -1  # the label of a training-pool image without one
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FOLDER_LAYOUT = "ROOT/labeled/<class name>/*, ROOT/unlabeled/**/*, optional ROOT/test/<class name>/*"
 
 
@@ -57,20 +56,13 @@ class DataConfig(StrictModel):
 
 
 @dataclass(frozen=True)
-class Images:
-    ids: np.ndarray  # (N,) str, unique within the source
-    images: np.ndarray  # (N, S, S, 3) uint8
-    labels: np.ndarray  # (N,) int32 class index, UNLABELED where the source gives none
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-@dataclass(frozen=True)
 class Dataset:
+    """Each part's ids are unique within the source, its images (N, S, S, 3) uint8 and its labels
+    class indices, UNLABELED where the source gives none."""
+
     classes: list[str]  # by class index
-    train: Images  # labeled and unlabeled
-    test: Images | None  # the source's own test set; None = the split takes one from the labeled images
+    train: ImageTable  # labeled and unlabeled
+    test: ImageTable | None  # the source's own test set; None = the split takes one from the labeled images
     converted: dict[str, int] = field(default_factory=dict)  # images converted (or repeats dropped), by what was done
 
 
@@ -116,8 +108,8 @@ def _cifar(labels: Literal["fine", "coarse"]) -> Callable[[Path, DataConfig], Da
         images = {name: _resized_array(part.images, config, converted) for name, part in (("train", train), ("test", test))}
         return Dataset(
             classes,
-            Images(_ids("train", len(train.labels)), images["train"], train.labels),
-            Images(_ids("test", len(test.labels)), images["test"], test.labels),
+            ImageTable(_ids("train", len(train.labels)), images["train"], train.labels),
+            ImageTable(_ids("test", len(test.labels)), images["test"], test.labels),
             dict(converted),
         )
 
@@ -200,15 +192,10 @@ def common_size(decoded: list[Decoded]) -> int:
     return Counter(min(item.image.size) for item in decoded).most_common(1)[0][0]
 
 
-def decode_all(items: list[tuple[bytes | Path, str]]) -> list[Decoded]:
-    """Decode (bytes or a file, origin) pairs on every core: Pillow releases the GIL while it decodes."""
-
-    def one(item: tuple[bytes | Path, str]) -> Decoded:
-        data, origin = item
-        return decode(data.read_bytes() if isinstance(data, Path) else data, origin)
-
+def decode_all(items: list[tuple[bytes, str]]) -> list[Decoded]:
+    """Decode (encoded image, origin) pairs on every core: Pillow releases the GIL while it decodes."""
     with ThreadPoolExecutor() as pool:
-        return list(pool.map(one, items))
+        return list(pool.map(lambda item: decode(*item), items))
 
 
 Part = tuple[list[bytes], list[str], list[str], list[int]]  # encoded images, origins, ids, labels
@@ -248,7 +235,7 @@ def _assemble(classes: list[str], parts: dict[str, Part], config: DataConfig) ->
     everything = [item for items in decoded.values() for item in items]
     size = config.image_size or common_size(everything)
     converted: Counter[str] = Counter({"repeat dropped": repeats} if repeats else {})
-    images = {name: Images(np.array(parts[name][2], dtype=str), to_array(items, size, config.resize, converted),
+    images = {name: ImageTable(np.array(parts[name][2], dtype=str), to_array(items, size, config.resize, converted),
                            np.array(parts[name][3], dtype=np.int32)) for name, items in decoded.items()}
     return Dataset(classes, images["train"], images.get("test"), dict(converted))
 
@@ -298,7 +285,7 @@ def _test_files(test_root: Path, index: dict[str, int]) -> list[tuple[Path, int]
             for path in _files(folder)]
 
 
-def _read_files(root: Path, files: list[tuple[Path, int]]) -> tuple[list[bytes], list[str], list[str], list[int]]:
+def _read_files(root: Path, files: list[tuple[Path, int]]) -> Part:
     ids = [path.relative_to(root).as_posix() for path, _ in files]
     return [path.read_bytes() for path, _ in files], [str(path) for path, _ in files], ids, [label for _, label in files]
 
@@ -320,7 +307,7 @@ def read_parquet(path: Path, config: DataConfig) -> Dataset:
     if not names:
         raise DataError(f"{path}: no row has a label. Give at least one labeled image per class in column 'label'.")
     index = {name: i for i, name in enumerate(names)}
-    parts: dict[str, tuple[list[bytes], list[str], list[str], list[int]]] = {}
+    parts: dict[str, Part] = {}
     for row in rows:
         contents, origins, ids, labels = parts.setdefault(row["split"], ([], [], [], []))
         contents.append(row["image"])
@@ -376,7 +363,7 @@ def _table_rows(table_path: Path, labeled: bool = True) -> list[dict]:
     return rows
 
 
-def _reject_unknown_test_labels(path: Path, parts: dict, names: list) -> None:
+def _reject_unknown_test_labels(path: Path, parts: dict[str, Part], names: list) -> None:
     train_labels = set(parts["train"][3])
     test_labels = set(parts.get("test", ([], [], [], []))[3])
     if UNLABELED in test_labels:
