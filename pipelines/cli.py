@@ -8,6 +8,7 @@ without it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -86,16 +87,34 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how each stage is started (docker: the stage image, $SSL_PIPELINE_STAGE_IMAGE)")
 
 
-def _run_flow(flow_path: str, **parameters) -> tuple[dict, float]:
-    """Run the flow at ``module:name`` in this process; its result and its minutes."""
+def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where a comparison's independent stages run side by side (default: one at a time, here)."""
+    engine = parser.add_mutually_exclusive_group()
+    engine.add_argument("--cluster", metavar="ADDRESS",
+                        help="a running Dask scheduler, e.g. tcp://host:8786: its workers take the stages, each "
+                             "through --launcher, all reading and writing $SSL_PIPELINE_STORE")
+    engine.add_argument("--workers", type=int, metavar="N", help="a local Dask cluster of N single-threaded workers")
+
+
+def _run_flow(flow_path: str, engine: argparse.Namespace | None = None, **parameters) -> tuple[dict, float]:
+    """Run the flow at ``module:name`` in this process, its stages on the Dask cluster of ``engine``'s
+    ``--cluster`` or ``--workers`` if given; its result and its minutes."""
     _prepare_prefect()
     server = _start_embedded_prefect_server()
     module, _, name = flow_path.partition(":")
     flow = getattr(importlib.import_module(module), name)  # seconds of imports, while the server boots
     if server:
         server.join()
+    distributed = engine is not None and bool(engine.cluster or engine.workers)
+    if distributed:
+        from pipelines.engine import task_runner
+
+        flow = flow.with_options(task_runner=task_runner(engine.cluster, engine.workers))
     started = time.perf_counter()
-    result = flow(**parameters)
+    # Dask workers are other processes: they reach the temporary server by the address in the settings
+    # each task carries, where the flow's own process would find it without one
+    with server.as_api() if server and distributed else contextlib.nullcontext():
+        result = flow(**parameters)
     return result, (time.perf_counter() - started) / 60
 
 
@@ -139,28 +158,45 @@ def _prepare_prefect() -> None:
         Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
 
 
-def _start_embedded_prefect_server() -> threading.Thread | None:
-    """With no ``PREFECT_API_URL``, boot Prefect's temporary server now and wait for it in a thread.
+class EmbeddedServer(threading.Thread):
+    """Prefect's temporary server, booting in a thread (its module takes seconds to import): ``join()``
+    waits until it answers. Prefect keeps one per process, and the flow finds it."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.api_url = ""
+
+    def as_api(self) -> contextlib.AbstractContextManager:
+        """Prefect settings that name this server as the API, for the block."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        return temporary_settings({PREFECT_API_URL: self.api_url})
+
+    def run(self) -> None:
+        from prefect.server.api.server import SubprocessASGIServer
+        from prefect.settings import get_current_settings
+
+        # Servers of flows started together would migrate the same new database at once and fail:
+        # each holds the lock until its server is up.
+        with file_lock(Path(get_current_settings().home) / ".server-start.lock"):
+            server = SubprocessASGIServer()
+            server.start()
+        self.api_url = server.api_url
+
+
+def _start_embedded_prefect_server() -> EmbeddedServer | None:
+    """With no ``PREFECT_API_URL``, boot Prefect's temporary server now, in a thread.
 
     The server is a subprocess that spends seconds importing; meanwhile this process imports
-    MLflow and the flow. Prefect keeps one temporary server per process, and the flow finds it.
+    MLflow and the flow.
     """
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value():
         return None
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import get_current_settings
-
-    def start() -> None:
-        # Servers of flows started together would migrate the same new database at once and fail:
-        # each holds the lock until its server is up.
-        with file_lock(Path(get_current_settings().home) / ".server-start.lock"):
-            SubprocessASGIServer().start()
-
-    waiting = threading.Thread(target=start, daemon=True)
-    waiting.start()
-    return waiting
+    server = EmbeddedServer()
+    server.start()
+    return server
 
 
 def command_self_train(args: argparse.Namespace) -> int:
@@ -168,7 +204,7 @@ def command_self_train(args: argparse.Namespace) -> int:
 
     config = _config_from(args)
     sweep_grid(config.self_training, args.thresholds, args.iterations)  # a bad grid fails before any server starts
-    result, minutes = _run_flow("pipelines.self_training:self_training_pipeline", config=config,
+    result, minutes = _run_flow("pipelines.self_training:self_training_pipeline", args, config=config,
                                 thresholds=args.thresholds, iterations=args.iterations, launcher=args.launcher,
                                 data=_data_argument(args)[1], start_model=args.start_model)
     print(f"\n{(Path(result['report']) / 'comparison.md').read_text()}\n"
@@ -183,7 +219,7 @@ def command_pretrain(args: argparse.Namespace) -> int:
 
     config = _config_from(args)
     pretraining_grid(config, args.objectives, args.modes)  # a bad grid fails before any server starts
-    result, minutes = _run_flow("pipelines.pretraining:pretraining_pipeline", config=config,
+    result, minutes = _run_flow("pipelines.pretraining:pretraining_pipeline", args, config=config,
                                 objectives=args.objectives, modes=args.modes, launcher=args.launcher,
                                 data=_data_argument(args)[1])
     return _print_comparison(result, minutes)
@@ -205,7 +241,7 @@ def command_consistency(args: argparse.Namespace) -> int:
 
     config = _config_from(args)
     consistency_grid(config.consistency, args.methods)  # a bad method fails before any server starts
-    result, minutes = _run_flow("pipelines.consistency:consistency_pipeline", config=config, methods=args.methods,
+    result, minutes = _run_flow("pipelines.consistency:consistency_pipeline", args, config=config, methods=args.methods,
                                 launcher=args.launcher, data=_data_argument(args)[1], start_model=args.start_model)
     return _print_comparison(result, minutes)
 
@@ -216,7 +252,7 @@ def command_study(args: argparse.Namespace) -> int:
     config = _config_from(args)
     study_grid(config, args.seeds, args.experiments, args.unlabeled)  # bad names fail before any server starts
     sweep_grid(config.self_training, args.thresholds, None)  # and bad thresholds
-    result, minutes = _run_flow("pipelines.study:study_pipeline", config=config, seeds=args.seeds,
+    result, minutes = _run_flow("pipelines.study:study_pipeline", args, config=config, seeds=args.seeds,
                                 experiments=args.experiments, unlabeled=args.unlabeled, thresholds=args.thresholds,
                                 launcher=args.launcher, data=_data_argument(args)[1])
     from pipelines.report import write_report
@@ -367,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     self_train = commands.add_parser(
         "self-train", help="self-training over a grid of thresholds x iterations, with a comparison report")
     _add_run_arguments(self_train)
+    _add_engine_arguments(self_train)
     self_train.add_argument("--thresholds", type=float, nargs="+", metavar="T",
                             help="confidence thresholds (default: self_training.selection.threshold)")
     self_train.add_argument("--iterations", type=int, nargs="+", metavar="N",
@@ -377,18 +414,21 @@ def main(argv: list[str] | None = None) -> int:
     pretraining = commands.add_parser(
         "pretrain", help="pretrain the encoder (autoencoder, SimCLR), fine-tune it two-step or jointly, evaluate")
     _add_run_arguments(pretraining)
+    _add_engine_arguments(pretraining)
     pretraining.add_argument("--objectives", nargs="+", metavar="NAME", help="autoencoder, simclr (default: pretrain.objective)")
     pretraining.add_argument("--modes", nargs="+", metavar="MODE", help="two_step, joint (default: fine_tune.mode)")
     pretraining.set_defaults(handler=command_pretrain)
     consistency = commands.add_parser(
         "consistency", help="FixMatch-family consistency training (from the baseline or from scratch), evaluate, compare")
     _add_run_arguments(consistency)
+    _add_engine_arguments(consistency)
     consistency.add_argument("--methods", nargs="+", metavar="NAME", help="fixmatch, freematch (default: consistency.method)")
     consistency.add_argument("--start-model", metavar="DIR",
                              help="a finished baseline artifact to start from instead of training one")
     consistency.set_defaults(handler=command_consistency)
     study = commands.add_parser("study", help="the seed study's experiments on all and filtered unlabeled data, and its report")
     _add_run_arguments(study)
+    _add_engine_arguments(study)
     study.add_argument("--seeds", type=int, nargs="+", metavar="N", help="training seeds (default: baseline.seed)")
     study.add_argument("--experiments", nargs="+", metavar="NAME", help=f"of {', '.join(EXPERIMENTS)} (default: all)")
     study.add_argument("--unlabeled", nargs="+", metavar="SET", help="all, filtered (default: both)")

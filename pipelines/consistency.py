@@ -8,17 +8,17 @@ input); otherwise it trains a fresh network. The comparison table lands in the p
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
 from pipelines.config import PipelineConfig, consistency_grid, load_pipeline_config
-from pipelines.flow import baseline_steps, configuration_run, log_comparison, pipeline_run, train_minutes
+from pipelines.engine import SEQUENTIAL
+from pipelines.flow import Configuration, baseline_steps, configuration_steps, finish_all, log_comparison, pipeline_run
 from stages.lib.catalog import read_metrics
 
 
-@flow(name="ssl-consistency")
+@flow(name="ssl-consistency", task_runner=SEQUENTIAL)
 def consistency_pipeline(config: PipelineConfig = load_pipeline_config(), methods: list[str] | None = None,
                          launcher: str = "in-process", data: str | None = None,
                          start_model: str | None = None) -> dict[str, Any]:
@@ -31,14 +31,15 @@ def consistency_pipeline(config: PipelineConfig = load_pipeline_config(), method
     rows = []
     with pipeline_run(config, launcher) as (steps, metrics):
         split, model = baseline_steps(steps, config, data, start_model)
-        baseline_test = read_metrics(steps.run("evaluate", config.evaluate, {"split": split, "model": model}))["test_accuracy"]
+        baseline_evaluation = steps.submit("evaluate", config.evaluate, {"split": split, "model": model})
+        configurations = []
         for method in grid:
-            inputs: dict[str, Path] = {"split": split, **({"model": model} if method.warm_start else {})}
-            with configuration_run(steps, method.method, {"preset": config.preset, "consistency": method.model_dump()}) as (
-                    nested, run_metrics):
-                trained = nested.run("consistency", method, inputs)
-                evaluation = nested.run("evaluate", config.evaluate, {"split": split, "model": trained})
-                run_metrics.update({**read_metrics(trained), **read_metrics(evaluation), "train_minutes": train_minutes(trained)})
+            nested = configuration_steps(steps, method.method, {"preset": config.preset, "consistency": method.model_dump()})
+            trained = nested.submit("consistency", method, {"split": split, **({"model": model} if method.warm_start else {})})
+            configurations.append(Configuration(nested, trained, nested.submit("evaluate", config.evaluate,
+                                                                               {"split": split, "model": trained})))
+        baseline_test = read_metrics(baseline_evaluation.artifact())["test_accuracy"]
+        for method, (_, _, run_metrics) in zip(grid, finish_all(configurations), strict=True):
             rows.append({"method": method.method, "warm_start": method.warm_start, "steps": run_metrics["steps"],
                          "images_per_second": run_metrics["images_per_second"],
                          "val_accuracy": run_metrics["best_val_accuracy"], "test_accuracy": run_metrics["test_accuracy"],

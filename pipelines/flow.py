@@ -4,7 +4,10 @@ Each stage is one cached Prefect task: its cache key is a hash of the stage name
 the digests of its input artifacts and the stage code version, and its output lands in the
 artifact store under that key. Rerunning an unchanged pipeline therefore skips every stage;
 changing one stage's config reruns it and, through the new output digest, everything after it.
-Tracking is a separate task per stage with retries, since it is the step that talks to a server.
+Flows submit stages to the flow's task runner (``pipelines.engine``), a stage's future standing for
+its artifact as the next stage's input, so independent configurations can run side by side.
+Tracking is a separate task per stage with retries, since it is the step that talks to a server;
+it runs in the flow's process once the stage is done, in submission order.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import sqlalchemy.exc
 from prefect import task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 from pydantic import BaseModel
 
 from pipelines import settings, tracking
@@ -30,6 +35,7 @@ from pipelines.config import PipelineConfig, preset_differences
 from pipelines.launchers import LAUNCHERS, ResourcesConfig
 from stages.lib import sources
 from stages.lib.artifacts import MANIFEST, code_version, file_digest, file_lock, read_manifest, sha256_json, verify
+from stages.lib.catalog import read_metrics
 
 log = logging.getLogger(__name__)
 # Stage progress (epochs, container logs) is INFO: with PREFECT_LOGGING_EXTRA_LOGGERS=stages,pipelines
@@ -55,12 +61,18 @@ def stage_key(stage: str, config: BaseModel, inputs: dict[str, Path]) -> str:
     })
 
 
+def artifact_path(store: Path, stage: str, key: str) -> Path:
+    return Path(store) / stage / key[:16]
+
+
 class StageCachePolicy(CachePolicy):
-    """Prefect cache key = ``stage_key`` of the task's stage, config and input artifacts."""
+    """Prefect cache key = ``stage_key`` of the task's stage, config and input artifacts, while the
+    artifact is in the store: a deleted artifact is made again, not taken from a cache that outlived it."""
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any],
-                    **kwargs: Any) -> str:
-        return stage_key(inputs["stage"], inputs["config"], inputs["inputs"])
+                    **kwargs: Any) -> str | None:
+        key = stage_key(inputs["stage"], inputs["config"], inputs["inputs"])
+        return key if artifact_path(inputs["store"], inputs["stage"], key).exists() else None
 
 
 def is_transient(task, task_run, state) -> bool:
@@ -76,17 +88,24 @@ def locate_data(config: PipelineConfig, path: str | None) -> Path:
     return sources.locate(config.split.data.source, path)
 
 
+REUSED = "reused"  # the message of a stage task that found its artifact made before it started
+
+
 @task(cache_policy=StageCachePolicy(), persist_result=True, task_run_name="{stage}")
-def run_stage(stage: str, config: BaseModel, inputs: dict[str, Path], launcher: str,
-              resources: ResourcesConfig) -> Path:
-    output = settings.artifact_root() / stage / stage_key(stage, config, inputs)[:16]
-    # a concurrent flow making the same artifact: wait for it, then use what it made. Not the stage's
-    # own lock (Stage.execute): a stage in a container takes that one while this process waits.
+def run_stage(stage: str, config: BaseModel, inputs: dict[str, Path], launcher: str, resources: ResourcesConfig,
+              store: Path) -> State:
+    """Make the stage's artifact in ``store``, unless it is there; Completed with its path, and the
+    message ``reused`` when it was there before this task started."""
+    output = artifact_path(store, stage, stage_key(stage, config, inputs))
+    made_earlier = output.exists()
+    # a concurrent flow making the same artifact: wait for it, then use what it made, tracked in full
+    # as this flow's too. Not the stage's own lock (Stage.execute): a stage in a container takes that
+    # one while this process waits.
     with file_lock(output.with_name(f".{output.name}.launch.lock")):
         if not output.exists():
             LAUNCHERS[launcher]().launch(stage, config, inputs, output, resources)
     verify(output)
-    return output
+    return Completed(data=output, message=REUSED if made_earlier else "built")
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient, task_run_name="track-{stage}")
@@ -131,26 +150,31 @@ class Steps:
     resources: ResourcesConfig
     experiment_id: str
     parent_run_id: str  # MLflow run the stage runs nest under
+    store: Path  # the artifact store's root, as every worker reaches it
     tags: dict[str, str] = field(default_factory=dict)  # on every stage run
     label: str = ""  # the configuration, appended to stage run names: "self_train threshold=0.85 ..."
+    submitted: list[StageRun] = field(default_factory=list)  # in submission order, tracked by settle()
 
     def nested_under(self, run_id: str, label: str = "") -> Steps:
-        return replace(self, parent_run_id=run_id, label=label)
+        return replace(self, parent_run_id=run_id, label=label, submitted=[])
 
-    def run(self, stage: str, config: BaseModel, inputs: dict[str, Path]) -> Path:
-        """Run (or reuse) one stage, then track it under the parent run."""
-        log.info("stage %s: starting (%s)", stage, self.launcher)
-        cached_task = run_stage.with_options(result_storage=settings.prefect_results())
-        state = cached_task(stage, config, inputs, self.launcher, self.resources, return_state=True)
-        artifact = state.result()
-        cached = state.name == "Cached"
-        if cached and not artifact.exists():  # the cache outlived its artifact: make it again
-            state = cached_task.with_options(refresh_cache=True)(stage, config, inputs, self.launcher, self.resources,
-                                                                 return_state=True)
-            artifact, cached = state.result(), False
-        log.info("stage %s: %s %s", stage, "reused from cache" if cached else "built", artifact)
-        self.track(stage, artifact, cached, str(state.state_details.task_run_id))
-        return artifact
+    def submit(self, stage: str, config: BaseModel, inputs: dict[str, Path | StageRun]) -> StageRun:
+        """Hand one stage to the task runner; it starts once the stages it takes as inputs are done."""
+        log.info("stage %s: submitted (%s)", stage, self.launcher)
+        upstream = {name: value.future if isinstance(value, StageRun) else value for name, value in inputs.items()}
+        future = run_stage.with_options(result_storage=settings.prefect_results()).submit(
+            stage, config, upstream, self.launcher, self.resources, self.store)
+        self.submitted.append(StageRun(self, stage, future))
+        return self.submitted[-1]
+
+    def run(self, stage: str, config: BaseModel, inputs: dict[str, Path | StageRun]) -> Path:
+        """Run (or reuse) one stage, track it under the parent run, and return its artifact."""
+        return self.submit(stage, config, inputs).artifact()
+
+    def settle(self) -> None:
+        """Wait for every stage submitted here and track each, in submission order."""
+        for submitted in self.submitted:
+            submitted.artifact()
 
     def reuse(self, stage: str, artifact: Path) -> Path:
         """Track an artifact made elsewhere (e.g. a model given on the command line) as a cached stage."""
@@ -169,6 +193,27 @@ class Steps:
                 f"({settings.tracking_uri()}) failed: {error}. Rerun the same command once the tracking store "
                 "works: finished stages come from the cache and are only logged"
             ) from error
+
+
+@dataclass
+class StageRun:
+    """One stage handed to the task runner. ``artifact()`` waits for it, tracks it once and returns its
+    artifact directory; as another stage's input, the runner waits for it instead."""
+
+    steps: Steps
+    stage: str
+    future: PrefectFuture
+    done: Path | None = None
+
+    def artifact(self) -> Path:
+        if self.done is None:
+            self.future.wait()
+            artifact, state = self.future.result(), self.future.state
+            cached = state.name == "Cached" or state.message == REUSED
+            log.info("stage %s: %s %s", self.stage, "reused" if cached else "built", artifact)
+            self.steps.track(self.stage, artifact, cached, str(self.future.task_run_id))
+            self.done = artifact
+        return self.done
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
@@ -208,18 +253,48 @@ def pipeline_run(config: PipelineConfig, launcher: str,
     tags = {**(tags or {}), tracking.TAG_PROCESS: tracking.this_process()}  # on every run: see fail_abandoned_runs
     experiment_id, parent_run_id = open_parent_run(config, tags)
     with finishing(parent_run_id) as metrics, tracking.system_metrics(parent_run_id):
-        yield Steps(launcher, config.resources, experiment_id, parent_run_id, tags), metrics
+        steps = Steps(launcher, config.resources, experiment_id, parent_run_id, settings.artifact_root(), tags)
+        yield steps, metrics
+        steps.settle()
 
 
-@contextlib.contextmanager
-def configuration_run(steps: Steps, name: str, params: dict[str, Any]) -> Iterator[tuple[Steps, dict[str, float]]]:
-    """An MLflow run nested in the flow's for one configuration of a comparison.
+@dataclass
+class Configuration:
+    """One configuration of a comparison, submitted: its MLflow run (nested in the flow's), the steps
+    that track its stages there, its trained model and the model's evaluation. ``finish`` waits for
+    them and closes the run with their metrics."""
 
-    Yields the steps that nest their stage runs under it and a dict to fill with its metrics.
-    """
-    run_id = open_configuration_run(steps, name, params)
-    with finishing(run_id) as metrics:
-        yield steps.nested_under(run_id, name), metrics
+    steps: Steps
+    model: StageRun
+    evaluation: StageRun
+
+    def finish(self) -> tuple[Path, Path, dict[str, float]]:
+        """(model, evaluation, the run's metrics): validation and test accuracy and the training minutes."""
+        with finishing(self.steps.parent_run_id) as metrics:
+            self.steps.settle()
+            model, evaluation = self.model.artifact(), self.evaluation.artifact()
+            metrics.update({**read_metrics(model), **read_metrics(evaluation), "train_minutes": train_minutes(model)})
+        return model, evaluation, metrics
+
+
+def finish_all(configurations: list[Configuration]) -> list[tuple[Path, Path, dict[str, float]]]:
+    """``finish`` each configuration, in order. They run independently, so one that fails does not stop
+    the others: all are waited for (and their runs closed), then the first error is raised."""
+    done, errors = [], []
+    for configuration in configurations:
+        try:
+            done.append(configuration.finish())
+        except Exception as error:
+            errors.append(error)
+    if errors:
+        raise errors[0]
+    return done
+
+
+def configuration_steps(steps: Steps, name: str, params: dict[str, Any]) -> Steps:
+    """Steps that track under a new MLflow run for one configuration of a comparison, nested in the flow's;
+    a ``Configuration`` made of their stages closes it."""
+    return steps.nested_under(open_configuration_run(steps, name, params), name)
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)

@@ -13,6 +13,7 @@ from prefect import flow, task
 
 from pipelines import settings, tracking
 from pipelines.config import PipelineConfig, load_pipeline_config
+from pipelines.engine import SEQUENTIAL
 from pipelines.flow import is_transient, pipeline_run
 from stages.lib.artifacts import copy_file
 from stages.lib.catalog import PREDICTIONS_FILE, read_metrics
@@ -35,7 +36,7 @@ def export(artifact: Path, output: Path, csv: bool) -> list[Path]:
     return list(copies)
 
 
-@flow(name="ssl-predict")
+@flow(name="ssl-predict", task_runner=SEQUENTIAL)
 def predict_pipeline(model: str, images: str, output: str, config: PipelineConfig = load_pipeline_config(),
                      launcher: str = "in-process") -> dict[str, Any]:
     """Predict the class of every image of ``images`` (a folder or a Parquet table) with ``model`` (a

@@ -14,7 +14,17 @@ from typing import Any
 from prefect import flow
 
 from pipelines.config import PipelineConfig, load_pipeline_config, pretraining_grid
-from pipelines.flow import Steps, baseline_steps, configuration_run, log_comparison, pipeline_run, train_minutes
+from pipelines.engine import SEQUENTIAL
+from pipelines.flow import (
+    Configuration,
+    StageRun,
+    Steps,
+    baseline_steps,
+    configuration_steps,
+    finish_all,
+    log_comparison,
+    pipeline_run,
+)
 from stages.fine_tune import EncoderFineTuneConfig
 from stages.lib.catalog import read_metrics
 from stages.pretrain import PretrainConfig
@@ -23,20 +33,17 @@ log = logging.getLogger(__name__)
 
 
 def pretrain_configuration(steps: Steps, pretrain: PretrainConfig, fine_tune: EncoderFineTuneConfig,
-                           pipeline: PipelineConfig, split: Path, label: str = "") -> tuple[Path, Path, dict[str, Any]]:
-    """pretrain -> fine_tune -> evaluate under one nested run; the fine_tune and evaluate artifacts and
-    the configuration's metrics, with the encoder's final probe accuracy."""
-    name = f"{label}{pretrain.objective} {fine_tune.mode}"
+                           pipeline: PipelineConfig, split: Path, label: str = "") -> tuple[Configuration, StageRun]:
+    """pretrain -> fine_tune -> evaluate under one nested run, submitted; with the pretrain stage, whose
+    metrics hold the encoder's final probe accuracy."""
     params = {"preset": pipeline.preset, "pretrain": pretrain.model_dump(), "fine_tune": fine_tune.model_dump()}
-    with configuration_run(steps, name, params) as (nested, metrics):
-        encoder = nested.run("pretrain", pretrain, {"split": split})
-        tuned = nested.run("fine_tune", fine_tune, {"split": split, "encoder": encoder})
-        evaluation = nested.run("evaluate", pipeline.evaluate, {"split": split, "model": tuned})
-        metrics.update({**read_metrics(tuned), **read_metrics(evaluation), "train_minutes": train_minutes(tuned)})
-    return tuned, evaluation, {**metrics, "probe_accuracy": read_metrics(encoder).get("final_probe_accuracy")}
+    nested = configuration_steps(steps, f"{label}{pretrain.objective} {fine_tune.mode}", params)
+    encoder = nested.submit("pretrain", pretrain, {"split": split})
+    tuned = nested.submit("fine_tune", fine_tune, {"split": split, "encoder": encoder})
+    return Configuration(nested, tuned, nested.submit("evaluate", pipeline.evaluate, {"split": split, "model": tuned})), encoder
 
 
-@flow(name="ssl-pretraining")
+@flow(name="ssl-pretraining", task_runner=SEQUENTIAL)
 def pretraining_pipeline(config: PipelineConfig = load_pipeline_config(), objectives: list[str] | None = None,
                          modes: list[str] | None = None, launcher: str = "in-process",
                          data: str | None = None) -> dict[str, Any]:
@@ -45,10 +52,13 @@ def pretraining_pipeline(config: PipelineConfig = load_pipeline_config(), object
     rows = []
     with pipeline_run(config, launcher) as (steps, metrics):
         split, model = baseline_steps(steps, config, data)
-        baseline_test = read_metrics(steps.run("evaluate", config.evaluate, {"split": split, "model": model}))["test_accuracy"]
-        for pretrain, fine_tune in grid:
-            _, _, result = pretrain_configuration(steps, pretrain, fine_tune, config, split)
-            rows.append({"objective": pretrain.objective, "mode": fine_tune.mode, "probe_accuracy": result["probe_accuracy"],
+        baseline_evaluation = steps.submit("evaluate", config.evaluate, {"split": split, "model": model})
+        configurations = [pretrain_configuration(steps, pretrain, fine_tune, config, split) for pretrain, fine_tune in grid]
+        baseline_test = read_metrics(baseline_evaluation.artifact())["test_accuracy"]
+        done = finish_all([configuration for configuration, _ in configurations])
+        for (pretrain, fine_tune), (_, encoder), (_, _, result) in zip(grid, configurations, done, strict=True):
+            rows.append({"objective": pretrain.objective, "mode": fine_tune.mode,
+                         "probe_accuracy": read_metrics(encoder.artifact()).get("final_probe_accuracy"),
                          "val_accuracy": result["best_val_accuracy"], "test_accuracy": result["test_accuracy"],
                          "vs_baseline_pts": round(100 * (result["test_accuracy"] - baseline_test), 2)})
         log_comparison(steps.parent_run_id, rows)

@@ -20,7 +20,17 @@ from prefect.runtime import flow_run
 
 from pipelines import settings, tracking
 from pipelines.config import PipelineConfig, load_pipeline_config, sweep_grid
-from pipelines.flow import Steps, baseline_steps, configuration_run, is_transient, pipeline_run, train_minutes
+from pipelines.engine import SEQUENTIAL
+from pipelines.flow import (
+    Configuration,
+    StageRun,
+    Steps,
+    baseline_steps,
+    configuration_steps,
+    finish_all,
+    is_transient,
+    pipeline_run,
+)
 from stages.lib.artifacts import staged_output
 from stages.lib.catalog import read_metrics
 from stages.lib.reports import write_self_training_report
@@ -36,19 +46,16 @@ def log_report(parent_run_id: str, report: Path) -> None:
 
 
 def self_train_configuration(steps: Steps, config: SelfTrainConfig, pipeline: PipelineConfig, split: Path,
-                             model: Path, label: str = "") -> tuple[Path, Path]:
-    """pseudo_label -> self_train -> evaluate under one nested run; (self_train, evaluate) artifacts."""
-    name = f"{label}threshold={config.selection.threshold} iterations={config.iterations}"
-    with configuration_run(steps, name, {"preset": pipeline.preset, "self_training": config.model_dump()}) as (
-            nested, metrics):
-        labels = nested.run("pseudo_label", config.selection, {"split": split, "model": model})
-        trained = nested.run("self_train", config, {"split": split, "model": model, "pseudo_labels": labels})
-        evaluation = nested.run("evaluate", pipeline.evaluate, {"split": split, "model": trained})
-        metrics.update({**read_metrics(trained), **read_metrics(evaluation), "train_minutes": train_minutes(trained)})
-    return trained, evaluation
+                             model: Path | StageRun, label: str = "") -> Configuration:
+    """pseudo_label -> self_train -> evaluate under one nested run, submitted."""
+    nested = configuration_steps(steps, f"{label}threshold={config.selection.threshold} iterations={config.iterations}",
+                                 {"preset": pipeline.preset, "self_training": config.model_dump()})
+    labels = nested.submit("pseudo_label", config.selection, {"split": split, "model": model})
+    trained = nested.submit("self_train", config, {"split": split, "model": model, "pseudo_labels": labels})
+    return Configuration(nested, trained, nested.submit("evaluate", pipeline.evaluate, {"split": split, "model": trained}))
 
 
-@flow(name="ssl-self-training")
+@flow(name="ssl-self-training", task_runner=SEQUENTIAL)
 def self_training_pipeline(config: PipelineConfig = load_pipeline_config(), thresholds: list[float] | None = None,
                            iterations: list[int] | None = None, launcher: str = "in-process",
                            data: str | None = None, start_model: str | None = None) -> dict[str, Any]:
@@ -62,10 +69,12 @@ def self_training_pipeline(config: PipelineConfig = load_pipeline_config(), thre
     report = settings.artifact_root() / "sweeps" / sweep
     with pipeline_run(config, launcher, {tracking.TAG_SWEEP: sweep}) as (steps, metrics):
         split, model = baseline_steps(steps, config, data, start_model)
-        baseline_evaluation = steps.run("evaluate", config.evaluate, {"split": split, "model": model})
-        done = [self_train_configuration(steps, point, config, split, model) for point in grid]
+        baseline_evaluation = steps.submit("evaluate", config.evaluate, {"split": split, "model": model})
+        configurations = [self_train_configuration(steps, point, config, split, model) for point in grid]
+        done = finish_all(configurations)
+        baseline_evaluation = baseline_evaluation.artifact()
         with staged_output(report) as tmp:
-            table = write_self_training_report(tmp, [st for st, _ in done], [ev for _, ev in done], baseline_evaluation)
+            table = write_self_training_report(tmp, [st for st, _, _ in done], [ev for _, ev, _ in done], baseline_evaluation)
         log_report(steps.parent_run_id, report)
         best = table.loc[table["val_accuracy"].idxmax()]  # chosen on validation, never on test
         metrics.update({"baseline_test_accuracy": read_metrics(baseline_evaluation)["test_accuracy"],

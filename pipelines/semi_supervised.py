@@ -19,6 +19,7 @@ from prefect import flow, task
 
 from pipelines import settings, tracking
 from pipelines.config import BudgetConfig, PipelineConfig, consistency_grid, load_pipeline_config
+from pipelines.engine import SEQUENTIAL
 from pipelines.flow import Steps, is_transient, locate_data, pipeline_run
 from stages.consistency import ConsistencyConfig
 from stages.evaluate import EvaluateConfig
@@ -74,7 +75,7 @@ def budgeted(config: TrainConfig, minutes: float | None) -> TrainConfig:
     return config if minutes is None else config.model_copy(update={"time_budget_minutes": minutes})
 
 
-@flow(name="ssl-semi-supervised")
+@flow(name="ssl-semi-supervised", task_runner=SEQUENTIAL)
 def semi_supervised_pipeline(config: PipelineConfig = load_pipeline_config(), launcher: str = "in-process",
                              data: str | None = None, started: float | None = None,
                              supervised_only: bool = False) -> dict[str, Any]:

@@ -19,8 +19,13 @@ def home() -> Path:
     return Path(os.environ.get(HOME_ENV, ".ssl-pipeline")).resolve()
 
 
+STORE_ENV = "SSL_PIPELINE_STORE"
+
+
 def artifact_root() -> Path:
-    return home() / "artifacts"
+    """The artifact store: ``$SSL_PIPELINE_STORE`` (a directory every worker of a cluster mounts at the
+    same path: NFS, a ReadWriteMany volume), else ``artifacts`` in the home."""
+    return Path(os.environ[STORE_ENV]).resolve() if os.environ.get(STORE_ENV) else home() / "artifacts"
 
 
 def prefect_results() -> Path:

@@ -22,7 +22,18 @@ from prefect.runtime import flow_run
 
 from pipelines import tracking
 from pipelines.config import PipelineConfig, load_pipeline_config, pretraining_grid, study_grid, sweep_grid, with_training_seed
-from pipelines.flow import Steps, configuration_run, locate_data, log_comparison, pipeline_run, train_minutes
+from pipelines.engine import SEQUENTIAL
+from pipelines.flow import (
+    Configuration,
+    StageRun,
+    Steps,
+    configuration_steps,
+    finish_all,
+    locate_data,
+    log_comparison,
+    pipeline_run,
+    train_minutes,
+)
 from pipelines.pretraining import pretrain_configuration
 from pipelines.self_training import self_train_configuration
 from stages.lib.catalog import read_metrics
@@ -33,31 +44,28 @@ def tagged(steps: Steps, seed: int, unlabeled: str, experiment: str) -> Steps:
                                 tracking.TAG_EXPERIMENT: experiment})
 
 
-def run_experiment(steps: Steps, config: PipelineConfig, experiment: str, split: Path, model: Path,
-                   label: str, thresholds: list[float] | None) -> list[tuple[float | None, Path, Path]]:
-    """(confidence threshold, trained model, its evaluation) of each configuration of one experiment on
-    one split, each under its configuration run: self-training has one per threshold (none given: the
+def run_experiment(steps: Steps, config: PipelineConfig, experiment: str, split: Path | StageRun, model: StageRun,
+                   label: str, thresholds: list[float] | None) -> list[tuple[float | None, Configuration]]:
+    """(confidence threshold, configuration) of each configuration of one experiment on one split, each
+    submitted under its configuration run: self-training has one per threshold (none given: the
     config's); the other experiments have one, without a threshold."""
     if experiment == "self_training":
-        return [(point.selection.threshold, *self_train_configuration(steps, point, config, split, model, label))
+        return [(point.selection.threshold, self_train_configuration(steps, point, config, split, model, label))
                 for point in sweep_grid(config.self_training, thresholds, None)]
     objective, mode = experiment.split("_", 1)
     [(pretrain, fine_tune)] = pretraining_grid(config, [objective], [mode])
-    tuned, evaluation, _ = pretrain_configuration(steps, pretrain, fine_tune, config, split, label)
-    return [(None, tuned, evaluation)]
+    return [(None, pretrain_configuration(steps, pretrain, fine_tune, config, split, label)[0])]
 
 
-def baseline_experiment(steps: Steps, config: PipelineConfig, split: Path) -> tuple[Path, Path]:
-    """The supervised baseline and its evaluation under a configuration run of their own."""
-    with configuration_run(steps, f"baseline seed={config.baseline.seed}", {"preset": config.preset,
-                                                                           "baseline": config.baseline.model_dump()}) as (nested, metrics):
-        model = nested.run("baseline", config.baseline, {"split": split})
-        evaluation = nested.run("evaluate", config.evaluate, {"split": split, "model": model})
-        metrics.update({**read_metrics(model), **read_metrics(evaluation), "train_minutes": train_minutes(model)})
-    return model, evaluation
+def baseline_experiment(steps: Steps, config: PipelineConfig, split: Path) -> Configuration:
+    """The supervised baseline and its evaluation under a configuration run of their own, submitted."""
+    nested = configuration_steps(steps, f"baseline seed={config.baseline.seed}",
+                                 {"preset": config.preset, "baseline": config.baseline.model_dump()})
+    model = nested.submit("baseline", config.baseline, {"split": split})
+    return Configuration(nested, model, nested.submit("evaluate", config.evaluate, {"split": split, "model": model}))
 
 
-@flow(name="ssl-study")
+@flow(name="ssl-study", task_runner=SEQUENTIAL)
 def study_pipeline(config: PipelineConfig = load_pipeline_config(), seeds: list[int] | None = None,
                    experiments: list[str] | None = None, unlabeled: list[str] | None = None,
                    thresholds: list[float] | None = None, launcher: str = "in-process",
@@ -68,23 +76,26 @@ def study_pipeline(config: PipelineConfig = load_pipeline_config(), seeds: list[
     seeds, experiments, unlabeled = study_grid(config, seeds, experiments, unlabeled)  # bad names fail before any work
     sweep_grid(config.self_training, thresholds, None)  # and bad thresholds
     study = f"{flow_run.name}-{str(flow_run.id)[:8]}"
-    rows = []
+    submitted = []  # (seed, unlabeled set, experiment, threshold, configuration), in the table's order
     with pipeline_run(config, launcher, {tracking.TAG_STUDY: study}) as (steps, metrics):
         split = steps.run("split", config.split, {"data": locate_data(config, data)})
         for seed in seeds:
             seeded = with_training_seed(config, seed)
-            model, evaluation = baseline_experiment(tagged(steps, seed, "none", "baseline"), seeded, split)
-            rows.append(study_row(seed, "none", "baseline", model, evaluation))
+            baseline = baseline_experiment(tagged(steps, seed, "none", "baseline"), seeded, split)
+            submitted.append((seed, "none", "baseline", None, baseline))
             splits = {"all": split}
             if "filtered" in unlabeled:
                 needs_model = seeded.outliers.scorer == "one_class_svm"
-                splits["filtered"] = steps.run("outliers", seeded.outliers, {"split": split, **({"model": model} if needs_model else {})})
+                splits["filtered"] = steps.submit("outliers", seeded.outliers,
+                                                  {"split": split, **({"model": baseline.model} if needs_model else {})})
             for variant in unlabeled:
                 for experiment in (e for e in experiments if e != "baseline"):
-                    done = run_experiment(tagged(steps, seed, variant, experiment), seeded, experiment, splits[variant],
-                                          model, f"{variant} seed={seed} ", thresholds)
-                    rows += [study_row(seed, variant, experiment, trained, evaluation, threshold)
-                             for threshold, trained, evaluation in done]
+                    submitted += [(seed, variant, experiment, threshold, configuration) for threshold, configuration in
+                                  run_experiment(tagged(steps, seed, variant, experiment), seeded, experiment,
+                                                 splits[variant], baseline.model, f"{variant} seed={seed} ", thresholds)]
+        done = finish_all([configuration for *_, configuration in submitted])
+        rows = [study_row(seed, variant, experiment, model, evaluation, threshold) for (seed, variant, experiment, threshold, _), (
+            model, evaluation, _) in zip(submitted, done, strict=True)]
         log_comparison(steps.parent_run_id, rows)
         metrics.update({f"{row['unlabeled']}_{row['experiment']}{threshold_suffix(row['threshold'])}_seed{row['seed']}"
                         "_test_accuracy": row["test_accuracy"] for row in rows})

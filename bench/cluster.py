@@ -1,0 +1,138 @@
+"""Wall time of a smoke-sized study on a Dask cluster of 1 and of 2 workers, each limited to one core.
+
+For each worker count: an empty home (artifact store, MLflow store, Prefect home), a `dask scheduler`
+and N `dask worker --nthreads 1` processes, each pinned to a core of its own (taskset) with
+TensorFlow's thread pools at one thread; then `ssl-pipeline study --cluster ADDRESS`, timed from its
+start to its exit. From the store's manifests: each stage's own seconds, and how long it waited
+between its last input's completion and its own start (for a free worker, and the task's launch).
+Writes bench/results/<--name>.{json,md}.
+
+    CIFAR100_ARCHIVE=... .venv/bin/python bench/cluster.py --seeds 0 1 2 3 [--workers 1 2] [--name cluster-smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from stages.lib.artifacts import read_manifest
+from stages.lib.machine import describe
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+ONE_CORE = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dask_cluster(workers: int, env: dict[str, str], logs: Path) -> Iterator[str]:
+    """A scheduler and ``workers`` single-threaded worker processes (no nanny to restart one that dies), worker i
+    pinned to core i; yields the address."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    processes = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
+                                   address.rsplit(":", 1)[1], "--no-dashboard"], env=env,
+                                  stdout=(logs / "scheduler.log").open("w"), stderr=subprocess.STDOUT)]
+    processes += [subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-m", "distributed.cli.dask_worker", address,
+                                    "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", f"worker-{core}"],
+                                   env={**env, **ONE_CORE}, stdout=(logs / f"worker-{core}.log").open("w"),
+                                   stderr=subprocess.STDOUT) for core in range(workers)]
+    try:
+        from distributed import Client
+
+        with Client(address, timeout=120) as client:
+            client.wait_for_workers(workers, timeout=120)
+        yield address
+    finally:
+        for process in reversed(processes):  # the workers first: one whose scheduler is gone waits for it
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def stage_times(store: Path) -> list[dict]:
+    """Per artifact in the store: its stage, its own seconds and its wait after its last input was made."""
+    rows = []
+    for manifest_file in sorted(store.glob("*/*/manifest.json")):
+        manifest = read_manifest(manifest_file.parent)
+        finished = [dt.datetime.fromisoformat(read_manifest(Path(parent["path"]))["finished_at"])
+                    for parent in manifest["parents"].values() if parent["stage"] != "source"]
+        started = dt.datetime.fromisoformat(manifest["started_at"])
+        rows.append({"stage": manifest["stage"], "seconds": manifest["seconds"],
+                     "wait_seconds": round((started - max(finished)).total_seconds(), 2) if finished else None})
+    return rows
+
+
+def run_study(workers: int, args: argparse.Namespace) -> dict:
+    home = Path(tempfile.mkdtemp(prefix="ssl-cluster-"))
+    env = {**os.environ, "SSL_PIPELINE_HOME": str(home), "PREFECT_HOME": str(home / "prefect")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [str(ROOT / ".venv/bin/ssl-pipeline"), "study", "--preset", args.preset, "--seeds", *map(str, args.seeds),
+               "--experiments", *args.experiments, "--unlabeled", "all", *args.extra]
+    with dask_cluster(workers, env, home) as address:
+        started = time.perf_counter()
+        with (home / "study.log").open("w") as log:
+            subprocess.run([*command, "--cluster", address], env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
+                           cwd=ROOT)
+        wall = time.perf_counter() - started
+    stages = stage_times(home / "artifacts")
+    waits = [row["wait_seconds"] for row in stages if row["wait_seconds"] is not None]
+    return {"workers": workers, "wall_seconds": round(wall, 1), "stage_seconds": round(sum(r["seconds"] for r in stages), 1),
+            "stages": len(stages), "mean_wait_seconds": round(statistics.mean(waits), 2), "max_wait_seconds": max(waits),
+            "per_stage": stages, "command": " ".join(command[1:]) + " --cluster ADDRESS"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--experiments", nargs="+", default=["baseline", "self_training"])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--preset", default="smoke")
+    parser.add_argument("--name", default="cluster-smoke")
+    parser.add_argument("extra", nargs="*", help="more arguments of ssl-pipeline study, after --")
+    args = parser.parse_args()
+    runs = []
+    for workers in args.workers:
+        runs.append(run_study(workers, args))
+        print(json.dumps({key: value for key, value in runs[-1].items() if key != "per_stage"}), flush=True)
+    machine = describe()
+    report = {"machine": machine, "runs": runs, "command": "python bench/cluster.py " + " ".join(sys.argv[1:])}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    first = runs[0]["wall_seconds"]
+    rows = [f"| {run['workers']} | {run['wall_seconds']:.1f} | {first / run['wall_seconds']:.2f}x | {run['stages']} | "
+            f"{run['stage_seconds']:.1f} | {run['mean_wait_seconds']:.2f} | {run['max_wait_seconds']:.2f} |" for run in runs]
+    configurations = len(args.seeds) * len(args.experiments)
+    (RESULTS / f"{args.name}.md").write_text("\n".join([
+        f"# A {args.preset} study of {configurations} configurations on 1 and 2 Dask workers "
+        f"({machine['processor']}, {machine['cpus']} CPUs)", "",
+        "Each worker is a `dask worker --nthreads 1` process pinned to one core, with TensorFlow's thread pools at one "
+        "thread. Wall seconds from `ssl-pipeline study --cluster` starting to its exit (the cluster already up). Stage "
+        "seconds are the sum of every stage's own time; a stage's wait runs from its last input's completion to its "
+        "own start.", "",
+        "| workers | wall s | speed-up | stages | stage s (sum) | mean wait s | max wait s |",
+        "|---|---|---|---|---|---|---|", *rows, "",
+        f"Command: `{report['command']}`; the study: `ssl-pipeline {runs[0]['command']}`", ""]))
+    print((RESULTS / f"{args.name}.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
