@@ -20,9 +20,8 @@ SEQUENTIAL = ThreadPoolTaskRunner(max_workers=1)
 
 
 def task_runner(cluster: str | None = None, workers: int | None = None) -> TaskRunner:
-    """The runner for ``--cluster ADDRESS`` or ``--workers N``; sequential when neither is given."""
-    if cluster and workers:
-        raise ValueError("--cluster and --workers both given: a running cluster has its own workers; give one of them")
+    """The runner for ``--cluster ADDRESS`` or ``--workers N`` (the command line takes one at most);
+    sequential when neither is given."""
     if not (cluster or workers):
         return SEQUENTIAL
     from prefect_dask import DaskTaskRunner

@@ -32,11 +32,9 @@ from pipelines.flow import (
     locate_data,
     log_comparison,
     pipeline_run,
-    train_minutes,
 )
 from pipelines.pretraining import pretrain_configuration
 from pipelines.self_training import self_train_configuration
-from stages.lib.catalog import read_metrics
 
 
 def tagged(steps: Steps, seed: int, unlabeled: str, experiment: str) -> Steps:
@@ -94,8 +92,8 @@ def study_pipeline(config: PipelineConfig = load_pipeline_config(), seeds: list[
                                   run_experiment(tagged(steps, seed, variant, experiment), seeded, experiment,
                                                  splits[variant], baseline.model, f"{variant} seed={seed} ", thresholds)]
         done = finish_all([configuration for *_, configuration in submitted])
-        rows = [study_row(seed, variant, experiment, model, evaluation, threshold) for (seed, variant, experiment, threshold, _), (
-            model, evaluation, _) in zip(submitted, done, strict=True)]
+        rows = [study_row(seed, variant, experiment, run_metrics, threshold) for (seed, variant, experiment, threshold, _), (
+            _, _, run_metrics) in zip(submitted, done, strict=True)]
         log_comparison(steps.parent_run_id, rows)
         metrics.update({f"{row['unlabeled']}_{row['experiment']}{threshold_suffix(row['threshold'])}_seed{row['seed']}"
                         "_test_accuracy": row["test_accuracy"] for row in rows})
@@ -106,9 +104,9 @@ def threshold_suffix(threshold: float | None) -> str:
     return "" if threshold is None else f"_t{threshold}"
 
 
-def study_row(seed: int, unlabeled: str, experiment: str, trained: Path, evaluation: Path,
+def study_row(seed: int, unlabeled: str, experiment: str, run_metrics: dict[str, float],
               threshold: float | None = None) -> dict[str, Any]:
+    """One row of the study's table, from the metrics its configuration run was closed with."""
     return {"experiment": experiment, "threshold": threshold, "unlabeled": unlabeled, "seed": seed,
-            "val_accuracy": read_metrics(trained)["best_val_accuracy"], "test_accuracy": read_metrics(evaluation)["test_accuracy"],
-            "train_minutes": train_minutes(trained)}
-
+            "val_accuracy": run_metrics["best_val_accuracy"], "test_accuracy": run_metrics["test_accuracy"],
+            "train_minutes": run_metrics["train_minutes"]}
