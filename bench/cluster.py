@@ -43,14 +43,14 @@ def free_port() -> int:
 @contextlib.contextmanager
 def dask_cluster(workers: int, env: dict[str, str], logs: Path) -> Iterator[str]:
     """A scheduler and ``workers`` single-threaded worker processes (no nanny to restart one that dies), worker i
-    pinned to core i; yields the address."""
+    pinned to core i with a home of its own as on a host of its own (``logs/worker-i``); yields the address."""
     address = f"tcp://127.0.0.1:{free_port()}"
     processes = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
                                    address.rsplit(":", 1)[1], "--no-dashboard"], env=env,
                                   stdout=(logs / "scheduler.log").open("w"), stderr=subprocess.STDOUT)]
     processes += [subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-m", "distributed.cli.dask_worker", address,
                                     "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", f"worker-{core}"],
-                                   env={**env, **ONE_CORE}, stdout=(logs / f"worker-{core}.log").open("w"),
+                                   env={**env, **ONE_CORE, "SSL_PIPELINE_HOME": str(logs / f"worker-{core}")}, stdout=(logs / f"worker-{core}.log").open("w"),
                                    stderr=subprocess.STDOUT) for core in range(workers)]
     try:
         from distributed import Client
@@ -68,12 +68,41 @@ def dask_cluster(workers: int, env: dict[str, str], logs: Path) -> Iterator[str]
                 process.wait()
 
 
+S3_BUCKET = "ssl-artifacts"
+
+
+@contextlib.contextmanager
+def s3_server(logs: Path) -> Iterator[dict[str, str]]:
+    """moto's S3 server on a free port with the bucket ``S3_BUCKET``; yields the AWS variables that point
+    clients (fsspec, boto3, MLflow) at it."""
+    port = free_port()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=(logs / "s3.log").open("w"),
+                              stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(f"the S3 server did not start: see {logs / 's3.log'}")
+            time.sleep(0.2)
+        import s3fs
+
+        s3fs.S3FileSystem(endpoint_url=env["AWS_ENDPOINT_URL"], key="testing", secret="testing").mkdir(S3_BUCKET)
+        yield env
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def stage_times(store: Path) -> list[dict]:
     """Per artifact in the store: its stage, its own seconds and its wait after its last input was made."""
     rows = []
     for manifest_file in sorted(store.glob("*/*/manifest.json")):
         manifest = read_manifest(manifest_file.parent)
-        finished = [dt.datetime.fromisoformat(read_manifest(Path(parent["path"]))["finished_at"])
+        finished = [dt.datetime.fromisoformat(read_manifest(store / parent["stage"] / Path(parent["path"]).name)["finished_at"])
                     for parent in manifest["parents"].values() if parent["stage"] != "source"]
         started = dt.datetime.fromisoformat(manifest["started_at"])
         rows.append({"stage": manifest["stage"], "seconds": manifest["seconds"],
@@ -87,15 +116,19 @@ def run_study(workers: int, args: argparse.Namespace) -> dict:
     env.pop("MLFLOW_TRACKING_URI", None)
     command = [str(ROOT / ".venv/bin/ssl-pipeline"), "study", "--preset", args.preset, "--seeds", *map(str, args.seeds),
                "--experiments", *args.experiments, "--unlabeled", "all", *args.extra]
-    with dask_cluster(workers, env, home) as address:
+    with contextlib.ExitStack() as stack:
+        if args.store == "s3":
+            env.update(stack.enter_context(s3_server(home)), SSL_PIPELINE_STORE=f"s3://{S3_BUCKET}/study")
+        address = stack.enter_context(dask_cluster(workers, env, home))
         started = time.perf_counter()
         with (home / "study.log").open("w") as log:
             subprocess.run([*command, "--cluster", address], env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
                            cwd=ROOT)
         wall = time.perf_counter() - started
-    stages = stage_times(home / "artifacts")
+    # in S3, the flow's own mirror holds every artifact: it fetched each to track it
+    stages = stage_times(home / "artifacts" if args.store == "directory" else next(home.glob("store-mirror/*")))
     waits = [row["wait_seconds"] for row in stages if row["wait_seconds"] is not None]
-    return {"workers": workers, "wall_seconds": round(wall, 1), "stage_seconds": round(sum(r["seconds"] for r in stages), 1),
+    return {"workers": workers, "store": args.store, "wall_seconds": round(wall, 1), "stage_seconds": round(sum(r["seconds"] for r in stages), 1),
             "stages": len(stages), "mean_wait_seconds": round(statistics.mean(waits), 2), "max_wait_seconds": max(waits),
             "per_stage": stages, "command": " ".join(command[1:]) + " --cluster ADDRESS"}
 
@@ -107,6 +140,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--preset", default="smoke")
     parser.add_argument("--name", default="cluster-smoke")
+    parser.add_argument("--store", choices=["directory", "s3"], default="directory",
+                        help="the artifact store: a directory in the home, or a bucket of a local S3 server (moto's)")
     parser.add_argument("extra", nargs="*", help="more arguments of ssl-pipeline study, after --")
     args = parser.parse_args()
     runs = []
@@ -122,7 +157,7 @@ def main() -> None:
             f"{run['stage_seconds']:.1f} | {run['mean_wait_seconds']:.2f} | {run['max_wait_seconds']:.2f} |" for run in runs]
     configurations = len(args.seeds) * len(args.experiments)
     (RESULTS / f"{args.name}.md").write_text("\n".join([
-        f"# A {args.preset} study of {configurations} configurations on 1 and 2 Dask workers "
+        f"# A {args.preset} study of {configurations} configurations on 1 and 2 Dask workers, store: {args.store} "
         f"({machine['processor']}, {machine['cpus']} CPUs)", "",
         "Each worker is a `dask worker --nthreads 1` process pinned to one core, with TensorFlow's thread pools at one "
         "thread. Wall seconds from `ssl-pipeline study --cluster` starting to its exit (the cluster already up). Stage "

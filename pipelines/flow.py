@@ -33,8 +33,9 @@ from pydantic import BaseModel
 from pipelines import settings, tracking
 from pipelines.config import PipelineConfig, preset_differences
 from pipelines.launchers import LAUNCHERS, ResourcesConfig
+from pipelines.store import Store, local_inputs, open_store, parent_artifact
 from stages.lib import sources
-from stages.lib.artifacts import MANIFEST, code_version, file_digest, file_lock, read_manifest, sha256_json, verify
+from stages.lib.artifacts import MANIFEST, code_version, file_digest, read_manifest, sha256_json, verify
 from stages.lib.catalog import read_metrics
 
 log = logging.getLogger(__name__)
@@ -61,18 +62,15 @@ def stage_key(stage: str, config: BaseModel, inputs: dict[str, Path]) -> str:
     })
 
 
-def artifact_path(store: Path, stage: str, key: str) -> Path:
-    return Path(store) / stage / key[:16]
-
-
 class StageCachePolicy(CachePolicy):
     """Prefect cache key = ``stage_key`` of the task's stage, config and input artifacts, while the
     artifact is in the store: a deleted artifact is made again, not taken from a cache that outlived it."""
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
-        key = stage_key(inputs["stage"], inputs["config"], inputs["inputs"])
-        return key if artifact_path(inputs["store"], inputs["stage"], key).exists() else None
+        store = inputs["store"]
+        key = stage_key(inputs["stage"], inputs["config"], local_inputs(store, inputs["inputs"]))
+        return key if store.has(inputs["stage"], key) else None
 
 
 def is_transient(task, task_run, state) -> bool:
@@ -93,19 +91,20 @@ REUSED = "reused"  # the message of a stage task that found its artifact made be
 
 @task(cache_policy=StageCachePolicy(), persist_result=True, task_run_name="{stage}")
 def run_stage(stage: str, config: BaseModel, inputs: dict[str, Path], launcher: str, resources: ResourcesConfig,
-              store: Path) -> State:
-    """Make the stage's artifact in ``store``, unless it is there; Completed with its path, and the
-    message ``reused`` when it was there before this task started."""
-    output = artifact_path(store, stage, stage_key(stage, config, inputs))
-    made_earlier = output.exists()
+              store: Store) -> State:
+    """Make the stage's artifact in ``store``, unless it is there; Completed with this machine's copy of
+    it, and the message ``reused`` when it was in the store before this task started."""
+    inputs = local_inputs(store, inputs)
+    key = stage_key(stage, config, inputs)
+    made_earlier = store.has(stage, key)
     # a concurrent flow making the same artifact: wait for it, then use what it made, tracked in full
-    # as this flow's too. Not the stage's own lock (Stage.execute): a stage in a container takes that
-    # one while this process waits.
-    with file_lock(output.with_name(f".{output.name}.launch.lock")):
-        if not output.exists():
+    # as this flow's too
+    with store.writing(stage, key) as output:
+        if output is not None:
             LAUNCHERS[launcher]().launch(stage, config, inputs, output, resources)
-    verify(output)
-    return Completed(data=output, message=REUSED if made_earlier else "built")
+    artifact = store.local(store.output(stage, key))
+    verify(artifact)
+    return Completed(data=artifact, message=REUSED if made_earlier else "built")
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient, task_run_name="track-{stage}")
@@ -150,7 +149,7 @@ class Steps:
     resources: ResourcesConfig
     experiment_id: str
     parent_run_id: str  # MLflow run the stage runs nest under
-    store: Path  # the artifact store's root, as every worker reaches it
+    store: Store  # the artifact store every worker reaches
     tags: dict[str, str] = field(default_factory=dict)  # on every stage run
     label: str = ""  # the configuration, appended to stage run names: "self_train threshold=0.85 ..."
     submitted: list[StageRun] = field(default_factory=list)  # in submission order, tracked by settle()
@@ -208,7 +207,7 @@ class StageRun:
     def artifact(self) -> Path:
         if self.done is None:
             self.future.wait()
-            artifact, state = self.future.result(), self.future.state
+            artifact, state = self.steps.store.local(self.future.result()), self.future.state
             cached = state.name == "Cached" or state.message == REUSED
             log.info("stage %s: %s %s", self.stage, "reused" if cached else "built", artifact)
             self.steps.track(self.stage, artifact, cached, str(self.future.task_run_id))
@@ -253,7 +252,7 @@ def pipeline_run(config: PipelineConfig, launcher: str,
     tags = {**(tags or {}), tracking.TAG_PROCESS: tracking.this_process()}  # on every run: see fail_abandoned_runs
     experiment_id, parent_run_id = open_parent_run(config, tags)
     with finishing(parent_run_id) as metrics, tracking.system_metrics(parent_run_id):
-        steps = Steps(launcher, config.resources, experiment_id, parent_run_id, settings.artifact_root(), tags)
+        steps = Steps(launcher, config.resources, experiment_id, parent_run_id, open_store(), tags)
         yield steps, metrics
         steps.settle()
 
@@ -315,7 +314,8 @@ def train_minutes(artifact: Path) -> float:
     """Minutes a configuration's own stages took to make ``artifact``: its stage and its parents but the
     shared ones (a self_train's pseudo_label, a fine_tune's pretrain)."""
     manifest = read_manifest(artifact)
-    own = [read_manifest(Path(p["path"]))["seconds"] for p in manifest["parents"].values() if p["stage"] not in SHARED_STAGES]
+    own = [read_manifest(parent_artifact(manifest, name))["seconds"]
+           for name, parent in manifest["parents"].items() if parent["stage"] not in SHARED_STAGES]
     return round((manifest["seconds"] + sum(own)) / 60, 2)
 
 

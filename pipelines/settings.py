@@ -6,6 +6,7 @@ MLflow store and its artifacts, and Prefect's task results (the cache).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -22,10 +23,30 @@ def home() -> Path:
 STORE_ENV = "SSL_PIPELINE_STORE"
 
 
+def store_url() -> str:
+    """The artifact store: ``$SSL_PIPELINE_STORE``, a directory every worker of a cluster mounts at the
+    same path (NFS, a ReadWriteMany volume) or an object store URL (``s3://bucket/prefix``), else
+    ``artifacts`` in the home."""
+    return os.environ.get(STORE_ENV) or str(home() / "artifacts")
+
+
+def is_object_url(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def store_mirror(url: str) -> Path:
+    """This machine's copies of the artifacts it used from the object store at ``url``."""
+    return home() / "store-mirror" / hashlib.sha256(url.encode()).hexdigest()[:12]
+
+
+def local_root(url: str) -> Path:
+    """Where this machine finds the artifacts of the store at ``url``: the store when it is a directory,
+    else its mirror."""
+    return store_mirror(url) if is_object_url(url) else Path(url.removeprefix("file://")).resolve()
+
+
 def artifact_root() -> Path:
-    """The artifact store: ``$SSL_PIPELINE_STORE`` (a directory every worker of a cluster mounts at the
-    same path: NFS, a ReadWriteMany volume), else ``artifacts`` in the home."""
-    return Path(os.environ[STORE_ENV]).resolve() if os.environ.get(STORE_ENV) else home() / "artifacts"
+    return local_root(store_url())
 
 
 def prefect_results() -> Path:

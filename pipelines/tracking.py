@@ -35,6 +35,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pipelines import settings
+from pipelines.store import parent_artifact
 from stages.lib.artifacts import file_lock, read_manifest
 from stages.lib.catalog import (
     HISTORY_FILE,
@@ -347,7 +348,7 @@ def _datasets_read(manifest: Mapping[str, Any]) -> list[tuple[MetaDataset, str]]
         parent_name, _, filename = reference.partition("/")
         if not filename.endswith(".parquet"):
             continue
-        dataset = _table_dataset(Path(manifest["parents"][parent_name]["path"]), filename)
+        dataset = _table_dataset(parent_artifact(manifest, parent_name), filename)
         datasets.append((dataset, dataset.name))
     for name in DATA_SOURCES:
         if source := manifest["parents"].get(name):
@@ -483,7 +484,7 @@ def log_keras_model(path: Path, registered_model_name: str) -> ModelInfo:
 
 def register_classifier(name: str, version: str, manifest: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
     """Tag a classifier's new registry version with what it was selected on, then move ``champion``."""
-    validation = read_manifest(Path(manifest["parents"]["split"]["path"]))["files"]["validation.parquet"]["sha256"]
+    validation = read_manifest(parent_artifact(manifest, "split"))["files"]["validation.parquet"]["sha256"]
     # the validation tag last: a version is a candidate only once it holds all the others
     tags = {TAG_STAGE: manifest["stage"], TAG_DIGEST: manifest["digest"],
             "val_accuracy": str(metrics["best_val_accuracy"]), TAG_VALIDATION: validation}

@@ -270,7 +270,7 @@ def exclusive_output(output: Path) -> Iterator[Path]:
         refuse_existing(output)
         for stale in output.parent.glob(f".{output.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        work = output.with_name(f".{output.name}.work")
+        work = work_directory(output)
         spent = work / SPENT_FILE
         earlier = json.loads(spent.read_text())["seconds"] if spent.is_file() else 0.0
         token = _work.set(StageWork(work, itertools.count(1), time.perf_counter(), earlier))
@@ -280,6 +280,10 @@ def exclusive_output(output: Path) -> Iterator[Path]:
             _work.reset(token)
         if output.exists():
             shutil.rmtree(work, ignore_errors=True)
+
+
+def work_directory(output: Path) -> Path:
+    return output.with_name(f".{output.name}.work")
 
 
 def checkpoint_directory() -> Path | None:
