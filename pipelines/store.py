@@ -122,14 +122,19 @@ class ObjectStore:
         it when the block ends without error."""
         name = key[:KEY_LENGTH]
         output = self.output(stage, key)
-        with self._lease(stage, name) as held:
-            if not held:
+        with self._lease(stage, name) as holder:
+            if holder is None:
                 yield None
                 return
             if not output.exists():
                 self._restore_checkpoints(stage, name, work_directory(output))
-            with self._uploading_checkpoints(stage, name, work_directory(output)):
+            with self._uploading_checkpoints(stage, name, work_directory(output), holder) as lost:
                 yield None if output.exists() else output
+            if lost.is_set():
+                shutil.rmtree(output, ignore_errors=True)
+                raise ArtifactError(f"{stage}/{name}: this writer stopped renewing its lease in {self.url} for over "
+                                    f"{LEASE_SECONDS:.0f} s and another took the stage over; its output is dropped. "
+                                    "Rerun the flow: it takes the other writer's artifact from the store")
             self._publish(stage, name, output)
 
     def _exists(self, address: str) -> bool:
@@ -165,14 +170,15 @@ class ObjectStore:
         log.info("artifact %s/%s: %d files uploaded to %s", stage, name, len(files) + 1, self.url)
 
     @contextlib.contextmanager
-    def _lease(self, stage: str, name: str) -> Iterator[bool]:
-        """Yields True holding the output's lease, or False once the output is in the store."""
+    def _lease(self, stage: str, name: str) -> Iterator[str | None]:
+        """Yields this writer's name in the output's lease once it holds it, or None once the output is in
+        the store."""
         lease, manifest = self.address(stage, f".{name}.lease"), self.address(stage, name, MANIFEST)
         holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex})
         seen, seen_since = None, time.monotonic()
         while True:
             if self._exists(manifest):
-                yield False
+                yield None
                 return
             try:
                 self.filesystem.pipe_file(lease, f"{holder}\n0".encode(), mode="create")
@@ -192,28 +198,35 @@ class ObjectStore:
                 continue
             time.sleep(1.0)
         try:
-            yield True
+            yield holder
         finally:
             with contextlib.suppress(FileNotFoundError):
-                self.filesystem.rm_file(lease)
+                if self.filesystem.cat_file(lease).split(b"\n")[0] == holder.encode():
+                    self.filesystem.rm_file(lease)
 
-    def _renew(self, stage: str, name: str, renewals: int) -> None:
+    def _renew(self, stage: str, name: str, holder: str, renewals: int) -> bool:
+        """Renew the lease; False when another writer holds it now."""
         lease = self.address(stage, f".{name}.lease")
-        holder = self.filesystem.cat_file(lease).split(b"\n")[0]
-        self.filesystem.pipe_file(lease, holder + f"\n{renewals}".encode())
+        if self.filesystem.cat_file(lease).split(b"\n")[0] != holder.encode():
+            return False
+        self.filesystem.pipe_file(lease, f"{holder}\n{renewals}".encode())
+        return True
 
     @contextlib.contextmanager
-    def _uploading_checkpoints(self, stage: str, name: str, work: Path) -> Iterator[None]:
+    def _uploading_checkpoints(self, stage: str, name: str, work: Path, holder: str) -> Iterator[threading.Event]:
         """Every ``RENEW_SECONDS`` while the block runs: renew the lease and upload the work directory's
-        newest checkpoints."""
-        stop = threading.Event()
+        newest checkpoints. Yields an event set once the lease was lost to another writer."""
+        stop, lost = threading.Event(), threading.Event()
 
         def loop() -> None:
             renewals, uploaded = 0, {}
             while not stop.wait(RENEW_SECONDS):
                 renewals += 1
                 try:
-                    self._renew(stage, name, renewals)
+                    if not self._renew(stage, name, holder, renewals):
+                        log.warning("artifact %s/%s: another writer took the lease over", stage, name)
+                        lost.set()
+                        return
                     self._upload_checkpoints(stage, name, work, uploaded)
                 except (OSError, ValueError) as error:  # a checkpoint replaced while read, a store that hiccupped
                     log.warning("artifact %s/%s: renewing the lease or uploading checkpoints failed (%s); retrying",
@@ -222,7 +235,7 @@ class ObjectStore:
         thread = threading.Thread(target=loop, name=f"lease-{stage}-{name}", daemon=True)
         thread.start()
         try:
-            yield
+            yield lost
         finally:
             stop.set()
             thread.join()

@@ -1,4 +1,5 @@
-"""The docker-compose stack for real: Postgres, the MLflow and Prefect servers and a docker worker.
+"""The docker-compose stack for real: Postgres, the MLflow and Prefect servers and a docker worker,
+with the "s3" profile's S3 server holding MLflow's artifacts and the pipeline's artifact store.
 
 One stack serves the module: a smoke pipeline run from this machine against it, a deployment
 whose cron schedule fires by itself and runs in a stage container that the worker starts, and
@@ -48,13 +49,29 @@ class Stack:
     def client_env(self, home: Path) -> dict[str, str]:
         """This machine's view of the stack, for the CLI."""
         return {**os.environ, "PREFECT_API_URL": self.prefect_api, "MLFLOW_TRACKING_URI": self.mlflow_uri,
-                "MLFLOW_EXPERIMENT_NAME": EXPERIMENT, "SSL_PIPELINE_HOME": str(home)}
+                "MLFLOW_EXPERIMENT_NAME": EXPERIMENT, "SSL_PIPELINE_HOME": str(home), **self.s3_env,
+                "SSL_PIPELINE_STORE": f"s3://{BUCKET}/store"}
+
+    @property
+    def s3_env(self) -> dict[str, str]:
+        return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.env['S3_PORT']}"}
+
+    def s3(self):
+        import s3fs
+
+        return s3fs.S3FileSystem(endpoint_url=self.s3_env["AWS_ENDPOINT_URL"], key="testing", secret="testing")
+
+
+BUCKET = "ssl-artifacts"
 
 
 def compose_env(**images: str) -> dict[str, str]:
-    return {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT, "POSTGRES_USER": "ssl",
+    return {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT, "COMPOSE_PROFILES": "s3", "POSTGRES_USER": "ssl",
             "POSTGRES_PASSWORD": secrets.token_hex(12), "MLFLOW_PORT": str(free_port()),
-            "PREFECT_PORT": str(free_port()), **images}
+            "PREFECT_PORT": str(free_port()), "S3_PORT": str(free_port()),
+            "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{BUCKET}/mlflow", "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_ENDPOINT_URL": "http://s3:5000", **images}
 
 
 COMPOSE = ["docker-compose", "--project-directory", str(ROOT), "--file", str(ROOT / "docker-compose.yml")]
@@ -89,10 +106,11 @@ def stack(docker_client, stage_image):
                       POSTGRES_IMAGE="ssl-pipeline/postgres:15")
     stack = Stack(COMPOSE, env, f"http://127.0.0.1:{env['MLFLOW_PORT']}",
                   f"http://127.0.0.1:{env['PREFECT_PORT']}/api")
-    services = ["postgres", "mlflow", "prefect-server", "prefect-worker"]
+    services = ["postgres", "s3", "mlflow", "prefect-server", "prefect-worker"]
     try:
         stack.run("up", "--detach", "--no-build", *services)
         wait_healthy(stack, services)
+        stack.s3().mkdir(BUCKET)
         yield stack
     finally:
         # flow-run containers the worker started sit on the stack's network: remove them first
@@ -121,8 +139,12 @@ def test_pipeline_run_lands_in_postgres_backed_mlflow(stack, direct_run):
                        "--no-align", "--command", f"SELECT status FROM runs WHERE run_uuid = '{direct_run}'")
     assert status.stdout.strip() == "FINISHED"
     evaluate = next(run for run in nested if run.data.tags["ssl.stage"] == "evaluate")
-    # artifacts went through the server to its store (--serve-artifacts)
+    # artifacts went through the server to its store (--serve-artifacts), in S3 beside the pipeline's artifacts
     assert {a.path for a in client.list_artifacts(evaluate.info.run_id)} >= {"manifest.json", "figures"}
+    s3 = stack.s3()
+    assert s3.glob(f"{BUCKET}/mlflow/**/{evaluate.info.run_id}/artifacts/manifest.json")
+    digests = {json.loads(s3.cat_file(path))["digest"] for path in s3.glob(f"{BUCKET}/store/*/*/manifest.json")}
+    assert {run.data.tags["ssl.artifact_digest"] for run in nested} == digests
     baseline = next(run for run in nested if run.data.tags["ssl.stage"] == "baseline")
     models = client.search_logged_models([parent.info.experiment_id],
                                          filter_string=f"source_run_id = '{baseline.info.run_id}'")
