@@ -116,13 +116,14 @@ def run_study(workers: int, args: argparse.Namespace) -> dict:
     env.pop("MLFLOW_TRACKING_URI", None)
     command = [str(ROOT / ".venv/bin/ssl-pipeline"), "study", "--preset", args.preset, "--seeds", *map(str, args.seeds),
                "--experiments", *args.experiments, "--unlabeled", "all", *args.extra]
+    niced = ["nice", "-n", str(args.flow_nice)] if args.flow_nice else []
     with contextlib.ExitStack() as stack:
         if args.store == "s3":
             env.update(stack.enter_context(s3_server(home)), SSL_PIPELINE_STORE=f"s3://{S3_BUCKET}/study")
         address = stack.enter_context(dask_cluster(workers, env, home))
         started = time.perf_counter()
         with (home / "study.log").open("w") as log:
-            subprocess.run([*command, "--cluster", address], env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
+            subprocess.run([*niced, *command, "--cluster", address], env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
                            cwd=ROOT)
         wall = time.perf_counter() - started
     # in S3, the flow's own mirror holds every artifact: it fetched each to track it
@@ -140,6 +141,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--preset", default="smoke")
     parser.add_argument("--name", default="cluster-smoke")
+    parser.add_argument("--flow-nice", type=int, default=0,
+                        help="niceness of the study's own process (and its Prefect server): on a machine whose every core "
+                             "has a worker, what a flow process on a machine of its own would not take from them")
     parser.add_argument("--store", choices=["directory", "s3"], default="directory",
                         help="the artifact store: a directory in the home, or a bucket of a local S3 server (moto's)")
     parser.add_argument("extra", nargs="*", help="more arguments of ssl-pipeline study, after --")
@@ -160,7 +164,7 @@ def main() -> None:
         f"# A {args.preset} study of {configurations} configurations on 1 and 2 Dask workers, store: {args.store} "
         f"({machine['processor']}, {machine['cpus']} CPUs)", "",
         "Each worker is a `dask worker --nthreads 1` process pinned to one core, with TensorFlow's thread pools at one "
-        "thread. Wall seconds from `ssl-pipeline study --cluster` starting to its exit (the cluster already up). Stage "
+        f"thread{f'; the study process runs at nice {args.flow_nice}' if args.flow_nice else ''}. Wall seconds from `ssl-pipeline study --cluster` starting to its exit (the cluster already up). Stage "
         "seconds are the sum of every stage's own time; a stage's wait runs from its last input's completion to its "
         "own start.", "",
         "| workers | wall s | speed-up | stages | stage s (sum) | mean wait s | max wait s |",
