@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated home for every store, the real CIFAR-100 archive, smoke artifacts."""
 
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -102,6 +103,19 @@ def docker_client():
             pytest.fail(message)
         pytest.skip(message)
     return client
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A local S3 server (moto's, as ``bench/cluster.py`` starts it) with one bucket, whose URL it yields;
+    the AWS variables that reach it are set for the module's processes."""
+    spec = importlib.util.spec_from_file_location("cluster_bench", ROOT / "bench" / "cluster.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with bench.s3_server(tmp_path_factory.mktemp("s3")) as env, pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        yield f"s3://{bench.S3_BUCKET}"
 
 
 @pytest.fixture(scope="session")

@@ -38,15 +38,6 @@ SEEDS, EXPERIMENTS = [0, 1], ["baseline", "self_training"]
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """A local S3 server with a bucket; the AWS variables that reach it are set for this module's processes."""
-    with bench.s3_server(tmp_path_factory.mktemp("s3")) as env, pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        yield f"s3://{bench.S3_BUCKET}"
-
-
-@pytest.fixture(scope="module")
 def cluster(fresh_home, s3, tmp_path_factory):
     """``dask scheduler`` and two ``dask worker --nthreads 1`` processes."""
     with bench.dask_cluster(2, dict(os.environ), tmp_path_factory.mktemp("cluster-logs")) as address:

@@ -2,7 +2,6 @@
 manifest, a lapsed lease taken over, a lost lease dropping its output, fetches checked."""
 
 import datetime as dt
-import importlib.util
 import threading
 import time
 from pathlib import Path
@@ -14,25 +13,13 @@ from pipelines import store as stores
 from pipelines.store import ObjectStore, artifact_address
 from stages.lib.artifacts import ArtifactError, write_manifest
 
-spec = importlib.util.spec_from_file_location("cluster_bench", Path(__file__).parents[1] / "bench" / "cluster.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
-
 KEY = "0123456789abcdef" * 4
 
 
-@pytest.fixture(scope="module")
-def bucket(tmp_path_factory):
-    with bench.s3_server(tmp_path_factory.mktemp("s3")) as env, pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        yield f"s3://{bench.S3_BUCKET}"
-
-
 @pytest.fixture
-def store(bucket, tmp_path, monkeypatch) -> ObjectStore:
+def store(s3, tmp_path, monkeypatch) -> ObjectStore:
     monkeypatch.setenv("SSL_PIPELINE_HOME", str(tmp_path / "writer"))
-    return ObjectStore(f"{bucket}/{tmp_path.name}")
+    return ObjectStore(f"{s3}/{tmp_path.name}")
 
 
 def make(output: Path, text: str = "weights") -> None:
