@@ -112,9 +112,12 @@ def s3(tmp_path_factory):
     spec = importlib.util.spec_from_file_location("cluster_bench", ROOT / "bench" / "cluster.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    from s3fs import S3FileSystem
+
     with bench.s3_server(tmp_path_factory.mktemp("s3")) as env, pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
+        S3FileSystem.clear_instance_cache()  # fsspec keeps instances by their arguments: the last server's endpoint
         yield f"s3://{bench.S3_BUCKET}"
 
 
