@@ -27,6 +27,7 @@ from stages.consistency import ConsistencyConfig
 from stages.evaluate import EvaluateConfig
 from stages.fine_tune import EncoderFineTuneConfig
 from stages.lib.config import ConfigError, StrictModel, deep_merge, flat_fields
+from stages.lib.errors import InvalidSetting
 from stages.lib.seed_study import EXPERIMENTS, UNLABELED_SETS
 from stages.lib.training import TrainConfig
 from stages.outliers import OutlierConfig
@@ -94,7 +95,7 @@ def resolve_inheritance(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
     for target in targets:
         source = _node(data, target)[INHERIT]
         if source is not None and any(f"{source}.".startswith(f"{other}.") for other in targets):
-            raise ValueError(f"{target}.{INHERIT}: {source} inherits too: name a section that holds its own values")
+            raise InvalidSetting(f"{target}.{INHERIT}: {source} inherits too: name a section that holds its own values")
     without_targets = copy.deepcopy(data)
     for target in targets:
         parent, _, leaf = target.rpartition(".")
@@ -107,7 +108,7 @@ def resolve_inheritance(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
         if source is None:
             continue
         if _node(resolved, source) is None:
-            raise ValueError(f"{target}.{INHERIT}: {source!r} is not a section of the configuration; name one such "
+            raise InvalidSetting(f"{target}.{INHERIT}: {source!r} is not a section of the configuration; name one such "
                              "as baseline or baseline.architecture")
         taken[target] = (source, sorted(flat_fields(node)))
         merged = deep_merge(_node(resolved, source), node)
@@ -147,7 +148,7 @@ def parse_assignment(text: str) -> dict[str, Any]:
     """``"baseline.seed=1"`` -> ``{"baseline": {"seed": 1}}`` (the value is parsed as YAML)."""
     path, sep, value = text.partition("=")
     if not sep or not path:
-        raise ValueError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. baseline.seed=1")
+        raise InvalidSetting(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. baseline.seed=1")
     nested: dict[str, Any] = {}
     node = nested
     *parents, leaf = path.split(".")
@@ -219,7 +220,7 @@ def study_grid(config: PipelineConfig, seeds: list[int] | None, experiments: lis
     for given, known, what in ((experiments, EXPERIMENTS, "experiment"), (unlabeled, UNLABELED_SETS, "unlabeled set")):
         unknown = [name for name in given if name not in known]
         if unknown:
-            raise ValueError(f"unknown {what} {', '.join(map(repr, unknown))} in the study grid; choose from {', '.join(known)}")
+            raise InvalidSetting(f"unknown {what} {', '.join(map(repr, unknown))} in the study grid; choose from {', '.join(known)}")
     return seeds or [config.baseline.seed], experiments, unlabeled
 
 

@@ -29,6 +29,7 @@ from typing import Protocol
 from pydantic import BaseModel, Field
 
 from stages.lib.config import StrictModel
+from stages.lib.errors import UserError
 from stages.lib.registry import Registry
 from stages.lib.stage import get_stage
 
@@ -45,7 +46,14 @@ class ResourcesConfig(StrictModel):
 
 
 class StageFailed(RuntimeError):
-    pass
+    """A stage's process or container ended with an error: a bug or a crash, its last lines say which."""
+
+
+class StageRefused(UserError, StageFailed):
+    """A stage refused its input or config (exit code 2); the message is the stage's own."""
+
+
+REFUSED = 2  # the exit code of a stage that refused its input or config (stages.lib.stage.main)
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,7 @@ class DockerLauncher:
                resources: ResourcesConfig) -> Launched:
         for name, path in inputs.items():  # the engine would mount a missing path as a new empty folder
             if not Path(path).exists():
-                raise StageFailed(f"stage {stage}: input {name} = {path} does not exist")
+                raise StageRefused(f"stage {stage}: input {name} = {path} does not exist")
         output.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"{stage}-config-") as scratch:
             config_file = write_config(config, Path(scratch))
@@ -136,7 +144,7 @@ def run_container(stage: str, command: list[str], mounts: list, resources: Resou
             image, command, mounts=mounts, user=f"{os.getuid()}:{os.getgid()}",
             labels={"ssl-pipeline.stage": stage}, **container_limits(resources))
     except docker.errors.ImageNotFound:
-        raise StageFailed(f"stage image {image} not found: build it (README, Containers) or set "
+        raise StageRefused(f"stage image {image} not found: build it (README, Containers) or set "
                           "SSL_PIPELINE_STAGE_IMAGE") from None
     try:
         container.start()
@@ -144,7 +152,7 @@ def run_container(stage: str, command: list[str], mounts: list, resources: Resou
         return container.wait()["StatusCode"], tail
     except docker.errors.APIError as error:
         if resources.gpus and "device driver" in str(error):
-            raise StageFailed(
+            raise StageRefused(
                 f"stage {stage} asks for {resources.gpus} GPU(s) (resources.gpus) but the Docker engine has "
                 f"no GPU runtime ({error.explanation}): install the NVIDIA Container Toolkit, or set "
                 "resources.gpus=0"
@@ -201,22 +209,29 @@ TAIL_LINES = 40  # lines of a failed stage's output quoted in the error
 
 
 def relay(stage: str, chunks: Iterable[str]) -> list[str]:
-    """Log a stage's output line by line (reaching the Prefect task log); return the last lines."""
+    """Log a stage's output line by line (reaching the Prefect task log); return the last lines. A refusal
+    (``error: ...``) is not logged: ``finished`` raises it, and the command shows it once."""
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    pending = ""
+    pending, refusal = "", False
     for chunk in chunks:
         *lines, pending = (pending + chunk).split("\n")
         for line in lines:
+            refusal = refusal or line.startswith("error: ")
             tail.append(line.rstrip())
-            log.info("[%s] %s", stage, line.rstrip())
+            if not refusal:
+                log.info("[%s] %s", stage, line.rstrip())
     if pending:
         tail.append(pending)
-        log.info("[%s] %s", stage, pending)
+        if not refusal:
+            log.info("[%s] %s", stage, pending)
     return list(tail)
 
 
 def finished(stage: str, exit_code: int, tail: list[str], wall_seconds: float) -> Launched:
     """Fail with the log tail on a non-zero exit; else the times, the stage's own from its last line."""
+    errors = [i for i, line in enumerate(tail) if line.startswith("error: ")]
+    if exit_code == REFUSED and errors:
+        raise StageRefused(f"stage {stage}: " + "\n".join(tail[errors[-1]:]).removeprefix("error: "))
     if exit_code:
         raise StageFailed(f"stage {stage} exited with code {exit_code}; last lines:\n" + "\n".join(tail))
     launched = Launched(wall_seconds, json.loads(tail[-1])["seconds"])

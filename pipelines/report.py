@@ -24,6 +24,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from pipelines import settings, tracking
+from stages.lib.errors import InvalidSetting
 from stages.lib.machine import cpus, processor_name
 from stages.lib.seed_study import EXPERIMENTS, SEED_FILTERED, SEED_ITERATIONS, SEED_OUTLIERS, SEED_RESULTS, SEED_SELF_TRAINING
 
@@ -57,10 +58,10 @@ FIGURES = (
 def study_runs(client: MlflowClient, study: str) -> list:
     experiment = client.get_experiment_by_name(settings.experiment_name())
     if experiment is None:
-        raise ValueError(f"no MLflow experiment {settings.experiment_name()!r} at {settings.tracking_uri()}")
+        raise InvalidSetting(f"no MLflow experiment {settings.experiment_name()!r} at {settings.tracking_uri()}")
     runs = client.search_runs([experiment.experiment_id], f"tags.`{tracking.TAG_STUDY}` = '{study}'", max_results=5000)
     if not runs:
-        raise ValueError(f"no runs tagged {tracking.TAG_STUDY} = {study!r} at {settings.tracking_uri()}: "
+        raise InvalidSetting(f"no runs tagged {tracking.TAG_STUDY} = {study!r} at {settings.tracking_uri()}: "
                          "give the study name that `ssl-pipeline study` printed")
     return runs
 
@@ -259,7 +260,7 @@ def write_report(study: str, output: Path | None = None) -> Path:
     runs = study_runs(client, study)
     table = configuration_table(runs)
     if table.empty:
-        raise ValueError(f"study {study!r} has no finished configuration run yet")
+        raise InvalidSetting(f"study {study!r} has no finished configuration run yet")
     summary = summary_table(table)
     parent = next(run for run in runs if "mlflow.parentRunId" not in run.data.tags)
     preset = parent.data.tags.get(tracking.TAG_PRESET, "?")

@@ -24,6 +24,7 @@ from pipelines.flow import Steps, is_transient, locate_data, pipeline_run
 from stages.consistency import ConsistencyConfig
 from stages.evaluate import EvaluateConfig
 from stages.lib.catalog import read_metrics, split_counts
+from stages.lib.errors import InvalidSetting
 from stages.lib.models import resolve_precision
 from stages.lib.training import TrainConfig
 
@@ -56,7 +57,7 @@ class Plan:
 
     def _positive(self, minutes: float, what: str) -> float:
         if minutes <= 0:
-            raise ValueError(f"the budget of {self.budget.minutes:g} minutes leaves no time for {what}: "
+            raise InvalidSetting(f"the budget of {self.budget.minutes:g} minutes leaves no time for {what}: "
                              "give --minutes more time")
         return round(minutes, 2)
 

@@ -34,6 +34,7 @@ from stages.lib import catalog, losses
 from stages.lib.artifacts import ArtifactError
 from stages.lib.catalog import DataError, DatasetInfo, ImageTable
 from stages.lib.config import StrictModel
+from stages.lib.errors import InvalidSetting
 from stages.lib.models import INFERENCE_BATCH, StrongAugmentConfig, build_strong_augmentation
 from stages.lib.ssl_methods import METHODS, FixMatchConfig, FreeMatchConfig, MethodName
 from stages.lib.stage import Stage, main
@@ -241,11 +242,11 @@ def warm_start_model(config: ConsistencyConfig, data: DatasetInfo, inputs: Mappi
     """The input classifier to start from when ``warm_start`` asks for one."""
     if not config.warm_start:
         if "model" in inputs:
-            raise ValueError("consistency got a model input but warm_start is false: set consistency.warm_start=true "
+            raise InvalidSetting("consistency got a model input but warm_start is false: set consistency.warm_start=true "
                              "to start from it, or drop the input")
         return None
     if "model" not in inputs:
-        raise ValueError("consistency.warm_start is true but no model input was given: pass --input model=DIR "
+        raise InvalidSetting("consistency.warm_start is true but no model input was given: pass --input model=DIR "
                          "(a baseline artifact), or set consistency.warm_start=false")
     return catalog.load_classifier(inputs["model"], data)
 

@@ -30,6 +30,7 @@ from pydantic import Field
 from stages.lib import catalog, figures, losses
 from stages.lib.catalog import OUTLIER_SCORE_SCHEMA, OUTLIER_SCORES_FILE, TABLES
 from stages.lib.config import StrictModel
+from stages.lib.errors import InvalidSetting
 from stages.lib.models import INFERENCE_BATCH, ArchitectureConfig, build_encoder, build_scaling, encode_with, encoder_of
 from stages.lib.registry import Registry
 from stages.lib.stage import Stage, main
@@ -149,7 +150,7 @@ def one_class_nn(config: OutlierConfig, labeled: np.ndarray, images: np.ndarray,
     history = fit_epochs(model, batches, network.epochs, network.seed, extra=(RadiusUpdate(lambda: distances(labeled)),)).history
     radius_squared = float(ops.convert_to_numpy(model.radius_squared))
     if radius_squared <= 1e-10:
-        raise RuntimeError("the one-class network collapsed: every labeled image sits on the centre (R^2 = "
+        raise InvalidSetting("the one-class network collapsed: every labeled image sits on the centre (R^2 = "
                            f"{radius_squared:.2e}). Lower weight_decay, learning_rate or epochs")
     return radius_squared - distances(labeled), radius_squared - distances(images), history
 
@@ -163,7 +164,7 @@ def one_class_svm(config: OutlierConfig, labeled: np.ndarray, images: np.ndarray
     from sklearn.svm import OneClassSVM
 
     if "model" not in inputs:
-        raise ValueError("outliers.scorer one_class_svm scores frozen features of a trained classifier: pass "
+        raise InvalidSetting("outliers.scorer one_class_svm scores frozen features of a trained classifier: pass "
                          "--input model=DIR (a baseline artifact), or set outliers.scorer=one_class_nn")
     classifier = catalog.load_classifier(inputs["model"], catalog.read_dataset_info(inputs["split"]))
     encode = encode_with(encoder_of(classifier))
@@ -181,7 +182,7 @@ def run(config: OutlierConfig, inputs: Mapping[str, Path], output: Path) -> None
     train_scores, scores, history = SCORERS[config.scorer](config, labeled.images, unlabeled.images, inputs)
     kept = scores >= 0
     if not kept.any():
-        raise ValueError(f"outliers: no unlabeled image falls inside the boundary (highest score {scores.max():.3g}); "
+        raise InvalidSetting(f"outliers: no unlabeled image falls inside the boundary (highest score {scores.max():.3g}); "
                          f"lower outliers.nu (now {config.nu})")
     metrics = {"nu": config.nu, "train_outside_fraction": outside_fraction(train_scores),
                "kept_fraction": float(kept.mean()), "kept": int(kept.sum()), "dropped": int((~kept).sum())}

@@ -24,6 +24,7 @@ from conftest import CIFAR_SHAPED
 from pipelines.config import load_pipeline_config, parse_assignment
 from stages.lib import catalog
 from stages.lib.artifacts import MANIFEST, describe_files
+from stages.lib.errors import UserError
 from stages.lib.stage import get_stage, main
 
 CASES = {}  # id -> (builder, exception type, pattern naming the problem, pattern naming the fix)
@@ -318,7 +319,7 @@ def _(env):
     return split_with(env, env["archive"])
 
 
-@case("output below a file", OSError, r"cannot write in .*not-a-dir", r"choose an output directory")
+@case("output below a file", UserError, r"cannot write in .*not-a-dir", r"choose an output directory")
 def _(env):
     (env["tmp"] / "not-a-dir").write_text("a file")
     return lambda: get_stage("split").execute(env["smoke"].split, {"data": env["archive"]},

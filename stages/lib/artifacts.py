@@ -26,14 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import stages
+from stages.lib.errors import NO_ROOM, InvalidSetting, UserError
 
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20  # bytes read per hashing step
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(UserError, RuntimeError):
     """An artifact directory that is missing, incomplete or does not match its manifest."""
 
 
@@ -190,11 +192,46 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             f"{path} is missing: {directory} is not a finished artifact directory. "
             "Rerun the stage that writes it."
         )
+    content = path.read_bytes()
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ArtifactError(f"{path} is not valid JSON ({error}): delete {directory} and rerun the stage "
-                            "that writes it") from None
+        ManifestShape.model_validate_json(content)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        what = ("not valid JSON" if problem["type"] == "json_invalid"
+                else f"not a manifest: field {'.'.join(map(str, problem['loc'])) or '(top level)'}")
+        raise ArtifactError(f"{path} is {what} ({problem['msg']}): delete {directory} and rerun the stage that writes "
+                            "it") from None
+    return json.loads(content)
+
+
+class FileEntry(BaseModel):
+    """What a manifest records of one file (tables also have rows and schema)."""
+
+    model_config = ConfigDict(extra="allow")
+    sha256: str
+    bytes: int = Field(ge=0)
+    rows: int | None = Field(None, ge=0)
+    schema_: str | None = Field(None, alias="schema")
+
+
+class ParentEntry(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    digest: str
+    path: str
+    stage: str
+
+
+class ManifestShape(BaseModel):
+    """The fields readers of a manifest rely on, checked before any is read; the rest pass as they are."""
+
+    model_config = ConfigDict(extra="allow")
+    stage: str
+    digest: str
+    code_version: str
+    config: dict[str, Any]
+    parents: dict[str, ParentEntry]
+    files: dict[str, FileEntry]
+    seconds: float = Field(ge=0)
 
 
 def verify(directory: Path) -> dict[str, Any]:
@@ -226,16 +263,22 @@ def file_lock(path: Path) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a")
     except OSError as error:
-        raise OSError(f"cannot write in {path.parent} ({error.strerror}): choose an output directory "
-                      "that can be created and written to") from None
+        if error.errno in NO_ROOM:
+            raise
+        raise InvalidSetting(f"cannot write in {path.parent} ({error.strerror}): choose an output directory "
+                             "that can be created and written to") from None
     with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
 
+class OutputExists(UserError, FileExistsError):
+    """An output directory that is there already."""
+
+
 def refuse_existing(output: Path) -> None:
     if output.exists():
-        raise FileExistsError(
+        raise OutputExists(
             f"{output} already exists: artifacts are never overwritten. "
             "Choose another output directory or delete this one."
         )

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.lib.artifacts import ArtifactError, record_read
+from stages.lib.errors import UserError
 
 if TYPE_CHECKING:
     import keras
@@ -76,7 +77,7 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
 MAY_BE_EMPTY = ("unlabeled", "unlabeled_audit")  # a source may have no unlabeled images
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A table that does not match the schema the catalog promises."""
 
 

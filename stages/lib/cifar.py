@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 
 from stages.lib.artifacts import sha256_file
+from stages.lib.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ ARCHIVE_ENV = "CIFAR100_ARCHIVE"
 FILENAME = "cifar-100-python.tar.gz"
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(UserError, RuntimeError):
     """The CIFAR-100 archive is missing, truncated or not the official one."""
 
 

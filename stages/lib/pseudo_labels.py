@@ -15,6 +15,7 @@ from pydantic import Field
 
 from stages.lib.catalog import ImageTable
 from stages.lib.config import StrictModel
+from stages.lib.errors import UserError
 from stages.lib.models import INFERENCE_BATCH
 from stages.lib.ssl_methods import confident, hard_pseudo_labels
 
@@ -29,7 +30,7 @@ class PseudoLabelConfig(StrictModel):
     batch_size: int = Field(INFERENCE_BATCH, ge=1, description="inference batch size")
 
 
-class EmptySelection(ValueError):
+class EmptySelection(UserError, ValueError):
     """No prediction passed the selection: there is nothing to train on."""
 
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from stages.lib.artifacts import exclusive_output, file_digest, parent_entry, recording_reads, staged_output, write_manifest
 from stages.lib.config import ConfigError
+from stages.lib.errors import InvalidSetting, user_message
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class Stage:
         missing = set(self.inputs) - set(inputs)
         unknown = set(inputs) - set(self.inputs) - set(self.optional_inputs)
         if missing or unknown:
-            raise ValueError(
+            raise InvalidSetting(
                 f"stage {self.name} takes inputs {self.describe_inputs()}; "
                 f"missing: {sorted(missing) or 'none'}, unknown: {sorted(unknown) or 'none'}"
             )
@@ -113,9 +114,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ValueError(f"config file {path} is not valid YAML or JSON ({error}); correct its syntax") from None
+        raise InvalidSetting(f"config file {path} is not valid YAML or JSON ({error}); correct its syntax") from None
     if not isinstance(data, dict | None):
-        raise ValueError(f"config file {path} holds a {type(data).__name__}, not a mapping of fields; "
+        raise InvalidSetting(f"config file {path} holds a {type(data).__name__}, not a mapping of fields; "
                          "write it as `field: value` lines")
     return data or {}
 
@@ -132,8 +133,10 @@ def main(stage: Stage, argv: list[str] | None = None) -> int:
         config = stage.parse_config(read_config_file(args.config) if args.config else {}, str(args.config or "defaults"))
         started = time.perf_counter()
         manifest = stage.execute(config, dict(args.input), args.output)
-    except (ValueError, OSError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        if (message := user_message(error)) is None:
+            raise  # a bug: its traceback
+        print(f"error: {message}", file=sys.stderr)
         return 2
     # the last line: what was made, and the stage's own time (launchers subtract it for their overhead)
     print(json.dumps({"output": str(args.output), "digest": manifest["digest"],

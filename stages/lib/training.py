@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 from stages.lib.artifacts import checkpoint_directory, record_progress, replace_text
 from stages.lib.catalog import DatasetInfo, ImageTable
 from stages.lib.config import StrictModel
+from stages.lib.errors import UserError
 from stages.lib.models import (
     INFERENCE_BATCH,
     ArchitectureConfig,
@@ -168,7 +169,7 @@ def cosine_schedule(config: Schedule, steps_per_epoch: int) -> keras.optimizers.
     )
 
 
-class NonFiniteValue(RuntimeError):
+class NonFiniteValue(UserError, RuntimeError):
     """A loss or metric became NaN or infinite: training diverged."""
 
 
