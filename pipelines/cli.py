@@ -22,6 +22,7 @@ import yaml
 from pipelines.launchers import LAUNCHERS
 from pipelines.presets import DEFAULT_PRESET, PRESETS
 from stages.lib.artifacts import file_lock
+from stages.lib.errors import InvalidSetting, user_message
 from stages.lib.seed_study import EXPERIMENTS
 from stages.lib.stage import STAGE_NAMES, get_stage
 from stages.lib.stage import main as stage_main
@@ -57,7 +58,7 @@ def _data_argument(args: argparse.Namespace) -> tuple[str | None, str | None]:
         return infer_source(path), text
     if args.handler in (command_deploy, command_serve):
         return None, text
-    raise ValueError(f"--data {text}: neither a source ({', '.join(SOURCES)}) nor an existing path; give a folder "
+    raise InvalidSetting(f"--data {text}: neither a source ({', '.join(SOURCES)}) nor an existing path; give a folder "
                      "(ROOT/labeled/<class>/...), a Parquet table or the CIFAR-100 archive")
 
 
@@ -193,6 +194,7 @@ def _start_embedded_prefect_server() -> EmbeddedServer | None:
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value():
+        _check_prefect_server()
         return None
     server = EmbeddedServer()
     server.start()
@@ -281,8 +283,30 @@ def _require_prefect_server() -> None:
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        raise ValueError("deployments live on a Prefect server: set PREFECT_API_URL, e.g. "
-                         "http://127.0.0.1:4200/api for the docker-compose stack")
+        raise InvalidSetting("deployments live on a Prefect server: set PREFECT_API_URL, e.g. "
+                             "http://127.0.0.1:4200/api for the docker-compose stack")
+    _check_prefect_server()
+
+
+def _check_prefect_server() -> None:
+    """Fail in seconds, with the fix, when the Prefect server of PREFECT_API_URL does not answer or
+    refuses PREFECT_API_AUTH_STRING; Prefect's client would retry, then end in a traceback."""
+    import requests
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    api = PREFECT_API_URL.value().rstrip("/")
+    secret = PREFECT_API_AUTH_STRING.value()  # the text itself: Setting.value() reveals a secret
+    credentials = tuple(secret.split(":", 1)) if secret else None
+    try:
+        response = requests.get(f"{api}/admin/version", auth=credentials, timeout=10)
+    except requests.RequestException as error:
+        raise InvalidSetting(f"the Prefect server at {api} (PREFECT_API_URL) does not answer ({error}): start it "
+                             "(docker compose up -d prefect-server), or unset PREFECT_API_URL for a temporary "
+                             "server of this command's own") from None
+    if response.status_code == 401:
+        given = "PREFECT_API_AUTH_STRING" if secret else "a client without credentials"
+        raise InvalidSetting(f"the Prefect server at {api} refused {given} (HTTP 401): set PREFECT_API_AUTH_STRING "
+                             "to its user:password (the docker-compose stack's is in its .env)")
 
 
 def command_deploy(args: argparse.Namespace) -> int:
@@ -360,6 +384,31 @@ def _add_deploy_commands(commands) -> None:
         parser.add_argument("name")
     actions.choices["run"].add_argument("--wait", action="store_true", help="wait for the run to finish")
     manage.set_defaults(handler=command_deployments)
+
+
+def command_sweep(args: argparse.Namespace) -> int:
+    """Mark FAILED the MLflow runs of flows that died, once or every ``--every`` seconds (a service beside
+    the servers: dead flows' runs end FAILED even when no flow starts after them)."""
+    import mlflow
+
+    from pipelines import settings, tracking
+
+    uri = settings.tracking_uri()
+    tracking.check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    print(f"sweeping {uri}: runs whose flow sent no heartbeat for {settings.heartbeat_timeout():g} s end FAILED"
+          + (f", every {args.every:g} s" if args.every else ""), flush=True)
+    while True:
+        try:
+            if failed := tracking.sweep_dead_flows_runs():
+                print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {failed} run(s) of dead flows marked FAILED", flush=True)
+        except Exception as error:
+            if not args.every:
+                raise
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} sweep failed, trying again: {error}", flush=True)
+        if not args.every:
+            return 0
+        time.sleep(args.every)
 
 
 def command_stages(args: argparse.Namespace) -> int:
@@ -451,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--launcher", choices=list(LAUNCHERS), default="in-process", help="how the stage is started")
     predict.set_defaults(handler=command_predict)
     _add_deploy_commands(commands)
+    sweep = commands.add_parser("sweep", help="mark FAILED the MLflow runs of flows whose heartbeat stopped")
+    sweep.add_argument("--every", type=float, metavar="SECONDS", help="sweep again every SECONDS (default: once)")
+    sweep.set_defaults(handler=command_sweep)
     commands.add_parser("stages", help="list the stages").set_defaults(handler=command_stages)
     commands.add_parser("stage", help="run one stage: ssl-pipeline stage NAME --help")
     show = commands.add_parser("config", help="print the resolved configuration")
@@ -459,11 +511,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # pipelines.flow sets our own loggers to INFO, for the CLI and for flows a worker runs alike
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(without_failure_reports)
     try:
         return args.handler(args)
-    except (ValueError, OSError, RuntimeError) as error:  # bad config, input or artifact: no traceback
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        if (message := user_message(error)) is None:
+            raise  # a bug: its traceback
+        print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def without_failure_reports(record: logging.LogRecord) -> bool:
+    """Drops Prefect's reports of a failed flow or task run (the state, the traceback) from this console:
+    the command ends with the error itself, once. The Prefect API still gets them."""
+    if not record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+        return True
+    # a flow's final state comes at INFO whatever it is
+    return record.levelno < logging.ERROR and not record.getMessage().startswith("Finished in state Failed(")
 
 
 if __name__ == "__main__":

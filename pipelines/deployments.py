@@ -9,11 +9,15 @@ shows and edits every hyperparameter of a scheduled run.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 from prefect import get_client
+from prefect.blocks.system import Secret
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.deployments import run_deployment
 from prefect.deployments.runner import EntrypointType
@@ -23,6 +27,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from pipelines.config import PipelineConfig
 from pipelines.launchers import ResourcesConfig, container_limits
 from pipelines.semi_supervised import semi_supervised_pipeline
+from stages.lib.errors import InvalidSetting
 
 FLOW = semi_supervised_pipeline
 
@@ -58,6 +63,8 @@ def deploy(name: str, config: PipelineConfig, *, pool: str, pool_type: str, imag
     environment (the compose GPU worker: the GPU image, with the GPU reserved for it).
     """
     ensure_work_pool(pool, pool_type)
+    ensure_zombie_automation()
+    job_variables = {**job_variables, "env": {**job_variables.get("env", {}), **mlflow_credentials()}}
     deployment = FLOW.to_deployment(
         name=name, cron=cron, paused=paused, parameters=flow_parameters(config, data),
         job_variables=job_variables, tags=[f"preset:{config.preset}"],
@@ -66,6 +73,49 @@ def deploy(name: str, config: PipelineConfig, *, pool: str, pool_type: str, imag
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
     return deployment.apply(work_pool_name=pool, image=image if pool_type == "docker" else None)
+
+
+MLFLOW_PASSWORD_BLOCK = "ssl-pipeline-mlflow-password"
+
+
+def mlflow_credentials() -> dict[str, str]:
+    """The MLflow credentials of this shell for the deployment's flow runs: the password saved as a Prefect
+    Secret block that the worker resolves when it starts a run, so no deployment shows it."""
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if not (user and password):
+        return {}
+    Secret(value=password).save(MLFLOW_PASSWORD_BLOCK, overwrite=True)
+    return {"MLFLOW_TRACKING_USERNAME": user,
+            "MLFLOW_TRACKING_PASSWORD": "{{ prefect.blocks.secret.%s }}" % MLFLOW_PASSWORD_BLOCK}
+
+
+ZOMBIE_AUTOMATION = "ssl-pipeline: crash flow runs without heartbeats"
+
+
+def ensure_zombie_automation() -> None:
+    """Prefect's answer to a flow run whose process died with its worker or host: the run's heartbeats
+    (every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds) stop, and this automation marks it CRASHED after
+    three missed beats. A worker that sees its container die marks the run at once."""
+    from prefect.automations import Automation, ChangeFlowRunState, EventTrigger, Posture, ResourceSpecification
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import get_current_settings
+
+    with contextlib.suppress(ValueError):  # read raises for a name not there
+        Automation.read(name=ZOMBIE_AUTOMATION)
+        return
+    heartbeat = get_current_settings().flows.heartbeat_frequency or 180
+    Automation(
+        name=ZOMBIE_AUTOMATION,
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+            within=timedelta(seconds=3 * heartbeat)),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"no heartbeat for {3 * heartbeat} s: its process, container or host died")],
+    ).create()
 
 
 def serve(name: str, config: PipelineConfig, *, cron: str | None, data: str | None = None) -> None:
@@ -83,8 +133,8 @@ def ensure_work_pool(name: str, pool_type: str) -> None:
                 await client.create_work_pool(WorkPoolCreate(name=name, type=pool_type))
                 return
             if pool.type != pool_type:
-                raise ValueError(f"work pool {name!r} has type {pool.type!r}, not {pool_type!r}: "
-                                 "choose another --pool")
+                raise InvalidSetting(f"work pool {name!r} has type {pool.type!r}, not {pool_type!r}: "
+                                     "choose another --pool")
 
     run_coro_as_sync(ensure())
 

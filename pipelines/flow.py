@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +38,7 @@ from pipelines.store import Store, local_inputs, open_store, parent_artifact
 from stages.lib import sources
 from stages.lib.artifacts import MANIFEST, code_version, file_digest, read_manifest, sha256_json, verify
 from stages.lib.catalog import read_metrics
+from stages.lib.errors import UserError
 
 log = logging.getLogger(__name__)
 # Stage progress (epochs, container logs) is INFO: with PREFECT_LOGGING_EXTRA_LOGGERS=stages,pipelines
@@ -118,8 +120,9 @@ def track_stage(experiment_id: str, parent_run_id: str, stage: str, artifact: Pa
 def open_parent_run(config: PipelineConfig, tags: dict[str, str] | None = None) -> tuple[str, str]:
     """(experiment id, parent run id) of this flow run's MLflow parent run.
 
-    Runs that killed flows left RUNNING are marked FAILED first; the new run links to those of the
-    same flow and configuration (``ssl.resumes``), whose finished stages it takes from the cache.
+    Runs of flows that died (killed, or silent past the heartbeat timeout) are marked FAILED first; the
+    new run links to those of the same flow and configuration (``ssl.resumes``), whose finished stages
+    it takes from the cache.
     ``ssl.overrides`` names what the config changed from its preset, so runs compare by it.
     """
     experiment_id = tracking.configure()
@@ -129,6 +132,7 @@ def open_parent_run(config: PipelineConfig, tags: dict[str, str] | None = None) 
         experiment_id, f"{config.preset}-{flow_run.name}", config.model_dump(mode="json"),
         {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),
          tracking.TAG_FLOW_DIGEST: digest, tracking.TAG_OVERRIDES: tracking.overrides_tag(preset_differences(config)),
+         tracking.TAG_HEARTBEAT: str(int(time.time())),
          **({tracking.TAG_RESUMES: ",".join(resumes)} if resumes else {}), **(tags or {})},
     )
     with tracking.failed_if_raises(parent_run_id):
@@ -220,7 +224,7 @@ def open_configuration_run(steps: Steps, name: str, params: dict[str, Any]) -> s
     return tracking.start_parent_run(steps.experiment_id, name, params, steps.tags, parent_run_id=steps.parent_run_id)
 
 
-class TrackingFailed(RuntimeError):
+class TrackingFailed(UserError, RuntimeError):
     """A stage's work is done and kept, but MLflow did not take its record."""
 
 
@@ -244,14 +248,15 @@ def finishing(run_id: str) -> Iterator[dict[str, float]]:
 @contextlib.contextmanager
 def pipeline_run(config: PipelineConfig, launcher: str,
                  tags: dict[str, str] | None = None) -> Iterator[tuple[Steps, dict[str, float]]]:
-    """This flow run's MLflow parent run (``tags`` also go on every stage run under it), with system metrics.
+    """This flow run's MLflow parent run (``tags`` also go on every stage run under it), with system metrics
+    and a heartbeat.
 
     Yields the steps that run and track the stages, and a dict to fill with the flow's metrics.
     """
     LAUNCHERS[launcher]  # fail before any work on an unknown launcher
     tags = {**(tags or {}), tracking.TAG_PROCESS: tracking.this_process()}  # on every run: see fail_abandoned_runs
     experiment_id, parent_run_id = open_parent_run(config, tags)
-    with finishing(parent_run_id) as metrics, tracking.system_metrics(parent_run_id):
+    with finishing(parent_run_id) as metrics, tracking.system_metrics(parent_run_id), tracking.heartbeat(parent_run_id):
         steps = Steps(launcher, config.resources, experiment_id, parent_run_id, open_store(), tags)
         yield steps, metrics
         steps.settle()

@@ -69,3 +69,18 @@ def experiment_name() -> str:
 def registered_model_name() -> str:
     """The registered model every trained classifier becomes a version of: ``<experiment>-classifier``."""
     return os.environ.get(REGISTERED_MODEL_ENV, f"{experiment_name()}-classifier")
+
+
+HEARTBEAT_ENV = "SSL_PIPELINE_HEARTBEAT_SECONDS"
+HEARTBEAT_TIMEOUT_ENV = "SSL_PIPELINE_HEARTBEAT_TIMEOUT"
+
+
+def heartbeat_seconds() -> float:
+    """How often a running flow stamps its MLflow parent run as alive."""
+    return float(os.environ.get(HEARTBEAT_ENV, 30))
+
+
+def heartbeat_timeout() -> float:
+    """Seconds without a heartbeat after which a flow's runs are marked FAILED: several missed beats, and
+    more than a tracking server's restart takes. Hosts' clocks must agree to well within it."""
+    return float(os.environ.get(HEARTBEAT_TIMEOUT_ENV, 180))

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -27,8 +28,8 @@ import requests
 import sqlalchemy.exc
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
-from mlflow.entities import DatasetInput, InputTag, Metric, Param
-from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run
+from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING, MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_USERNAME
 from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
@@ -47,6 +48,7 @@ from stages.lib.catalog import (
     write_dataset_info,
 )
 from stages.lib.config import flat_fields
+from stages.lib.errors import InvalidSetting, UserError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ TAG_STUDY = "ssl.study"  # shared by every run of one study flow run
 # on a study's configuration runs (and their stages): what the run is an instance of
 TAG_EXPERIMENT, TAG_UNLABELED, TAG_SEED = "ssl.experiment", "ssl.unlabeled", "ssl.seed"
 TAG_PROCESS = "ssl.process"  # the flow process that owns a run: host/boot/pid/start time
+TAG_HEARTBEAT = "ssl.heartbeat"  # on a flow's parent run: unix seconds of its process's last sign of life
+TAG_FAILURE = "ssl.failure"  # on a run marked FAILED for its flow: why
 TAG_FLOW_DIGEST = "ssl.flow_digest"  # flow name + configuration of a flow's parent run
 TAG_RESUMES = "ssl.resumes"  # on a parent run: the killed attempts of the same flow and configuration
 TAG_RESUMED_BY = "ssl.resumed_by"  # on a killed attempt: the parent run that took over
@@ -73,26 +77,45 @@ CHAMPION = "champion"  # registry alias of the registered classifier's best vers
 TAG_VALIDATION = "ssl.validation_sha256"  # on a model version: the validation table its accuracy was measured on
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(UserError, RuntimeError):
     """The MLflow tracking server does not answer."""
 
 
 def check_reachable(uri: str, attempts: int = 3) -> None:
     """Raise ``TrackingUnavailable`` in seconds, before any training, when an HTTP tracking server is
-    down; MLflow's own client would retry each request for minutes."""
+    down or refuses the credentials; MLflow's own client would retry each request for minutes."""
     if not uri.startswith(("http://", "https://")):
         return
     for attempt in range(attempts):
         try:
             requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
-            return
+            break
         except requests.RequestException as error:
             problem = error
             time.sleep(attempt)
-    raise TrackingUnavailable(
-        f"the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI) does not answer: {problem}. Start it "
-        "(docker compose up -d mlflow), or unset MLFLOW_TRACKING_URI to track into the local store"
-    )
+    else:
+        raise TrackingUnavailable(
+            f"the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI) does not answer: {problem}. Start it "
+            "(docker compose up -d mlflow), or unset MLFLOW_TRACKING_URI to track into the local store"
+        )
+    check_credentials(uri)
+
+
+def check_credentials(uri: str) -> None:
+    """Raise ``TrackingUnavailable`` when a server with authentication turns this client away."""
+    user, password = MLFLOW_TRACKING_USERNAME.get(), MLFLOW_TRACKING_PASSWORD.get()
+    response = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name", timeout=20,
+                            params={"experiment_name": settings.experiment_name()},
+                            auth=(user, password) if user and password else None)
+    if response.status_code == 401:
+        given = f"user {user!r} with that password" if user and password else "no credentials"
+        raise TrackingUnavailable(
+            f"the MLflow tracking server at {uri} refused {given} (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to a user of that server (the docker-compose stack's are in its .env)")
+    if response.status_code == 403:
+        raise TrackingUnavailable(
+            f"the MLflow tracking server at {uri} lets user {user!r} not read experiment "
+            f"{settings.experiment_name()!r} (HTTP 403): ask its admin for EDIT permission on it")
 
 
 def configure() -> str:
@@ -215,19 +238,70 @@ def process_ended(process: str) -> bool:
 
 
 def fail_abandoned_runs(experiment_id: str, flow_digest: str) -> list[str]:
-    """Mark FAILED the runs left RUNNING by flow processes of this host that have ended (a killed
-    flow closes nothing); the ids of those that were a flow's parent run with ``flow_digest``."""
+    """``fail_dead_flows_runs``, then the ids of the runs it marked that were a flow's parent run with
+    ``flow_digest``: the attempts a new run of that flow resumes."""
+    return [run.info.run_id for run in fail_dead_flows_runs(experiment_id)
+            if run.data.tags.get(TAG_FLOW_DIGEST) == flow_digest and "mlflow.parentRunId" not in run.data.tags]
+
+
+def fail_dead_flows_runs(experiment_id: str) -> list[Run]:
+    """Mark FAILED, with the reason, the runs left RUNNING by flows that died: a flow process of this host
+    that has ended (a killed flow closes nothing), or one on any host whose heartbeat is older than
+    ``settings.heartbeat_timeout()``. Returns them."""
     client = MlflowClient()
-    resumed = []
-    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000):
-        tags = run.data.tags
-        if TAG_PROCESS not in tags or not process_ended(tags[TAG_PROCESS]):
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)
+    beats: dict[str, float] = {}  # flow process -> its newest heartbeat
+    for run in running:
+        if (process := run.data.tags.get(TAG_PROCESS)) and TAG_HEARTBEAT in run.data.tags:
+            beats[process] = max(beats.get(process, 0.0), float(run.data.tags[TAG_HEARTBEAT]))
+    failed = []
+    for run in running:
+        process = run.data.tags.get(TAG_PROCESS)
+        if process is None or not (reason := _abandoned(process, beats.get(process))):
             continue
-        client.set_tag(run.info.run_id, "ssl.failure", "its flow process ended without closing it (killed)")
+        client.set_tag(run.info.run_id, TAG_FAILURE, reason)
         client.set_terminated(run.info.run_id, "FAILED")
-        if tags.get(TAG_FLOW_DIGEST) == flow_digest and "mlflow.parentRunId" not in tags:
-            resumed.append(run.info.run_id)
-    return resumed
+        log.warning("MLflow run %s (%s) marked FAILED: %s", run.info.run_id, run.info.run_name, reason)
+        failed.append(run)
+    return failed
+
+
+def _abandoned(process: str, heartbeat: float | None) -> str | None:
+    """Why the flow ``process`` is taken for dead (None while it may be alive)."""
+    if process_ended(process):
+        return "its flow process ended without closing it (killed)"
+    silent = time.time() - heartbeat if heartbeat is not None else 0.0
+    if silent > settings.heartbeat_timeout():
+        return (f"its flow sent no heartbeat for {silent:.0f} s (timeout {settings.heartbeat_timeout():g} s): "
+                "its process, container or host died")
+    return None
+
+
+def sweep_dead_flows_runs() -> int:
+    """``fail_dead_flows_runs`` in every experiment of the tracking store; how many runs it marked."""
+    return sum(len(fail_dead_flows_runs(experiment.experiment_id)) for experiment in MlflowClient().search_experiments())
+
+
+@contextlib.contextmanager
+def heartbeat(run_id: str) -> Iterator[None]:
+    """Stamp ``ssl.heartbeat`` on the run every ``settings.heartbeat_seconds()`` while the block runs: the
+    proof, to a flow or sweep on any host, that this flow is alive. A beat the server misses (a
+    restart) is logged, and the next one tries again."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(settings.heartbeat_seconds()):
+            try:
+                MlflowClient().set_tag(run_id, TAG_HEARTBEAT, str(int(time.time())))
+            except Exception as error:  # the flow's own calls report a server that stays away
+                log.warning("heartbeat of MLflow run %s missed: %s", run_id, error)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{run_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def link_resumed(killed_run_ids: list[str], parent_run_id: str) -> None:
@@ -310,7 +384,7 @@ def download_classifier(uri: str, root: Path) -> Path:
             name, _, number = name.partition("/")
             version = client.get_model_version(name, number)
     except MlflowException as error:
-        raise ValueError(f"--model {uri}: no such registered model version in {settings.tracking_uri()} "
+        raise InvalidSetting(f"--model {uri}: no such registered model version in {settings.tracking_uri()} "
                          f"({error.message}); `ssl-pipeline run` registers one as models:/NAME@champion") from None
     target = root / f"{name}-v{version.version}"
     if not target.is_dir():
@@ -497,13 +571,22 @@ def register_classifier(name: str, version: str, manifest: Mapping[str, Any], me
 def promote_champion(name: str, validation: str) -> int:
     """Point the ``champion`` alias at the most accurate version on validation (of equals, the older) and
     return its number. Accuracies compare on one validation set only, so the versions measured on
-    ``validation`` (the newest version's) compete and those of other splits do not."""
+    ``validation`` (the newest version's) compete and those of other splits do not.
+
+    Flows promoting at once through a tracking server share no lock, so each sets the alias, then reads
+    the versions and the alias again until the alias names the best of what it read. The flow that
+    sets the alias last has read every version tagged before; a version tagged after is read by its
+    own flow, which sets the alias again if it must: in any order, the alias ends on the best.
+    """
     client = MlflowClient()
-    with _store_lock(settings.tracking_uri()):  # two flows promoting at once: the later one sees both versions
-        versions = [v for v in client.search_model_versions(f"name = '{name}'")
-                    if v.tags.get(TAG_VALIDATION) == validation]
-        best = max(versions, key=lambda v: (float(v.tags["val_accuracy"]), -int(v.version)))
-        client.set_registered_model_alias(name, CHAMPION, best.version)
+    with _store_lock(settings.tracking_uri()):  # a SQLite store: one flow of this host at a time
+        while True:
+            versions = [v for v in client.search_model_versions(f"name = '{name}'")
+                        if v.tags.get(TAG_VALIDATION) == validation]
+            best = max(versions, key=lambda v: (float(v.tags["val_accuracy"]), -int(v.version)))
+            if client.get_registered_model(name).aliases.get(CHAMPION) == best.version:
+                break
+            client.set_registered_model_alias(name, CHAMPION, best.version)
     log.info("registered model %s: version %s is the %s (val accuracy %.4f)", name, best.version, CHAMPION,
              float(best.tags["val_accuracy"]))
     return int(best.version)

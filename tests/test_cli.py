@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from pipelines.cli import main
@@ -76,3 +77,14 @@ def test_a_budget_with_no_room_to_train_fails_before_any_work(capsys):
     assert main(["run", "--preset", "smoke", "--minutes", "1"]) == 2
     error = capsys.readouterr().err
     assert "budget: Value error, a budget of 1 minutes leaves nothing to train once reserve_minutes (1.5)" in error
+
+
+def test_a_mistake_ends_with_one_message_and_a_bug_with_its_traceback(capsys, monkeypatch):
+    from pipelines import cli
+
+    assert main(["config", "--preset", "smoke", "--set", "baseline.epochs=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid configuration") and err.count("error: ") == 1
+    monkeypatch.setattr(cli, "command_stages", lambda args: {}["a bug"])
+    with pytest.raises(KeyError):  # not caught: Python prints its traceback, exit code 1
+        main(["stages"])

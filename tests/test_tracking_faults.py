@@ -1,5 +1,6 @@
 """When MLflow fails: an unreachable server stops a flow before any training, a server lost mid-flow
-costs no trained artifact, and runs that killed flows left RUNNING are closed as FAILED."""
+costs no trained artifact, and runs that killed flows left RUNNING are closed as FAILED, those of
+this host at once, those of any host once their flow's heartbeat stops."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from conftest import stop_process_group
 from mlflow.tracking import MlflowClient
 
 from pipelines import launchers, settings, tracking
+from pipelines.cli import main
 from pipelines.flow import TrackingFailed
 from pipelines.semi_supervised import semi_supervised_pipeline
 from stages.lib.artifacts import verify
@@ -114,3 +116,38 @@ def test_a_retried_parent_run_leaves_no_run_running(prefect, archive, smoke, hom
                if "mlflow.parentRunId" not in run.data.tags}
     assert len(parents) == 2 and parents.pop(result["mlflow_run_id"]) == "FINISHED"
     assert list(parents.values()) == ["FAILED"]  # the first attempt's run, closed when its logging failed
+
+
+def test_runs_of_flows_whose_heartbeat_stopped_are_failed_by_the_sweep(home, monkeypatch, capsys):
+    monkeypatch.setenv(settings.HEARTBEAT_TIMEOUT_ENV, "60")
+    experiment_id = tracking.configure()
+    client = MlflowClient()
+
+    def running(process: str, heartbeat_age: float | None = None, parent: str | None = None) -> str:
+        tags = {tracking.TAG_PROCESS: process, **({"mlflow.parentRunId": parent} if parent else {}),
+                **({tracking.TAG_HEARTBEAT: f"{time.time() - heartbeat_age:.0f}"} if heartbeat_age is not None else {})}
+        return client.create_run(experiment_id, tags=tags).info.run_id
+
+    silent = running("another-host/abc/1/1", heartbeat_age=120)
+    silent_stage = running("another-host/abc/1/1", parent=silent)
+    beating = running("another-host/abc/2/1", heartbeat_age=5)
+    beating_stage = running("another-host/abc/2/1", parent=beating)
+    never_beat = running("another-host/abc/3/1")  # a flow of a version without heartbeats: nothing to judge by
+
+    assert main(["sweep"]) == 0
+    assert "2 run(s) of dead flows marked FAILED" in capsys.readouterr().out
+    status = {run_id: client.get_run(run_id).info.status for run_id in (silent, silent_stage, beating, beating_stage,
+                                                                        never_beat)}
+    assert status == {silent: "FAILED", silent_stage: "FAILED", beating: "RUNNING", beating_stage: "RUNNING",
+                      never_beat: "RUNNING"}
+    assert "no heartbeat for 120 s" in client.get_run(silent_stage).data.tags[tracking.TAG_FAILURE]
+
+
+def test_a_running_flow_stamps_its_heartbeat(home, monkeypatch):
+    monkeypatch.setenv(settings.HEARTBEAT_ENV, "0.2")
+    experiment_id = tracking.configure()
+    run_id = MlflowClient().create_run(experiment_id).info.run_id
+    with tracking.heartbeat(run_id):
+        time.sleep(1.5)
+    stamp = float(MlflowClient().get_run(run_id).data.tags[tracking.TAG_HEARTBEAT])
+    assert time.time() - 2 < stamp <= time.time()
