@@ -165,6 +165,7 @@ def test_a_worker_killed_in_training_leaves_the_stage_to_the_other(prefect, fres
     assert [row["experiment"] for row in result["table"]] == EXPERIMENTS
 
 
+@pytest.mark.parametrize("store", ["s3"], indirect=True)  # the directory store: the kill test's
 def test_the_command_line_spreads_a_sweep_over_local_workers(tmp_path, archive, store):
     env = {key: value for key, value in os.environ.items() if key not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
     env.update(SSL_PIPELINE_HOME=str(tmp_path), PREFECT_HOME=str(tmp_path / "prefect"), SSL_PIPELINE_STORE=store)
@@ -177,6 +178,7 @@ def test_the_command_line_spreads_a_sweep_over_local_workers(tmp_path, archive, 
                                                                     "evaluate"}
 
 
+@pytest.mark.parametrize("store", ["s3"], indirect=True)
 def test_two_studies_on_one_cluster_store_and_tracking_server_lose_nothing(cluster, archive, store, tmp_path, start_mlflow):
     """Two users' studies at once, from two processes, sharing seed 1: its baseline is made once, every
     run both studies opened is FINISHED on the server, and every artifact is in the store."""
