@@ -261,7 +261,7 @@ def fail_dead_flows_runs(experiment_id: str) -> list[Run]:
             continue
         client.set_tag(run.info.run_id, TAG_FAILURE, reason)
         client.set_terminated(run.info.run_id, "FAILED")
-        log.warning("MLflow run %s (%s) marked FAILED: %s", run.info.run_id, run.info.run_name, reason)
+        log.warning("run %s (%s) of a dead flow marked FAILED: %s", run.info.run_id, run.info.run_name, reason)
         failed.append(run)
     return failed
 
