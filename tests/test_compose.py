@@ -550,3 +550,24 @@ def test_a_killed_flow_container_ends_failed_by_heartbeat(stack, scheduled_run, 
         assert time.monotonic() < deadline, state
         time.sleep(2)
     assert state.type.value == "CRASHED"
+
+
+def test_a_viewer_reads_and_a_teammate_granted_edit_writes(stack, direct_run):
+    """The README's user management: a new user reads (READ is the default permission) and writes nothing;
+    one granted EDIT on the pipeline's experiment creates runs in it."""
+    import requests
+    from mlflow.server import get_app_client
+
+    users = get_app_client("basic-auth", tracking_uri=stack.mlflow_uri)  # as the admin of .env
+    experiment_id = MlflowClient(stack.mlflow_uri).get_experiment_by_name(EXPERIMENT).experiment_id
+    users.create_user("viewer", "viewer-password-1")
+    users.create_user("teammate", "teammate-password-1")
+    users.grant_user_permission("teammate", "experiment", experiment_id, "EDIT")
+
+    def status(user: str, endpoint: str, body: dict) -> int:
+        return requests.post(f"{stack.mlflow_uri}/api/2.0/mlflow/{endpoint}", json=body, timeout=20,
+                             auth=(user, f"{user}-password-1")).status_code
+
+    assert status("viewer", "runs/search", {"experiment_ids": [experiment_id]}) == 200
+    assert status("viewer", "runs/create", {"experiment_id": experiment_id}) == 403
+    assert status("teammate", "runs/create", {"experiment_id": experiment_id}) == 200
