@@ -192,16 +192,18 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             f"{path} is missing: {directory} is not a finished artifact directory. "
             "Rerun the stage that writes it."
         )
-    content = path.read_bytes()
+    rerun = f"delete {directory} and rerun the stage that writes it"
     try:
-        ManifestShape.model_validate_json(content)
+        manifest = json.loads(path.read_bytes())
+    except ValueError as error:  # JSON, or bytes that are not UTF-8
+        raise ArtifactError(f"{path} is not valid JSON ({error}): {rerun}") from None
+    try:
+        ManifestShape.model_validate(manifest)
     except ValidationError as error:
         problem = error.errors()[0]
-        what = ("not valid JSON" if problem["type"] == "json_invalid"
-                else f"not a manifest: field {'.'.join(map(str, problem['loc'])) or '(top level)'}")
-        raise ArtifactError(f"{path} is {what} ({problem['msg']}): delete {directory} and rerun the stage that writes "
-                            "it") from None
-    return json.loads(content)
+        field = ".".join(map(str, problem["loc"])) or "(top level)"
+        raise ArtifactError(f"{path} is not a manifest: field {field} ({problem['msg']}): {rerun}") from None
+    return manifest
 
 
 class FileEntry(BaseModel):
